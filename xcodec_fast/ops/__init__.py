@@ -1,0 +1,223 @@
+"""The one dispatch point: every hot op of the model is a function here.
+
+Model modules call these functions and never know which backend runs them. Each function checks
+its inputs (so that a bad call is a clear error whatever the backend) and hands them to the
+implementation chosen by :mod:`xcodec_fast.ops.backend`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import eager  # noqa: F401  (registers the reference implementations)
+from .backend import (
+    BACKENDS,
+    CHOICES,
+    BackendUnavailableError,
+    availability,
+    current_backend,
+    describe,
+    implementation,
+    use_backend,
+)
+
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+__all__ = [
+    "BACKENDS",
+    "CHOICES",
+    "BackendUnavailableError",
+    "availability",
+    "current_backend",
+    "describe",
+    "use_backend",
+    "snake",
+    "add_snake",
+    "residual_unit",
+    "snake_conv1d",
+    "snake_conv_transpose1d",
+    "rvq_encode",
+    "rvq_decode",
+    "dequantize_project",
+]
+
+
+def _check_float(name: str, op: str, t: torch.Tensor, ndim: int | None = None) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{op}: {name} must be float32, float16 or bfloat16, got {t.dtype}")
+    if ndim is not None and t.dim() != ndim:
+        raise ValueError(f"{op}: {name} must have {ndim} dimensions, got shape {tuple(t.shape)}")
+
+
+def _check_same(op: str, ref_name: str, ref: torch.Tensor, **others: torch.Tensor | None) -> None:
+    for name, t in others.items():
+        if t is None:
+            continue
+        if t.device != ref.device:
+            raise ValueError(f"{op}: {name} is on {t.device} but {ref_name} is on {ref.device}")
+        if t.dtype != ref.dtype:
+            raise TypeError(f"{op}: {name} has dtype {t.dtype} but {ref_name} has {ref.dtype}")
+
+
+def _check_alpha(op: str, name: str, alpha: torch.Tensor, channels: int, x: torch.Tensor) -> None:
+    _check_float(name, op, alpha)
+    _check_same(op, "x", x, **{name: alpha})
+    if alpha.numel() != channels:
+        raise ValueError(f"{op}: {name} has {alpha.numel()} values for {channels} channels (shape {tuple(alpha.shape)})")
+
+
+def _check_conv_weight(op: str, name: str, weight: torch.Tensor, x: torch.Tensor, in_dim: int) -> None:
+    _check_float(name, op, weight, ndim=3)
+    _check_same(op, "x", x, **{name: weight})
+    if weight.shape[in_dim] != x.shape[1]:
+        raise ValueError(
+            f"{op}: {name} of shape {tuple(weight.shape)} expects {weight.shape[in_dim]} input channels, "
+            f"x has {x.shape[1]}"
+        )
+
+
+def _check_bias(op: str, name: str, bias: torch.Tensor | None, channels: int, x: torch.Tensor) -> None:
+    if bias is None:
+        return
+    _check_float(name, op, bias, ndim=1)
+    _check_same(op, "x", x, **{name: bias})
+    if bias.numel() != channels:
+        raise ValueError(f"{op}: {name} has {bias.numel()} values for {channels} output channels")
+
+
+def _run(op: str, device: torch.device, *args):
+    _, fn = implementation(op, device)
+    return fn(*args)
+
+
+def snake(x: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    """Snake activation ``x + sin(αx)² / (α + 1e-9)`` with one α per channel; x is (B, C, T)."""
+    _check_float("x", "snake", x, ndim=3)
+    _check_alpha("snake", "alpha", alpha, x.shape[1], x)
+    return _run("snake", x.device, x, alpha)
+
+
+def add_snake(x: torch.Tensor, h: torch.Tensor, alpha: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``y = x + h`` and ``snake(y)`` in one pass; returns both."""
+    _check_float("x", "add_snake", x, ndim=3)
+    _check_same("add_snake", "x", x, h=h)
+    if h.shape != x.shape:
+        raise ValueError(f"add_snake: h has shape {tuple(h.shape)}, x has {tuple(x.shape)}")
+    _check_alpha("add_snake", "alpha", alpha, x.shape[1], x)
+    return _run("add_snake", x.device, x, h, alpha)
+
+
+def residual_unit(x, alpha1, weight1, bias1, dilation: int, alpha2, weight2, bias2) -> torch.Tensor:
+    """DAC residual unit: ``x + conv1x1(snake(conv_k(snake(x), dilation)))`` with 'same' padding."""
+    op = "residual_unit"
+    _check_float("x", op, x, ndim=3)
+    channels = x.shape[1]
+    _check_alpha(op, "alpha1", alpha1, channels, x)
+    _check_conv_weight(op, "weight1", weight1, x, in_dim=1)
+    _check_bias(op, "bias1", bias1, weight1.shape[0], x)
+    _check_alpha(op, "alpha2", alpha2, weight1.shape[0], x)
+    if weight2.dim() != 3 or weight2.shape[1] != weight1.shape[0] or weight2.shape[0] != channels or weight2.shape[2] != 1:
+        raise ValueError(
+            f"{op}: weight2 must be ({channels}, {weight1.shape[0]}, 1) to close the residual, got {tuple(weight2.shape)}"
+        )
+    _check_float("weight2", op, weight2)
+    _check_same(op, "x", x, weight2=weight2)
+    _check_bias(op, "bias2", bias2, channels, x)
+    if weight1.shape[-1] % 2 != 1:
+        raise ValueError(f"{op}: kernel size must be odd for 'same' padding, got {weight1.shape[-1]}")
+    if int(dilation) < 1:
+        raise ValueError(f"{op}: dilation must be >= 1, got {dilation}")
+    return _run(op, x.device, x, alpha1, weight1, bias1, int(dilation), alpha2, weight2, bias2)
+
+
+def snake_conv1d(x, alpha, weight, bias, stride: int, padding: int) -> torch.Tensor:
+    """``conv1d(snake(x), weight, bias, stride, padding)`` (the encoder's downsampling step)."""
+    op = "snake_conv1d"
+    _check_float("x", op, x, ndim=3)
+    _check_alpha(op, "alpha", alpha, x.shape[1], x)
+    _check_conv_weight(op, "weight", weight, x, in_dim=1)
+    _check_bias(op, "bias", bias, weight.shape[0], x)
+    if x.shape[-1] + 2 * padding < weight.shape[-1]:
+        raise ValueError(
+            f"{op}: input of {x.shape[-1]} frames is shorter than the kernel ({weight.shape[-1]}) after padding {padding}"
+        )
+    return _run(op, x.device, x, alpha, weight, bias, int(stride), int(padding))
+
+
+def snake_conv_transpose1d(x, alpha, weight, bias, stride: int, padding: int, output_padding: int) -> torch.Tensor:
+    """``conv_transpose1d(snake(x), weight, bias, stride, padding, output_padding)`` (decoder upsampling)."""
+    op = "snake_conv_transpose1d"
+    _check_float("x", op, x, ndim=3)
+    _check_alpha(op, "alpha", alpha, x.shape[1], x)
+    _check_conv_weight(op, "weight", weight, x, in_dim=0)
+    _check_bias(op, "bias", bias, weight.shape[1], x)
+    if x.shape[-1] == 0:
+        raise ValueError(f"{op}: input has no frames")
+    return _run(op, x.device, x, alpha, weight, bias, int(stride), int(padding), int(output_padding))
+
+
+def _check_codebooks(op: str, codebooks: torch.Tensor) -> None:
+    _check_float("codebooks", op, codebooks, ndim=3)
+
+
+def rvq_encode(
+    x: torch.Tensor, codebooks: torch.Tensor, codebook_sq_norms: torch.Tensor, num_quantizers: int
+) -> torch.Tensor:
+    """Residual VQ: x (B, D, T) -> codes (B, num_quantizers, T) int64, nearest codeword per stage."""
+    op = "rvq_encode"
+    _check_float("x", op, x, ndim=3)
+    _check_codebooks(op, codebooks)
+    _check_same(op, "x", x, codebooks=codebooks)
+    if codebooks.shape[2] != x.shape[1]:
+        raise ValueError(f"{op}: codebooks of dim {codebooks.shape[2]} but x has {x.shape[1]} channels")
+    if codebook_sq_norms.shape != codebooks.shape[:2] or codebook_sq_norms.device != x.device:
+        raise ValueError(
+            f"{op}: codebook_sq_norms must be {tuple(codebooks.shape[:2])} on {x.device}, "
+            f"got {tuple(codebook_sq_norms.shape)} on {codebook_sq_norms.device}"
+        )
+    if not 1 <= int(num_quantizers) <= codebooks.shape[0]:
+        raise ValueError(f"{op}: num_quantizers must be in 1..{codebooks.shape[0]}, got {num_quantizers}")
+    if x.shape[2] == 0:
+        return torch.empty(x.shape[0], int(num_quantizers), 0, dtype=torch.long, device=x.device)
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{op}: x holds NaN or infinite values; codes would be meaningless")
+    return _run(op, x.device, x, codebooks, codebook_sq_norms, int(num_quantizers))
+
+
+def _check_codes(op: str, codes: torch.Tensor, codebooks: torch.Tensor) -> None:
+    if not isinstance(codes, torch.Tensor) or codes.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
+        got = codes.dtype if isinstance(codes, torch.Tensor) else type(codes).__name__
+        raise TypeError(f"{op}: codes must be an integer tensor, got {got}")
+    if codes.dim() != 3:
+        raise ValueError(f"{op}: codes must be (batch, num_quantizers, frames), got shape {tuple(codes.shape)}")
+    if codes.device != codebooks.device:
+        raise ValueError(f"{op}: codes are on {codes.device} but codebooks on {codebooks.device}")
+    if not 1 <= codes.shape[1] <= codebooks.shape[0]:
+        raise ValueError(f"{op}: codes have {codes.shape[1]} quantizers; this model has 1..{codebooks.shape[0]}")
+    if codes.numel():
+        low, high = int(codes.min()), int(codes.max())
+        if low < 0 or high >= codebooks.shape[1]:
+            raise ValueError(f"{op}: codes must lie in [0, {codebooks.shape[1] - 1}], got values in [{low}, {high}]")
+
+
+def rvq_decode(codes: torch.Tensor, codebooks: torch.Tensor) -> torch.Tensor:
+    """codes (B, Q, T) -> Σ_q codebooks[q][codes[:, q]] as (B, D, T)."""
+    _check_codebooks("rvq_decode", codebooks)
+    _check_codes("rvq_decode", codes, codebooks)
+    return _run("rvq_decode", codebooks.device, codes.long(), codebooks)
+
+
+def dequantize_project(codes, codebooks, proj_weight, proj_bias, projected_codebooks=None) -> torch.Tensor:
+    """codes (B, Q, T) -> Linear(proj)(Σ_q codeword) as (B, D_out, T); the decoder's input."""
+    op = "dequantize_project"
+    _check_codebooks(op, codebooks)
+    _check_codes(op, codes, codebooks)
+    _check_float("proj_weight", op, proj_weight, ndim=2)
+    _check_same(op, "codebooks", codebooks, proj_weight=proj_weight, proj_bias=proj_bias)
+    if proj_weight.shape[1] != codebooks.shape[2]:
+        raise ValueError(f"{op}: proj_weight {tuple(proj_weight.shape)} does not take {codebooks.shape[2]}-dim codewords")
+    if projected_codebooks is not None and projected_codebooks.shape != (*codebooks.shape[:2], proj_weight.shape[0]):
+        raise ValueError(f"{op}: projected_codebooks has shape {tuple(projected_codebooks.shape)}")
+    return _run(op, codebooks.device, codes.long(), codebooks, proj_weight, proj_bias, projected_codebooks)
