@@ -284,3 +284,29 @@ class XcodecConfig:
         with open(path, "w", encoding="utf-8") as fh:
             json.dump(self.to_dict(), fh, indent=2, sort_keys=True)
             fh.write("\n")
+
+
+def tiny_config(semantic_model_type: str = "hubert", **overrides) -> XcodecConfig:
+    """A small X-Codec config with the real hop length (320), quantizer count (8) and codebook
+    size (1024): every code path of the full model, at a size that runs in milliseconds on CPU.
+    Used by the tests and by the offline demo."""
+    semantic = {
+        "model_type": semantic_model_type,
+        "hidden_size": 16,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "intermediate_size": 32,
+        "conv_dim": [8] * 7,
+        "num_conv_pos_embeddings": 16,
+        "num_conv_pos_embedding_groups": 2,
+        "num_buckets": 16,
+        "max_bucket_distance": 40,
+    }
+    semantic.update(overrides.pop("semantic_model_config", {}))
+    acoustic = {"encoder_hidden_size": 4, "decoder_hidden_size": 32, "hidden_size": 16}
+    acoustic.update(overrides.pop("acoustic_model_config", {}))
+    return XcodecConfig(
+        acoustic_model_config=AcousticConfig.from_dict(acoustic),
+        semantic_model_config=SemanticConfig.from_dict(semantic),
+        **overrides,
+    )
