@@ -1,0 +1,264 @@
+"""Command line: ``xcodec-fast demo | encode | decode | info | tokenize | detokenize | bench``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+DEFAULT_MODEL = "hf-audio/xcodec-hubert-librispeech"
+
+
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def load_model(name: str | None, backend: str | None = None, device: str | None = None, dtype: str | None = None):
+    """Load ``name``; with no name, the default checkpoint, or — when the hub cannot be reached and
+    it is not cached — a built-in random-weight model (said loudly: its codes mean nothing)."""
+    import torch
+
+    from .config import XcodecConfig
+    from .modeling.codec import XcodecModel
+
+    kwargs = dict(backend=backend, device=device, dtype=dtype)
+    if name is not None:
+        return XcodecModel.from_pretrained(name, **kwargs), name
+    # Fail fast when offline instead of waiting on long network time-outs.
+    os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", "5")
+    os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", "10")
+    try:
+        return XcodecModel.from_pretrained(DEFAULT_MODEL, **kwargs), DEFAULT_MODEL
+    except Exception as exc:  # any hub failure: fall back, and say why
+        _say(
+            f"note: could not load {DEFAULT_MODEL} ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}).\n"
+            "note: using the built-in RANDOM-WEIGHT model (full X-Codec architecture, seed 0): the pipeline runs "
+            "end to end, but codes and audio are meaningless. Pass --model ID_OR_DIR for a real checkpoint."
+        )
+        model = XcodecModel.from_random(XcodecConfig(), seed=0)
+        if backend is not None:
+            model.backend = backend
+        if device is not None:
+            model.to(device)
+        if dtype not in (None, "auto"):
+            model.to(getattr(torch, dtype))
+        return model, "random-weights"
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None, help=f"hub id or local directory (default: {DEFAULT_MODEL})")
+    p.add_argument("--backend", default=None, choices=["auto", "eager", "triton", "native"], help="kernel backend")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cpu)")
+    p.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16", "auto"])
+
+
+def _encode_file(model, path: str, bandwidth: float | None):
+    import torch
+
+    from .audio import load_audio
+
+    audio, _ = load_audio(path, target_sr=model.config.sample_rate)
+    device = next(model.parameters()).device
+    dtype = next(model.parameters()).dtype
+    x = torch.from_numpy(audio).to(device=device, dtype=dtype)[None, None]
+    return model.encode(x, bandwidth=bandwidth).audio_codes[0], len(audio)
+
+
+def cmd_encode(args) -> int:
+    import numpy as np
+
+    model, model_id = load_model(args.model, args.backend, args.device, args.dtype)
+    start = time.perf_counter()
+    codes, n_samples = _encode_file(model, args.input, args.bandwidth)
+    elapsed = time.perf_counter() - start
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.save(out, codes.cpu().numpy().astype(np.int16))
+    seconds = n_samples / model.config.sample_rate
+    _say(
+        f"{args.input}: {seconds:.2f} s -> codes {tuple(codes.shape)} (quantizers x frames) in {elapsed:.2f} s "
+        f"[{model_id}] -> {out}"
+    )
+    return 0
+
+
+def _read_codes(path: str):
+    import numpy as np
+    import torch
+
+    try:
+        codes = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"error: cannot read codes from {path}: {exc}") from None
+    if not np.issubdtype(codes.dtype, np.integer):
+        raise SystemExit(f"error: {path} holds {codes.dtype} values; codes must be integers")
+    if codes.ndim == 2:
+        codes = codes[None]
+    if codes.ndim != 3:
+        raise SystemExit(f"error: {path} has shape {codes.shape}; expected (quantizers, frames) or (batch, quantizers, frames)")
+    return torch.from_numpy(codes.astype(np.int64))
+
+
+def cmd_decode(args) -> int:
+    from .audio import write_wav
+
+    model, model_id = load_model(args.model, args.backend, args.device, args.dtype)
+    codes = _read_codes(args.input).to(next(model.parameters()).device)
+    start = time.perf_counter()
+    audio = model.decode(codes).audio_values
+    elapsed = time.perf_counter() - start
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if audio.shape[0] == 1:
+        write_wav(out, audio[0, 0].float().cpu().numpy(), model.config.sample_rate)
+        written = [out]
+    else:
+        written = []
+        for i in range(audio.shape[0]):
+            target = out.with_name(f"{out.stem}_{i}{out.suffix}")
+            write_wav(target, audio[i, 0].float().cpu().numpy(), model.config.sample_rate)
+            written.append(target)
+    _say(f"{args.input}: codes {tuple(codes.shape)} -> {audio.shape[-1] / model.config.sample_rate:.2f} s audio "
+         f"in {elapsed:.2f} s [{model_id}] -> {', '.join(map(str, written))}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    """The main job offline or online: encode the bundled clip (or --input) and decode it back."""
+    import numpy as np
+    import torch
+
+    from .audio import demo_clip, write_wav
+
+    model, model_id = load_model(args.model, args.backend, args.device, args.dtype)
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.input:
+        from .audio import load_audio
+
+        audio, _ = load_audio(args.input, target_sr=model.config.sample_rate)
+        source = args.input
+    else:
+        audio, _ = demo_clip()
+        source = "the bundled demo clip"
+    param = next(model.parameters())
+    x = torch.from_numpy(audio).to(device=param.device, dtype=param.dtype)[None, None]
+    start = time.perf_counter()
+    codes = model.encode(x, bandwidth=args.bandwidth).audio_codes
+    encode_s = time.perf_counter() - start
+    start = time.perf_counter()
+    recon = model.decode(codes).audio_values[..., : x.shape[-1]]
+    decode_s = time.perf_counter() - start
+    np.save(out / "codes.npy", codes[0].cpu().numpy().astype(np.int16))
+    write_wav(out / "reconstruction.wav", recon[0, 0].float().cpu().numpy(), model.config.sample_rate)
+    seconds = x.shape[-1] / model.config.sample_rate
+    err = recon.float() - x.float()
+    snr = 10 * torch.log10(x.float().pow(2).sum() / err.pow(2).sum().clamp_min(1e-20)).item()
+    from .ops import describe
+
+    print(f"model: {model_id}  backend: {model.backend or 'auto'} ({describe(param.device)['auto']} chosen by auto)")
+    print(f"input: {source}, {seconds:.2f} s at {model.config.sample_rate} Hz")
+    print(f"codes: {tuple(codes.shape[1:])} (quantizers x frames) -> {out / 'codes.npy'}")
+    print(f"encode {encode_s:.2f} s ({seconds / encode_s:.1f}x real time), decode {decode_s:.2f} s "
+          f"({seconds / decode_s:.1f}x real time)")
+    print(f"reconstruction: {out / 'reconstruction.wav'}  (SNR vs input {snr:.1f} dB"
+          + (", meaningless for random weights)" if model_id == "random-weights" else ")"))
+    return 0
+
+
+def cmd_info(args) -> int:
+    import torch
+
+    from . import __version__
+    from .ops import describe
+
+    print(f"xcodec_fast {__version__}, torch {torch.__version__}")
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    for device in devices:
+        report = describe(device)
+        print(f"backends on {device} (auto -> {report.pop('auto')}, selected: {report.pop('selected')}):")
+        for name, line in report.items():
+            print(f"  {name:7s} {line}")
+    if args.model is None:
+        return 0
+    model, model_id = load_model(args.model)
+    cfg = model.config
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"model: {model_id}")
+    print(f"  semantic model: {cfg.semantic_model_config.model_type}, hidden {cfg.semantic_hidden_size}, "
+          f"{cfg.semantic_model_config.num_hidden_layers} layers")
+    print(f"  acoustic: DAC encoder {cfg.acoustic_model_config.encoder_hidden_size} -> "
+          f"{cfg.acoustic_model_config.hidden_size}, decoder {cfg.acoustic_model_config.decoder_hidden_size}, "
+          f"ratios {cfg.acoustic_model_config.downsampling_ratios}")
+    print(f"  sample rate {cfg.sample_rate} Hz, hop {cfg.hop_length}, frame rate {cfg.frame_rate} Hz")
+    print(f"  quantizers {cfg.num_quantizers} x {cfg.codebook_size} codewords of dim {cfg.codebook_dim}")
+    bws = ", ".join(f"{bw} kbps -> {cfg.num_quantizers_for_bandwidth(bw)}" for bw in cfg.target_bandwidths)
+    print(f"  bandwidths: {bws}")
+    print(f"  parameters: {n_params / 1e6:.1f} M, dtype {next(model.parameters()).dtype}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="xcodec-fast", description="X-Codec neural audio codec, exact and fast.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", help="encode + decode the bundled clip (works offline)")
+    _add_model_args(p)
+    p.add_argument("--input", default=None, help="audio file instead of the bundled clip")
+    p.add_argument("--bandwidth", type=float, default=None)
+    p.add_argument("-o", "--output-dir", default="xcodec_demo")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("encode", help="audio file -> codes .npy (quantizers x frames, int16)")
+    p.add_argument("input")
+    p.add_argument("-o", "--output", required=True)
+    p.add_argument("--bandwidth", type=float, default=None, help="kbps: 0.5, 1, 1.5, 2 or 4 (default: highest)")
+    _add_model_args(p)
+    p.set_defaults(func=cmd_encode)
+
+    p = sub.add_parser("decode", help="codes .npy -> wav")
+    p.add_argument("input")
+    p.add_argument("-o", "--output", required=True)
+    _add_model_args(p)
+    p.set_defaults(func=cmd_decode)
+
+    p = sub.add_parser("info", help="backends available here, and a model's configuration")
+    p.add_argument("model", nargs="?", default=None)
+    p.set_defaults(func=cmd_info)
+
+    try:
+        from . import tokenize as tokenize_mod
+
+        p = sub.add_parser("tokenize", help="encode a dataset into Parquet shards (resumable, sharded)")
+        tokenize_mod.add_arguments(p)
+        p.set_defaults(func=tokenize_mod.run)
+        if hasattr(tokenize_mod, "add_detokenize_arguments"):
+            p = sub.add_parser("detokenize", help="turn tokenized shards back into audio files")
+            tokenize_mod.add_detokenize_arguments(p)
+            p.set_defaults(func=tokenize_mod.run_detokenize)
+    except ImportError:
+        pass
+    try:
+        from . import benchmark
+
+        p = sub.add_parser("bench", help="kernel and end-to-end benchmarks")
+        benchmark.add_arguments(p)
+        p.set_defaults(func=benchmark.run)
+    except ImportError:
+        pass
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, TypeError, FileNotFoundError, OSError) as exc:
+        _say(f"error: {exc}")
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
