@@ -1,0 +1,356 @@
+"""Fused DAC convolution blocks: Snake prologue, implicit-GEMM conv, fused epilogues.
+
+DESIGN_NOTES_PLACEHOLDER
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from ..backend import register
+
+INTERPRETING = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+_TL_DTYPE = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
+
+
+@triton.jit
+def _snake(v, alpha, inv_alpha):
+    # Same order of operations as the eager oracle: v + (1/(α+1e-9)) · sin(αv)².
+    s = tl.sin(alpha * v)
+    return v + inv_alpha * (s * s)
+
+
+@triton.jit
+def _snake_conv1d_kernel(
+    x_ptr, alpha_in_ptr, w_ptr, bias_ptr, alpha_out_ptr, res_ptr, out_ptr,
+    C_in, C_out, T_in, T_out,
+    conv_stride, dilation, padding,
+    KSIZE: tl.constexpr,
+    BLOCK_CO: tl.constexpr, BLOCK_CI: tl.constexpr, BLOCK_T: tl.constexpr,
+    SNAKE_IN: tl.constexpr, HAS_BIAS: tl.constexpr, SNAKE_OUT: tl.constexpr, HAS_RES: tl.constexpr,
+    IEEE: tl.constexpr,
+):
+    """out[b, co, t] = epilogue(Σ_{ci,k} W[k, co, ci] · snake(x[b, ci, t·stride + k·dilation − padding])).
+
+    x (B, C_in, T_in), out/res (B, C_out, T_out) contiguous; W pre-packed to (KSIZE, C_out, C_in) so
+    that each tap's (co, ci) tile is a dense row-major load. The reduction runs as one flat loop
+    over (ci block, tap) so Triton can software-pipeline it, and taps are never unrolled (an
+    unrolled k=7 loop with 64×64 tiles spills on sm_90).
+    """
+    pid_t = tl.program_id(0)
+    pid_co = tl.program_id(1)
+    b = tl.program_id(2).to(tl.int64)
+
+    co = pid_co * BLOCK_CO + tl.arange(0, BLOCK_CO)
+    t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
+    co_ok = co < C_out
+    t_ok = t < T_out
+    x_base = x_ptr + b * C_in * T_in
+    t_in0 = t * conv_stride - padding
+
+    acc = tl.zeros((BLOCK_CO, BLOCK_T), dtype=tl.float32)
+    n_ci = tl.cdiv(C_in, BLOCK_CI)
+    for kk in range(0, n_ci * KSIZE):
+        ci = (kk // KSIZE) * BLOCK_CI + tl.arange(0, BLOCK_CI)
+        k = kk % KSIZE
+        ci_ok = ci < C_in
+        pos = t_in0 + k * dilation
+        # Masked (padding) positions load 0 and snake(0) = 0, so 'same'/zero padding stays exact.
+        x_mask = ci_ok[:, None] & ((pos >= 0) & (pos < T_in))[None, :]
+        xv = tl.load(x_base + ci[:, None] * T_in + pos[None, :], mask=x_mask, other=0.0)
+        w = tl.load(w_ptr + (k * C_out + co[:, None]) * C_in + ci[None, :],
+                    mask=co_ok[:, None] & ci_ok[None, :], other=0.0)
+        if SNAKE_IN:
+            a = tl.load(alpha_in_ptr + ci, mask=ci_ok, other=1.0).to(tl.float32)
+            xv = _snake(xv.to(tl.float32), a[:, None], (1.0 / (a + 1e-9))[:, None])
+        if IEEE:
+            acc = tl.dot(w, xv.to(w.dtype), acc, input_precision="ieee")
+        else:
+            acc = tl.dot(w, xv.to(w.dtype), acc)
+
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + co, mask=co_ok, other=0.0).to(tl.float32)[:, None]
+    if SNAKE_OUT:
+        a = tl.load(alpha_out_ptr + co, mask=co_ok, other=1.0).to(tl.float32)
+        acc = _snake(acc, a[:, None], (1.0 / (a + 1e-9))[:, None])
+    out_off = b * C_out * T_out + co[:, None] * T_out + t[None, :]
+    out_mask = co_ok[:, None] & t_ok[None, :]
+    if HAS_RES:
+        acc += tl.load(res_ptr + out_off, mask=out_mask, other=0.0).to(tl.float32)
+    tl.store(out_ptr + out_off, acc.to(out_ptr.dtype.element_ty), mask=out_mask)
+
+
+@triton.jit
+def _residual_unit_fused_kernel(
+    x_ptr, alpha1_ptr, w1_ptr, bias1_ptr, alpha2_ptr, w2_ptr, bias2_ptr, out_ptr,
+    C, C_mid, T, dilation, padding,
+    KSIZE: tl.constexpr,
+    C_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_CI: tl.constexpr, BLOCK_T: tl.constexpr,
+    HAS_BIAS1: tl.constexpr, HAS_BIAS2: tl.constexpr, IEEE: tl.constexpr,
+):
+    """Whole residual unit for one (batch, T block): x + W2 · snake(W1 ⊛ snake(x) + b1) + b2.
+
+    The intermediate never leaves the SM: each BLOCK_M slice of the dilated conv's output gets its
+    bias and Snake in registers and feeds the 1×1 conv's tl.dot straight away, accumulating all C
+    output channels (C_PAD × BLOCK_T in fp32), which is why this path is for C ≤ 128 only.
+    W1 is pre-packed to (KSIZE, C_mid, C), W2 to (C, C_mid).
+    """
+    pid_t = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
+
+    t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
+    t_ok = t < T
+    co = tl.arange(0, C_PAD)
+    co_ok = co < C
+    x_base = x_ptr + b * C * T
+    n_ci = tl.cdiv(C, BLOCK_CI)
+
+    acc = tl.zeros((C_PAD, BLOCK_T), dtype=tl.float32)
+    for m0 in range(0, C_mid, BLOCK_M):
+        m = m0 + tl.arange(0, BLOCK_M)
+        m_ok = m < C_mid
+        h = tl.zeros((BLOCK_M, BLOCK_T), dtype=tl.float32)
+        for kk in range(0, n_ci * KSIZE):
+            ci = (kk // KSIZE) * BLOCK_CI + tl.arange(0, BLOCK_CI)
+            k = kk % KSIZE
+            ci_ok = ci < C
+            pos = t - padding + k * dilation
+            x_mask = ci_ok[:, None] & ((pos >= 0) & (pos < T))[None, :]
+            xv = tl.load(x_base + ci[:, None] * T + pos[None, :], mask=x_mask, other=0.0)
+            a = tl.load(alpha1_ptr + ci, mask=ci_ok, other=1.0).to(tl.float32)
+            xv = _snake(xv.to(tl.float32), a[:, None], (1.0 / (a + 1e-9))[:, None])
+            w = tl.load(w1_ptr + (k * C_mid + m[:, None]) * C + ci[None, :],
+                        mask=m_ok[:, None] & ci_ok[None, :], other=0.0)
+            if IEEE:
+                h = tl.dot(w, xv.to(w.dtype), h, input_precision="ieee")
+            else:
+                h = tl.dot(w, xv.to(w.dtype), h)
+        if HAS_BIAS1:
+            h += tl.load(bias1_ptr + m, mask=m_ok, other=0.0).to(tl.float32)[:, None]
+        # Padded rows (m ≥ C_mid) are exactly 0 here and snake(0) = 0; their W2 columns are 0 too.
+        a2 = tl.load(alpha2_ptr + m, mask=m_ok, other=1.0).to(tl.float32)
+        h = _snake(h, a2[:, None], (1.0 / (a2 + 1e-9))[:, None])
+        w2 = tl.load(w2_ptr + co[:, None] * C_mid + m[None, :], mask=co_ok[:, None] & m_ok[None, :], other=0.0)
+        if IEEE:
+            acc = tl.dot(w2, h.to(w2.dtype), acc, input_precision="ieee")
+        else:
+            acc = tl.dot(w2, h.to(w2.dtype), acc)
+
+    if HAS_BIAS2:
+        acc += tl.load(bias2_ptr + co, mask=co_ok, other=0.0).to(tl.float32)[:, None]
+    off = b * C * T + co[:, None] * T + t[None, :]
+    mask = co_ok[:, None] & t_ok[None, :]
+    acc += tl.load(x_ptr + off, mask=mask, other=0.0).to(tl.float32)
+    tl.store(out_ptr + off, acc.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+# ----------------------------------------------------------------------------------------------
+# Launch configurations. Every dot dimension is >= 16 (the GPU compiler's minimum) even where the
+# interpreter would accept less. Numbers behind these choices are in the module docstring.
+
+FUSED_MAX_CHANNELS = 128
+
+
+def _pow2(n: int, lo: int = 16) -> int:
+    return max(lo, triton.next_power_of_2(max(int(n), 1)))
+
+
+def conv_config(c_out: int, c_in: int, dtype: torch.dtype) -> dict:
+    """Block sizes and launch options of _snake_conv1d_kernel."""
+    if dtype == torch.float32:
+        # FFMA dots (ieee): 64×64 fp32 accumulator = 32 regs/thread at 4 warps; K tile 16.
+        return dict(BLOCK_CO=min(64, _pow2(c_out)), BLOCK_CI=16, BLOCK_T=64, num_warps=4, num_stages=2)
+    return dict(BLOCK_CO=min(64, _pow2(c_out)), BLOCK_CI=min(32, _pow2(c_in)), BLOCK_T=128, num_warps=4,
+                num_stages=3)
+
+
+def fused_config(c: int, c_mid: int, dtype: torch.dtype) -> dict:
+    """Block sizes and launch options of _residual_unit_fused_kernel."""
+    c_pad = _pow2(c)
+    block_m = min(64, _pow2(c_mid))
+    if dtype == torch.float32:
+        return dict(C_PAD=c_pad, BLOCK_M=block_m, BLOCK_CI=16, BLOCK_T=64,
+                    num_warps=4 if c_pad <= 64 else 8, num_stages=2)
+    return dict(C_PAD=c_pad, BLOCK_M=block_m, BLOCK_CI=min(32, _pow2(c)), BLOCK_T=64,
+                num_warps=4 if c_pad <= 64 else 8, num_stages=2)
+
+
+def use_fused(c: int, c_mid: int) -> bool:
+    return c <= FUSED_MAX_CHANNELS and c_mid <= FUSED_MAX_CHANNELS
+
+
+# ----------------------------------------------------------------------------------------------
+# Launchers (plain functions on tensors; the registered ops below wrap them).
+
+
+def _flat(t: torch.Tensor | None) -> torch.Tensor | None:
+    return None if t is None else t.reshape(-1).contiguous()
+
+
+def _compute_dtype_guard(x: torch.Tensor) -> bool:
+    # Triton's interpreter has no bf16: run those through fp32 there (tests only; GPUs do bf16).
+    return INTERPRETING and x.device.type == "cpu" and x.dtype == torch.bfloat16
+
+
+def snake_conv1d_launch(
+    x: torch.Tensor,
+    alpha_in: torch.Tensor | None,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    stride: int = 1,
+    padding: int = 0,
+    dilation: int = 1,
+    alpha_out: torch.Tensor | None = None,
+    residual: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``[residual +] [snake_out](conv1d([snake_in](x), weight, bias, stride, padding, dilation))``."""
+    if _compute_dtype_guard(x):
+        f = lambda t: None if t is None else t.float()  # noqa: E731
+        return snake_conv1d_launch(f(x), f(alpha_in), f(weight), f(bias), stride, padding, dilation,
+                                   f(alpha_out), f(residual)).to(x.dtype)
+    x = x.contiguous()
+    batch, c_in, t_in = x.shape
+    c_out, _, ksize = weight.shape
+    t_out = (t_in + 2 * padding - dilation * (ksize - 1) - 1) // stride + 1
+    if t_out < 0:
+        raise ValueError(f"snake_conv1d: {t_in} frames give no output with kernel {ksize}, padding {padding}")
+    out = torch.empty(batch, c_out, t_out, device=x.device, dtype=x.dtype)
+    if out.numel() == 0:
+        return out
+    w = weight.permute(2, 0, 1).contiguous()  # (K, C_out, C_in): dense per-tap tiles
+    if residual is not None:
+        residual = residual.contiguous()
+        assert residual.shape == out.shape
+    cfg = conv_config(c_out, c_in, x.dtype)
+    launch = {k: cfg.pop(k) for k in ("num_warps", "num_stages")}
+    grid = (triton.cdiv(t_out, cfg["BLOCK_T"]), triton.cdiv(c_out, cfg["BLOCK_CO"]), batch)
+    dummy = w
+    _snake_conv1d_kernel[grid](
+        x, _flat(alpha_in) if alpha_in is not None else dummy, w,
+        _flat(bias) if bias is not None else dummy,
+        _flat(alpha_out) if alpha_out is not None else dummy,
+        residual if residual is not None else dummy, out,
+        c_in, c_out, t_in, t_out, stride, dilation, padding,
+        KSIZE=ksize, SNAKE_IN=alpha_in is not None, HAS_BIAS=bias is not None,
+        SNAKE_OUT=alpha_out is not None, HAS_RES=residual is not None,
+        IEEE=x.dtype == torch.float32, **cfg, **launch,
+    )
+    return out
+
+
+def residual_unit_launch(x, alpha1, weight1, bias1, dilation, alpha2, weight2, bias2, fused: bool | None = None):
+    """x + conv1x1(snake(conv_k(snake(x), dilation)), 'same' padding; fused=None picks by channel count."""
+    if _compute_dtype_guard(x):
+        f = lambda t: None if t is None else t.float()  # noqa: E731
+        return residual_unit_launch(f(x), f(alpha1), f(weight1), f(bias1), dilation, f(alpha2), f(weight2),
+                                    f(bias2), fused).to(x.dtype)
+    x = x.contiguous()
+    batch, c, t = x.shape
+    c_mid, _, ksize = weight1.shape
+    padding = (ksize - 1) * dilation // 2
+    if fused is None:
+        fused = use_fused(c, c_mid)
+    if not fused:
+        g = snake_conv1d_launch(x, alpha1, weight1, bias1, 1, padding, dilation, alpha_out=alpha2)
+        return snake_conv1d_launch(g, None, weight2, bias2, residual=x)
+    out = torch.empty_like(x)
+    if out.numel() == 0:
+        return out
+    w1 = weight1.permute(2, 0, 1).contiguous()  # (K, C_mid, C)
+    w2 = weight2.reshape(c, c_mid).contiguous()
+    cfg = fused_config(c, c_mid, x.dtype)
+    launch = {k: cfg.pop(k) for k in ("num_warps", "num_stages")}
+    grid = (triton.cdiv(t, cfg["BLOCK_T"]), batch)
+    _residual_unit_fused_kernel[grid](
+        x, _flat(alpha1), w1, _flat(bias1) if bias1 is not None else w1, _flat(alpha2), w2,
+        _flat(bias2) if bias2 is not None else w2, out,
+        c, c_mid, t, dilation, padding,
+        KSIZE=ksize, HAS_BIAS1=bias1 is not None, HAS_BIAS2=bias2 is not None,
+        IEEE=x.dtype == torch.float32, **cfg, **launch,
+    )
+    return out
+
+
+def snake_conv_transpose1d_launch(x, alpha, weight, bias, stride, padding, output_padding):
+    """Snake (the registered snake op of the active backend) then the vendor transposed conv."""
+    from xcodec_fast import ops  # late: this module is imported while xcodec_fast.ops loads backends
+
+    return torch.nn.functional.conv_transpose1d(ops.snake(x.contiguous(), alpha), weight, bias, stride=stride,
+                                                padding=padding, output_padding=output_padding)
+
+
+# ----------------------------------------------------------------------------------------------
+# torch.library custom ops (opaque to torch.compile, with shape-only fake implementations) and
+# their registration as the triton backend's implementations.
+
+
+@torch.library.custom_op("xcodec_fast::residual_unit", mutates_args=())
+def residual_unit_op(
+    x: torch.Tensor,
+    alpha1: torch.Tensor,
+    weight1: torch.Tensor,
+    bias1: Optional[torch.Tensor],
+    dilation: int,
+    alpha2: torch.Tensor,
+    weight2: torch.Tensor,
+    bias2: Optional[torch.Tensor],
+) -> torch.Tensor:
+    return residual_unit_launch(x, alpha1, weight1, bias1, dilation, alpha2, weight2, bias2)
+
+
+@residual_unit_op.register_fake
+def _(x, alpha1, weight1, bias1, dilation, alpha2, weight2, bias2):
+    return x.new_empty(x.shape)
+
+
+@torch.library.custom_op("xcodec_fast::snake_conv1d", mutates_args=())
+def snake_conv1d_op(
+    x: torch.Tensor, alpha: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], stride: int, padding: int
+) -> torch.Tensor:
+    return snake_conv1d_launch(x, alpha, weight, bias, stride, padding)
+
+
+@snake_conv1d_op.register_fake
+def _(x, alpha, weight, bias, stride, padding):
+    t_out = (x.shape[-1] + 2 * padding - weight.shape[-1]) // stride + 1
+    return x.new_empty(x.shape[0], weight.shape[0], t_out)
+
+
+@torch.library.custom_op("xcodec_fast::snake_conv_transpose1d", mutates_args=())
+def snake_conv_transpose1d_op(
+    x: torch.Tensor,
+    alpha: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    stride: int,
+    padding: int,
+    output_padding: int,
+) -> torch.Tensor:
+    return snake_conv_transpose1d_launch(x, alpha, weight, bias, stride, padding, output_padding)
+
+
+@snake_conv_transpose1d_op.register_fake
+def _(x, alpha, weight, bias, stride, padding, output_padding):
+    t_out = (x.shape[-1] - 1) * stride - 2 * padding + weight.shape[-1] + output_padding
+    return x.new_empty(x.shape[0], weight.shape[1], t_out)
+
+
+@register("residual_unit", "triton")
+def residual_unit(x, alpha1, weight1, bias1, dilation, alpha2, weight2, bias2):
+    return residual_unit_op(x, alpha1, weight1, bias1, int(dilation), alpha2, weight2, bias2)
+
+
+@register("snake_conv1d", "triton")
+def snake_conv1d(x, alpha, weight, bias, stride, padding):
+    return snake_conv1d_op(x, alpha, weight, bias, int(stride), int(padding))
+
+
+@register("snake_conv_transpose1d", "triton")
+def snake_conv_transpose1d(x, alpha, weight, bias, stride, padding, output_padding):
+    return snake_conv_transpose1d_op(x, alpha, weight, bias, int(stride), int(padding), int(output_padding))
