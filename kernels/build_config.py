@@ -1,0 +1,62 @@
+"""How to compile the native kernels: shared by setup.py (prebuilt ``xcodec_fast._C``) and
+xcodec_fast/ops/native.py (build on first use), so that both produce the same binary.
+
+Loaded by file path, not imported as a package module: setup.py must read it without importing
+xcodec_fast. Needs torch only inside the functions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from pathlib import Path
+
+KERNEL_DIR = Path(__file__).resolve().parent
+SOURCES = ("xcodec_native.cpp",)
+# Files whose content decides the binary (the cache key hashes them).
+HASHED_FILES = SOURCES + ("build_config.py",)
+
+_ISA_FLAGS = {
+    # The same ISA set ATen compiles its own CPU_CAPABILITY kernels with, so that Vectorized<float>
+    # (and sin, where it comes from Sleef) behaves as in torch's kernels on this machine.
+    "AVX512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma", "-mf16c"],
+    "AVX2": ["-mavx2", "-mfma", "-mf16c"],
+    "DEFAULT": [],
+}
+
+
+def target_capability() -> str:
+    """The SIMD level to compile for: what torch itself dispatches to on this CPU (honours
+    ATEN_CPU_CAPABILITY), reduced to the levels the kernels know."""
+    import torch
+
+    capability = torch.backends.cpu.get_cpu_capability().upper()
+    if capability.startswith("AVX512"):
+        return "AVX512"
+    if capability == "AVX2":
+        return "AVX2"
+    return "DEFAULT"
+
+
+def compile_flags(capability: str) -> list[str]:
+    # -ffp-contract=off: no fused multiply-add, so every rounding matches eager torch's separate ops.
+    flags = ["-O3", "-ffp-contract=off", "-fno-math-errno", *_ISA_FLAGS[capability]]
+    if capability != "DEFAULT":
+        flags += [f"-DCPU_CAPABILITY={capability}", f"-DCPU_CAPABILITY_{capability}"]
+    return flags
+
+
+def source_paths(kernel_dir: Path = KERNEL_DIR) -> list[str]:
+    return [str(kernel_dir / name) for name in SOURCES]
+
+
+def cache_key(capability: str, kernel_dir: Path = KERNEL_DIR) -> str:
+    """Changes with the sources, the flags, torch, Python and the SIMD level."""
+    import torch
+
+    digest = hashlib.sha256()
+    for name in HASHED_FILES:
+        digest.update((kernel_dir / name).read_bytes())
+    digest.update(" ".join(compile_flags(capability)).encode())
+    python = f"py{sys.version_info.major}{sys.version_info.minor}"
+    return f"torch{torch.__version__}-{python}-{capability.lower()}-{digest.hexdigest()[:12]}"
