@@ -1,0 +1,182 @@
+"""The DAC acoustic encoder and decoder, in X-Codec's variant (decoder ConvTranspose output_padding
+= stride % 2, no final tanh).
+
+Parameter names equal transformers' ``DacEncoder`` / ``DacDecoder`` state-dict keys (with weight norm
+already folded into plain ``weight`` tensors); the Snake and conv compute goes through
+:mod:`xcodec_fast.ops`, so the backend is chosen there, not here.
+
+Every ``forward`` takes optional per-item ``lengths`` (valid frames of a right-padded batch) and
+returns the new lengths: frames past an item's length are zeroed before each temporal conv, so each
+item's valid output equals what it gives alone (zero padding of a conv == zeroed frames).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .. import ops
+from ..config import AcousticConfig
+
+RESIDUAL_DILATIONS = (1, 3, 9)
+RESIDUAL_KERNEL = 7
+
+
+def zero_beyond(x: Tensor, lengths: Tensor | None) -> Tensor:
+    """Zero the frames of x (B, C, T) at or after each item's length; no-op without lengths."""
+    if lengths is None:
+        return x
+    valid = torch.arange(x.shape[-1], device=x.device)[None, :] < lengths[:, None].to(x.device)
+    return x.masked_fill(~valid[:, None, :], 0)
+
+
+def conv_output_lengths(lengths, kernel: int, stride: int = 1, padding: int = 0, dilation: int = 1):
+    """torch's Conv1d output length, for ints or integer tensors."""
+    return (lengths + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+
+
+class Snake(nn.Module):
+    """Holds Snake's per-channel α, shaped (1, C, 1) like transformers' ``Snake1d.alpha``."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.alpha = nn.Parameter(torch.ones(1, channels, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return ops.snake(x, self.alpha)
+
+
+class ResidualUnit(nn.Module):
+    """``x + conv1x1(snake(conv7_dilated(snake(x))))``, one :func:`ops.residual_unit` call."""
+
+    def __init__(self, channels: int, dilation: int):
+        super().__init__()
+        self.dilation = dilation
+        self.snake1 = Snake(channels)
+        self.conv1 = nn.Conv1d(channels, channels, RESIDUAL_KERNEL, dilation=dilation, padding=3 * dilation)
+        self.snake2 = Snake(channels)
+        self.conv2 = nn.Conv1d(channels, channels, 1)
+
+    def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
+        # snake(0) == 0, so zeroing the unit's input is all the dilated conv needs.
+        x = zero_beyond(x, lengths)
+        return ops.residual_unit(
+            x,
+            self.snake1.alpha,
+            self.conv1.weight,
+            self.conv1.bias,
+            self.dilation,
+            self.snake2.alpha,
+            self.conv2.weight,
+            self.conv2.bias,
+        )
+
+
+class EncoderBlock(nn.Module):
+    """Three residual units at C channels, then snake + strided conv to 2C channels."""
+
+    def __init__(self, channels: int, stride: int):
+        super().__init__()
+        self.stride = stride
+        self.padding = math.ceil(stride / 2)
+        self.res_unit1 = ResidualUnit(channels, 1)
+        self.res_unit2 = ResidualUnit(channels, 3)
+        self.res_unit3 = ResidualUnit(channels, 9)
+        self.snake1 = Snake(channels)
+        self.conv1 = nn.Conv1d(channels, 2 * channels, 2 * stride, stride=stride, padding=self.padding)
+
+    def forward(self, x: Tensor, lengths: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        for unit in (self.res_unit1, self.res_unit2, self.res_unit3):
+            x = unit(x, lengths)
+        x = ops.snake_conv1d(zero_beyond(x, lengths), self.snake1.alpha, self.conv1.weight, self.conv1.bias, self.stride, self.padding)
+        if lengths is not None:
+            lengths = conv_output_lengths(lengths, 2 * self.stride, self.stride, self.padding)
+        return x, lengths
+
+
+class DacEncoder(nn.Module):
+    """audio (B, 1, N) -> acoustic embedding (B, hidden_size, frames)."""
+
+    def __init__(self, config: AcousticConfig):
+        super().__init__()
+        width = config.encoder_hidden_size
+        self.conv1 = nn.Conv1d(1, width, 7, padding=3)
+        blocks = []
+        for stride in config.downsampling_ratios:
+            blocks.append(EncoderBlock(width, stride))
+            width *= 2
+        self.block = nn.ModuleList(blocks)
+        self.snake1 = Snake(width)
+        self.conv2 = nn.Conv1d(width, config.hidden_size, 3, padding=1)
+
+    def forward(self, audio: Tensor, lengths: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        x = F.conv1d(zero_beyond(audio, lengths), self.conv1.weight, self.conv1.bias, padding=3)
+        for block in self.block:
+            x, lengths = block(x, lengths)
+        x = ops.snake_conv1d(zero_beyond(x, lengths), self.snake1.alpha, self.conv2.weight, self.conv2.bias, 1, 1)
+        return x, lengths
+
+    def conv_layers(self) -> list[nn.Conv1d]:
+        """Every Conv1d in module order: what transformers walks to predict the output length."""
+        return [m for m in self.modules() if isinstance(m, nn.Conv1d)]
+
+
+class DecoderBlock(nn.Module):
+    """snake + ConvTranspose (×stride frames, C -> C/2 channels), then three residual units."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int):
+        super().__init__()
+        self.stride = stride
+        self.padding = math.ceil(stride / 2)
+        # X-Codec's DAC: output_padding = stride % 2 makes every block output exactly stride × frames.
+        self.output_padding = stride % 2
+        self.snake1 = Snake(in_channels)
+        self.conv_t1 = nn.ConvTranspose1d(
+            in_channels, out_channels, 2 * stride, stride, self.padding, output_padding=self.output_padding
+        )
+        self.res_unit1 = ResidualUnit(out_channels, 1)
+        self.res_unit2 = ResidualUnit(out_channels, 3)
+        self.res_unit3 = ResidualUnit(out_channels, 9)
+
+    def forward(self, x: Tensor, lengths: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        x = ops.snake_conv_transpose1d(
+            zero_beyond(x, lengths),
+            self.snake1.alpha,
+            self.conv_t1.weight,
+            self.conv_t1.bias,
+            self.stride,
+            self.padding,
+            self.output_padding,
+        )
+        if lengths is not None:
+            lengths = lengths * self.stride
+        for unit in (self.res_unit1, self.res_unit2, self.res_unit3):
+            x = unit(x, lengths)
+        return x, lengths
+
+
+class DacDecoder(nn.Module):
+    """latent (B, hidden_size, T) -> audio (B, 1, hop_length * T); no tanh (X-Codec removed it)."""
+
+    def __init__(self, config: AcousticConfig):
+        super().__init__()
+        width = config.decoder_hidden_size
+        self.conv1 = nn.Conv1d(config.hidden_size, width, 7, padding=3)
+        blocks = []
+        for stride in config.upsampling_ratios:
+            blocks.append(DecoderBlock(width, width // 2, stride))
+            width //= 2
+        self.block = nn.ModuleList(blocks)
+        self.snake1 = Snake(width)
+        self.conv2 = nn.Conv1d(width, 1, 7, padding=3)
+
+    def forward(self, x: Tensor, lengths: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        x = F.conv1d(zero_beyond(x, lengths), self.conv1.weight, self.conv1.bias, padding=3)
+        for block in self.block:
+            x, lengths = block(x, lengths)
+        x = self.snake1(zero_beyond(x, lengths))
+        x = F.conv1d(x, self.conv2.weight, self.conv2.bias, padding=3)
+        return zero_beyond(x, lengths), lengths

@@ -1,0 +1,401 @@
+"""XcodecModel: transformers-compatible X-Codec, inference only, with variable-length batches.
+
+Same parameter names, outputs and error messages as transformers' ``XcodecModel``; the hot compute
+goes through :mod:`xcodec_fast.ops`. Beyond transformers, ``encode`` takes a ``padding_mask`` and
+gives every item exactly the codes it gives alone, and ``decode`` takes ``audio_code_lengths``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .. import ops
+from ..config import XcodecConfig
+from .acoustic import DacDecoder, DacEncoder, zero_beyond
+from .adapter import SemanticDecoder, SemanticEncoder
+from .outputs import XcodecDecoderOutput, XcodecEncoderOutput, XcodecOutput
+from .quantizer import ResidualVectorQuantizer
+from .semantic import SemanticModel
+
+__all__ = ["XcodecModel", "XcodecOutput", "XcodecEncoderOutput", "XcodecDecoderOutput"]
+
+
+def _torch_conv_length(length: int, conv: nn.Conv1d) -> int:
+    # transformers' conv1d_output_length: int() of a float division (truncates toward zero).
+    numerator = length + 2 * conv.padding[0] - conv.dilation[0] * (conv.kernel_size[0] - 1) - 1
+    return int(numerator / conv.stride[0] + 1)
+
+
+class XcodecModel(nn.Module):
+    """X-Codec: audio (B, 1, N) at 16 kHz <-> codes (B, n_q, N / 320) in [0, codebook_size)."""
+
+    main_input_name = "input_values"
+
+    def __init__(self, config: XcodecConfig, backend: str | None = None):
+        super().__init__()
+        if not isinstance(config, XcodecConfig):
+            raise TypeError(f"config must be an xcodec_fast XcodecConfig, got {type(config).__name__}")
+        self.config = config
+        self.backend = backend
+        self.pad = config.hop_length // 2
+        self.acoustic_encoder = DacEncoder(config.acoustic_model_config)
+        self.acoustic_decoder = DacDecoder(config.acoustic_model_config)
+        self.encoder_semantic = SemanticEncoder(config)
+        self.decoder_semantic = SemanticDecoder(config)
+        self.semantic_model = SemanticModel(config.semantic_model_config)
+        self.fc = nn.Linear(config.hidden_size, config.hidden_size)
+        self.fc1 = nn.Linear(config.hidden_size, config.semantic_hidden_size)
+        self.fc2 = nn.Linear(config.hidden_size, config.acoustic_model_config.hidden_size)
+        self.quantizer = ResidualVectorQuantizer(config)
+        self.requires_grad_(False)
+        self.eval()
+        if self.fc2.weight.device.type != "meta":
+            self.refresh_derived()
+
+    # ---- settings --------------------------------------------------------------------------
+    @property
+    def backend(self) -> str | None:
+        """Kernel backend used inside encode/decode ('eager', 'triton', 'native', 'auto'), or None
+        to follow the global :func:`xcodec_fast.use_backend` setting."""
+        return self._backend
+
+    @backend.setter
+    def backend(self, name: str | None) -> None:
+        if name is not None and (not isinstance(name, str) or name.lower() not in ops.CHOICES):
+            raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(ops.CHOICES)} or None")
+        self._backend = None if name is None else name.lower()
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.fc.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.fc.weight.device
+
+    @property
+    def num_quantizers(self) -> int:
+        return self.quantizer.num_quantizers
+
+    def refresh_derived(self) -> None:
+        """Recompute the non-persistent buffers (stacked codebooks, their norms, fc2-projected
+        codebooks). Call after changing codebooks or fc2 by hand; the loaders call it."""
+        self.quantizer.refresh(self.fc2.weight)
+
+    @contextlib.contextmanager
+    def _running(self) -> Iterator[None]:
+        with torch.inference_mode():
+            if self._backend is None:
+                yield
+            else:
+                with ops.use_backend(self._backend):
+                    yield
+
+    def _return_dict(self, return_dict: bool | None) -> bool:
+        return bool(self.config.extra.get("return_dict", True)) if return_dict is None else bool(return_dict)
+
+    # ---- lengths ---------------------------------------------------------------------------
+    def _acoustic_needs_padding(self, num_samples: int) -> bool:
+        """transformers runs the acoustic encoder on audio padded by hop/2 per side when its conv
+        arithmetic on the raw length misses the semantic frame count; decide that without running it."""
+        length = num_samples
+        for conv in self.acoustic_encoder.conv_layers():
+            length = _torch_conv_length(length, conv)
+        return length != self._code_frames(num_samples)
+
+    def _code_frames(self, num_samples: int) -> int:
+        """Code frames for ``num_samples`` samples of audio (the semantic branch's frame count)."""
+        frames = int(self.semantic_model.frame_lengths(torch.tensor(num_samples + 2 * self.pad)))
+        return int(self.encoder_semantic.output_length(frames))
+
+    def min_input_length(self) -> int:
+        """Fewest samples encode accepts."""
+        return max(1, self.semantic_model.min_input_length - 2 * self.pad)
+
+    # ---- input checks ----------------------------------------------------------------------
+    def _check_audio(self, input_values) -> Tensor:
+        if not isinstance(input_values, Tensor):
+            raise TypeError(f"input_values must be a torch.Tensor of shape (batch, 1, samples), got {type(input_values).__name__}")
+        if input_values.dim() != 3:
+            raise ValueError(
+                f"input_values must have shape (batch, channels, samples), got {tuple(input_values.shape)}; "
+                "for a mono clip x of shape (samples,) pass x[None, None]"
+            )
+        channels = input_values.shape[1]
+        if channels != 1:
+            raise ValueError(f"Audio must be mono, but got {channels}")
+        if not input_values.is_floating_point():
+            raise TypeError(
+                f"input_values must be floating point audio in [-1, 1], got dtype {input_values.dtype}; "
+                "convert integer PCM first (e.g. x.float() / 32768)"
+            )
+        if input_values.shape[0] == 0 or input_values.shape[-1] == 0:
+            raise ValueError(f"input_values is empty (shape {tuple(input_values.shape)})")
+        if not torch.isfinite(input_values).all():
+            raise ValueError("input_values contains NaN or infinite samples")
+        return input_values.to(device=self.device, dtype=self.dtype)
+
+    def _check_padding_mask(self, padding_mask, audio: Tensor) -> Tensor | None:
+        if padding_mask is None:
+            return None
+        batch, _, num_samples = audio.shape
+        if not isinstance(padding_mask, Tensor):
+            raise TypeError(f"padding_mask must be a torch.Tensor, got {type(padding_mask).__name__}")
+        if padding_mask.shape == (batch, 1, num_samples):
+            padding_mask = padding_mask[:, 0]
+        if padding_mask.shape != (batch, num_samples):
+            raise ValueError(
+                f"padding_mask must have shape (batch, samples) = {(batch, num_samples)}, got {tuple(padding_mask.shape)}"
+            )
+        mask = padding_mask.to(audio.device)
+        if not ((mask == 0) | (mask == 1)).all():
+            raise ValueError("padding_mask must hold only 0 (padding) and 1 (valid sample)")
+        mask = mask.bool()
+        lengths = mask.sum(-1)
+        prefix = torch.arange(num_samples, device=mask.device)[None, :] < lengths[:, None]
+        if not torch.equal(prefix, mask):
+            bad = int((prefix != mask).any(-1).nonzero()[0])
+            raise ValueError(
+                f"padding_mask item {bad} is not right-padded: valid samples must come first, then only padding"
+            )
+        return lengths.long()
+
+    def _check_length(self, num_samples: int) -> None:
+        minimum = self.min_input_length()
+        if num_samples < minimum:
+            raise ValueError(f"audio of {num_samples} samples is too short: encode needs at least {minimum}")
+
+    # ---- encode ----------------------------------------------------------------------------
+    def encode(
+        self,
+        input_values: Tensor,
+        bandwidth: float | None = None,
+        return_dict: bool | None = None,
+        padding_mask: Tensor | None = None,
+    ) -> Tensor | XcodecEncoderOutput:
+        """Audio (B, 1, N) float -> codes (B, n_q, T) int64, n_q from ``bandwidth`` (kbps, one of
+        ``config.target_bandwidths``; None: the highest).
+
+        ``padding_mask`` (B, N) of 1 (valid) / 0 (padding), valid samples first: item b then gets
+        exactly the codes of ``input_values[b, :, :L_b]`` alone (L_b = its valid samples), in its first
+        ``audio_code_lengths[b]`` frames; later frames are 0. ``return_dict=False`` returns the codes
+        tensor only (as transformers does)."""
+        return_dict = self._return_dict(return_dict)
+        audio = self._check_audio(input_values)
+        num_quantizers = self.config.num_quantizers_for_bandwidth(bandwidth)
+        lengths = self._check_padding_mask(padding_mask, audio)
+        with self._running():
+            if lengths is None:
+                self._check_length(audio.shape[-1])
+                codes = self._encode_full(audio, num_quantizers)
+                code_lengths = None
+            else:
+                codes, code_lengths = self._encode_padded(audio, lengths, num_quantizers)
+        if not return_dict:
+            return codes
+        return XcodecEncoderOutput(audio_codes=codes, audio_code_lengths=code_lengths)
+
+    def _encode_full(self, audio: Tensor, num_quantizers: int) -> Tensor:
+        num_samples = audio.shape[-1]
+        features = self.semantic_model(F.pad(audio[:, 0], (self.pad, self.pad)))
+        e_semantic, _ = self.encoder_semantic(features.transpose(1, 2))
+        acoustic_input = F.pad(audio, (self.pad, self.pad)) if self._acoustic_needs_padding(num_samples) else audio
+        e_acoustic, _ = self.acoustic_encoder(acoustic_input)
+        if e_acoustic.shape[-1] != e_semantic.shape[-1]:
+            raise RuntimeError(
+                f"audio of {num_samples} samples gives {e_acoustic.shape[-1]} acoustic but {e_semantic.shape[-1]} "
+                "semantic frames; this config's acoustic and semantic strides do not line up"
+            )
+        return self._quantize(e_acoustic, e_semantic, num_quantizers)
+
+    def _quantize(self, e_acoustic: Tensor, e_semantic: Tensor, num_quantizers: int) -> Tensor:
+        embeddings = torch.cat([e_acoustic, e_semantic], dim=1)
+        embeddings = self.fc(embeddings.transpose(1, 2)).transpose(1, 2)
+        return self.quantizer.encode(embeddings, num_quantizers)
+
+    def _encode_padded(self, audio: Tensor, lengths: Tensor, num_quantizers: int) -> tuple[Tensor, Tensor]:
+        for index, length in enumerate(lengths.tolist()):
+            if length == 0:
+                raise ValueError(f"padding_mask item {index} has no valid samples")
+            self._check_length(length)
+        total_frames = self._code_frames(audio.shape[-1])
+        longest = int(lengths.max())
+        audio = zero_beyond(audio[..., :longest], lengths)
+        if bool((lengths == longest).all()):
+            # Every item fills the (trimmed) batch: the plain path, bit-identical to transformers.
+            codes = self._encode_full(audio, num_quantizers)
+            code_lengths = torch.full_like(lengths, codes.shape[-1])
+        else:
+            codes, code_lengths = self._encode_masked(audio, lengths, num_quantizers)
+        codes = zero_beyond(codes, code_lengths)
+        return F.pad(codes, (0, total_frames - codes.shape[-1])), code_lengths
+
+    def _encode_masked(self, audio: Tensor, lengths: Tensor, num_quantizers: int) -> tuple[Tensor, Tensor]:
+        pad = self.pad
+        semantic_lengths = lengths + 2 * pad
+        features = self.semantic_model(F.pad(audio[:, 0], (pad, pad)), semantic_lengths)
+        frames = self.semantic_model.frame_lengths(semantic_lengths).to(audio.device)
+        e_semantic, code_lengths = self.encoder_semantic(features.transpose(1, 2), frames)
+        e_acoustic = e_semantic.new_zeros(audio.shape[0], self.config.acoustic_model_config.hidden_size, e_semantic.shape[-1])
+        # Items may differ in transformers' pad decision: run the acoustic encoder per decision.
+        decisions = torch.tensor([self._acoustic_needs_padding(n) for n in lengths.tolist()], device=audio.device)
+        for padded in (False, True):
+            items = (decisions == padded).nonzero()[:, 0]
+            if items.numel() == 0:
+                continue
+            group_lengths = lengths[items]
+            group = audio[items, :, : int(group_lengths.max())]
+            if padded:
+                group, group_lengths = F.pad(group, (pad, pad)), group_lengths + 2 * pad
+            encoded, encoded_lengths = self.acoustic_encoder(group, group_lengths)
+            if not torch.equal(encoded_lengths, code_lengths[items]):
+                raise RuntimeError(
+                    f"acoustic frames {encoded_lengths.tolist()} differ from semantic frames "
+                    f"{code_lengths[items].tolist()}; this config's strides do not line up"
+                )
+            frames_kept = min(encoded.shape[-1], e_acoustic.shape[-1])
+            e_acoustic[items, :, :frames_kept] = encoded[..., :frames_kept]
+        return self._quantize(e_acoustic, e_semantic, num_quantizers), code_lengths
+
+    # ---- decode ----------------------------------------------------------------------------
+    def _check_codes(self, audio_codes) -> Tensor:
+        if not isinstance(audio_codes, Tensor):
+            raise TypeError(f"audio_codes must be a torch.Tensor, got {type(audio_codes).__name__}")
+        if audio_codes.is_floating_point() or audio_codes.is_complex() or audio_codes.dtype == torch.bool:
+            raise TypeError(f"audio_codes must be an integer tensor (as encode returns), got dtype {audio_codes.dtype}")
+        if audio_codes.dim() != 3:
+            raise ValueError(
+                f"audio_codes must have shape (batch, num_quantizers, frames), got {tuple(audio_codes.shape)}"
+            )
+        batch, num_quantizers, frames = audio_codes.shape
+        if not 1 <= num_quantizers <= self.num_quantizers:
+            raise ValueError(
+                f"audio_codes has {num_quantizers} quantizers (dim 1); this model has 1 to {self.num_quantizers}"
+            )
+        if batch == 0 or frames == 0:
+            raise ValueError(f"audio_codes is empty (shape {tuple(audio_codes.shape)})")
+        low, high = int(audio_codes.min()), int(audio_codes.max())
+        size = self.quantizer.codebook_size
+        if low < 0 or high >= size:
+            raise ValueError(f"audio_codes must lie in [0, {size - 1}], got values in [{low}, {high}]")
+        return audio_codes.to(device=self.device, dtype=torch.long)
+
+    def _check_code_lengths(self, audio_code_lengths, codes: Tensor) -> Tensor | None:
+        if audio_code_lengths is None:
+            return None
+        lengths = torch.as_tensor(audio_code_lengths, device=codes.device)
+        if lengths.shape != (codes.shape[0],) or lengths.is_floating_point():
+            raise ValueError(
+                f"audio_code_lengths must be {codes.shape[0]} integers (one per item), got {tuple(lengths.shape)} {lengths.dtype}"
+            )
+        if (lengths < 1).any() or (lengths > codes.shape[-1]).any():
+            raise ValueError(f"audio_code_lengths must lie in [1, {codes.shape[-1]}], got {lengths.tolist()}")
+        return lengths.long()
+
+    def decode(
+        self,
+        audio_codes: Tensor,
+        return_dict: bool | None = None,
+        audio_code_lengths: Tensor | None = None,
+    ) -> Tensor | XcodecDecoderOutput:
+        """Codes (B, n_q, T) -> audio (B, 1, hop_length * T).
+
+        With ``audio_code_lengths`` (B,) item b's audio equals decoding ``audio_codes[b, :, :len_b]``
+        alone in its first ``hop_length * len_b`` samples; later samples are 0."""
+        return_dict = self._return_dict(return_dict)
+        codes = self._check_codes(audio_codes)
+        lengths = self._check_code_lengths(audio_code_lengths, codes)
+        if lengths is not None and bool((lengths == codes.shape[-1]).all()):
+            lengths = None
+        with self._running():
+            latent = self.quantizer.decode_project(codes, self.fc2.weight, self.fc2.bias)
+            audio_values, _ = self.acoustic_decoder(latent, lengths)
+        if not return_dict:
+            return audio_values
+        return XcodecDecoderOutput(audio_values=audio_values)
+
+    def forward(
+        self,
+        input_values: Tensor,
+        audio_codes: Tensor | None = None,
+        bandwidth: float | None = None,
+        return_dict: bool | None = None,
+        padding_mask: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor] | XcodecOutput:
+        """Encode (unless ``audio_codes`` are given) then decode, trimmed to the input length.
+        With ``padding_mask``, each item's audio is zero past its valid samples."""
+        return_dict = self._return_dict(return_dict)
+        num_samples = input_values.shape[-1] if isinstance(input_values, Tensor) else None
+        code_lengths = None
+        sample_lengths = None
+        if audio_codes is None:
+            encoded = self.encode(input_values, bandwidth, return_dict=True, padding_mask=padding_mask)
+            audio_codes, code_lengths = encoded.audio_codes, encoded.audio_code_lengths
+        elif padding_mask is not None:
+            raise ValueError("padding_mask only applies when forward encodes; pass audio_code_lengths to decode instead")
+        if code_lengths is not None:
+            sample_lengths = padding_mask.reshape(padding_mask.shape[0], -1).sum(-1)
+        audio_values = self.decode(audio_codes, return_dict=True, audio_code_lengths=code_lengths).audio_values
+        audio_values = zero_beyond(audio_values[..., :num_samples], sample_lengths)
+        output = XcodecOutput(audio_codes=audio_codes, audio_values=audio_values)
+        return output if return_dict else output.to_tuple()
+
+    # ---- construction ----------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str,
+        revision: str | None = None,
+        cache_dir: str | None = None,
+        local_files_only: bool = False,
+        dtype: str | torch.dtype | None = None,
+        device: str | torch.device | None = None,
+        backend: str | None = None,
+    ) -> "XcodecModel":
+        """Load a transformers X-Codec checkpoint (hub id or local directory; safetensors only)."""
+        from ..hub import load_pretrained
+
+        return load_pretrained(
+            cls,
+            name_or_path,
+            revision=revision,
+            cache_dir=cache_dir,
+            local_files_only=local_files_only,
+            dtype=dtype,
+            device=device,
+            backend=backend,
+        )
+
+    def save_pretrained(self, save_directory: str) -> None:
+        """Write config.json + model.safetensors that transformers' XcodecModel.from_pretrained loads."""
+        from ..hub import save_pretrained
+
+        save_pretrained(self, save_directory)
+
+    @classmethod
+    def from_original_checkpoint(
+        cls, checkpoint_path: str, yaml_path: str | None = None, config: XcodecConfig | None = None, **kwargs
+    ) -> "XcodecModel":
+        """Load an original X-Codec ``.pth`` (weights only) with its ``.yaml`` config."""
+        from ..hub import load_original_checkpoint
+
+        return load_original_checkpoint(cls, checkpoint_path, yaml_path, config=config, **kwargs)
+
+    @classmethod
+    def from_random(cls, config: XcodecConfig | None = None, seed: int = 0, backend: str | None = None) -> "XcodecModel":
+        """Deterministic random weights at realistic scales (default: the full-size default config).
+        Codes and audio are meaningless but numerically sane: for demos and tests."""
+        from ..hub import randomize_
+
+        model = cls(config if config is not None else XcodecConfig(), backend=backend)
+        randomize_(model, seed)
+        return model
+
+    def extra_repr(self) -> str:
+        return f"backend={self._backend!r}, num_quantizers={self.num_quantizers}, hop_length={self.config.hop_length}"
