@@ -198,7 +198,14 @@ def test_bad_inputs_raise_clear_errors():
 def test_default_size_hubert_matches_transformers():
     torch.manual_seed(11)
     hf = transformers.HubertModel(transformers.HubertConfig()).eval()
-    _randomize(hf, 11)
+    # Keep transformers' init scales for the 768-wide matrices (fully random ones make 12 layers chaotic enough
+    # that batching alone moves outputs by 1e-5); make norms, biases and weight-norm gains non-trivial.
+    gen = torch.Generator().manual_seed(11)
+    with torch.no_grad():
+        for name, param in hf.named_parameters():
+            if "norm" in name or name.endswith("bias") or name.endswith("original0"):
+                base = 0.0 if name.endswith("bias") else 1.0
+                param.copy_(base + 0.1 * torch.randn(param.shape, generator=gen))
     ours = SemanticModel(SemanticConfig()).eval()
     _load(ours, _checkpoint(hf, old_weight_norm_spelling=False))
     gen = torch.Generator().manual_seed(12)

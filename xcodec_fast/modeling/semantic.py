@@ -281,8 +281,8 @@ class WavLMAttention(nn.Module):
         """``x`` (B, T, E) -> (output (B, T, E), ungated position bias (B*heads, T, T) for the next layer)."""
         batch, frames, _ = x.shape
         if position_bias is None:
-            position_bias = self.position_bias(frames)
-            position_bias = position_bias.unsqueeze(0).repeat(batch, 1, 1, 1).view(batch * self.num_heads, frames, frames)
+            position_bias = self.position_bias(frames).unsqueeze(0).repeat(batch, 1, 1, 1)
+            position_bias = position_bias.view(batch * self.num_heads, frames, frames)
 
         # Each query frame scales the bias by a gate computed from its own hidden state, per head.
         per_head = x.view(batch, frames, self.num_heads, self.head_dim).permute(0, 2, 1, 3)
@@ -291,11 +291,12 @@ class WavLMAttention(nn.Module):
         gate = gate_a * (gate_b * self.gru_rel_pos_const - 1.0) + 2.0
         bias = (gate.view(batch * self.num_heads, -1, 1) * position_bias).view(-1, frames, frames)
         if key_valid is not None:
-            padded = torch.zeros(key_valid.shape, dtype=x.dtype, device=x.device).masked_fill(~key_valid, float("-inf"))
-            bias = bias + padded[:, None, None, :].expand(-1, self.num_heads, -1, -1).reshape(-1, 1, frames)
+            key_bias = torch.zeros(key_valid.shape, dtype=x.dtype, device=x.device).masked_fill(~key_valid, -math.inf)
+            bias = bias + key_bias[:, None, None, :].expand(-1, self.num_heads, -1, -1).reshape(-1, 1, frames)
 
-        def split_heads(t: Tensor) -> Tensor:
-            return t.view(batch, frames, self.num_heads, self.head_dim).transpose(1, 2).reshape(-1, frames, self.head_dim)
+        def split_heads(t: Tensor) -> Tensor:  # (B, T, E) -> (B * heads, T, head_dim)
+            t = t.view(batch, frames, self.num_heads, self.head_dim).transpose(1, 2)
+            return t.reshape(-1, frames, self.head_dim)
 
         q = split_heads(self.q_proj(x)) * math.sqrt(1.0 / float(self.head_dim))
         k = split_heads(self.k_proj(x))
@@ -421,7 +422,7 @@ class SemanticModel(nn.Module):
         if lengths is not None:
             lengths = torch.as_tensor(lengths, device=input_values.device)
             if lengths.shape != (batch,):
-                raise ValueError(f"lengths must have shape ({batch},) for a batch of {batch}, got {tuple(lengths.shape)}")
+                raise ValueError(f"lengths must have shape ({batch},) for this batch, got {tuple(lengths.shape)}")
             if (lengths > num_samples).any():
                 raise ValueError(f"lengths {lengths.tolist()} exceed the input's {num_samples} samples")
             frames = self.frame_lengths(lengths)
