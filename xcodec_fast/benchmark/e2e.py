@@ -1,0 +1,189 @@
+"""End-to-end encode/decode: xcodec_fast per backend against transformers' XcodecModel (eager and
+torch.compile), same random weights, same inputs, same process."""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from typing import Callable
+
+import torch
+
+from ..config import XcodecConfig
+from .timing import Policy, measure, peak_memory, summarize, synchronize
+
+
+def build_reference(config: XcodecConfig, seed: int, device: torch.device, calibration: torch.Tensor):
+    """transformers' model with random weights at realistic scales.
+
+    transformers initialises codebooks to zero and the DAC convolutions with std 0.02, which makes
+    every frame pick the same code and the comparison vacuous. So: PyTorch's default conv init,
+    then codebooks drawn at the scale of the embeddings the quantizer actually receives."""
+    from transformers import XcodecConfig as HFConfig
+    from transformers import XcodecModel as HFModel
+
+    data = config.to_dict()
+    data.pop("model_type", None)
+    torch.manual_seed(seed)
+    model = HFModel(HFConfig(**data)).eval()
+    with torch.no_grad():
+        for part in (model.acoustic_encoder, model.acoustic_decoder):
+            for module in part.modules():
+                if isinstance(module, (torch.nn.Conv1d, torch.nn.ConvTranspose1d)):
+                    module.reset_parameters()
+        captured = {}
+        hook = model.fc.register_forward_hook(lambda _m, _i, out: captured.setdefault("embeddings", out))
+        model.encode(calibration)
+        hook.remove()
+        scale = captured["embeddings"].reshape(-1, config.codebook_dim).std(0).clamp_min(1e-6)
+        gen = torch.Generator().manual_seed(seed + 1)
+        for stage, quantizer in enumerate(model.quantizer.quantizers):
+            book = torch.randn(config.codebook_size, config.codebook_dim, generator=gen) * scale * 0.5**stage
+            quantizer.codebook.embed.copy_(book)
+            quantizer.codebook.embed_avg.copy_(book)
+    return model.to(device)
+
+
+def make_audio(batch: int, num_samples: int, sample_rate: int, gen: torch.Generator) -> torch.Tensor:
+    """Speech-like test signal: a few random partials with a slow envelope, plus a little noise."""
+    t = torch.arange(num_samples) / sample_rate
+    audio = torch.zeros(batch, 1, num_samples)
+    for b in range(batch):
+        f0 = 100 + 150 * torch.rand((), generator=gen)
+        for harmonic in range(1, 6):
+            phase = 2 * math.pi * torch.rand((), generator=gen)
+            audio[b, 0] += torch.sin(2 * math.pi * f0 * harmonic * t + phase) / harmonic
+        envelope = 0.5 + 0.5 * torch.sin(2 * math.pi * (1 + 3 * torch.rand((), generator=gen)) * t)
+        audio[b, 0] = 0.2 * audio[b, 0] * envelope + 0.01 * torch.randn(num_samples, generator=gen)
+    return audio
+
+
+def _compare_audio(out: torch.Tensor, ref: torch.Tensor) -> dict:
+    out, ref = out.float(), ref.float()
+    length = min(out.shape[-1], ref.shape[-1])
+    out, ref = out[..., :length], ref[..., :length]
+    diff = (out - ref).abs()
+    scale = float(ref.abs().max()) or 1.0
+    return {"max_abs_err": float(diff.max()), "max_rel_err": float(diff.max()) / scale}
+
+
+def run_end_to_end(
+    config: XcodecConfig,
+    config_name: str,
+    seconds: float,
+    batches: list[int],
+    backends: dict,
+    device: torch.device,
+    policy: Policy,
+    compile_reference: bool,
+    seed: int = 0,
+    log: Callable[[str], None] = print,
+) -> dict:
+    num_samples = int(round(seconds * config.sample_rate))
+    section = {
+        "config": config_name,
+        "clip_seconds": num_samples / config.sample_rate,
+        "sample_rate": config.sample_rate,
+        "dtype": "float32",
+        "results": [],
+        "skipped": [],
+    }
+    gen = torch.Generator().manual_seed(seed)
+    calibration = make_audio(1, num_samples, config.sample_rate, gen)
+    try:
+        reference = build_reference(config, seed, torch.device("cpu"), calibration).to(device)
+    except Exception as exc:
+        section["skipped"].append({"impl": "transformers", "reason": f"{type(exc).__name__}: {exc}"[:300]})
+        log(f"end-to-end skipped: cannot build transformers' XcodecModel: {exc}")
+        return section
+
+    impls: dict[str, dict] = {"transformers eager": {"encode": reference.encode, "decode": reference.decode}}
+    if compile_reference:
+        impls["transformers compile"] = {
+            "encode": torch.compile(reference.encode, dynamic=False),
+            "decode": torch.compile(reference.decode, dynamic=False),
+        }
+    else:
+        section["skipped"].append({"impl": "transformers compile", "reason": "not requested (quick mode; pass --compile)"})
+
+    with tempfile.TemporaryDirectory(prefix="xcodec-bench-") as folder:
+        reference.save_pretrained(folder)
+        try:
+            from ..modeling.codec import XcodecModel
+
+            ours = XcodecModel.from_pretrained(folder, device=device).eval()
+        except Exception as exc:
+            ours = None
+            section["skipped"].append({"impl": "xcodec_fast", "reason": f"cannot load: {type(exc).__name__}: {exc}"[:300]})
+            log(f"xcodec_fast skipped: {exc}")
+    if ours is not None:
+        for name, status in backends.items():
+            if not status["available"]:
+                section["skipped"].append({"impl": f"xcodec_fast {name}", "reason": status["reason"]})
+                continue
+            impls[f"xcodec_fast {name}"] = {"encode": _with_backend(ours, name, "encode"), "decode": _with_backend(ours, name, "decode")}
+
+    for batch in batches:
+        inputs = [make_audio(batch, num_samples, config.sample_rate, gen).to(device) for _ in range(3)]
+        with torch.inference_mode():
+            reference_codes = [reference.encode(x, return_dict=False) for x in inputs]
+            reference_audio = [reference.decode(c, return_dict=False) for c in reference_codes]
+        for impl, fns in impls.items():
+            for stage in ("encode", "decode"):
+                record = _time_stage(impl, stage, fns[stage], batch, inputs, reference_codes, reference_audio, device, policy, section["clip_seconds"], log)
+                section["results"].append(record)
+    _add_speedups(section["results"])
+    return section
+
+
+def _with_backend(model, backend: str, stage: str):
+    def call(x):
+        model.backend = backend
+        return getattr(model, stage)(x, return_dict=False)
+
+    return call
+
+
+def _time_stage(impl, stage, fn, batch, inputs, reference_codes, reference_audio, device, policy, clip_seconds, log) -> dict:
+    record = {"impl": impl, "stage": stage, "batch": batch}
+    arg_sets = [(x,) for x in inputs] if stage == "encode" else [(c,) for c in reference_codes]
+
+    def plain(x):
+        out = fn(x)
+        return out if isinstance(out, torch.Tensor) else out[0]
+
+    try:
+        with torch.inference_mode():
+            started = time.perf_counter()
+            first = plain(*arg_sets[0])  # also triggers torch.compile: its cost is reported apart
+            synchronize(device)
+            record["first_call_s"] = time.perf_counter() - started
+            times = measure(plain, arg_sets, device, policy)
+            memory = peak_memory(lambda: plain(*arg_sets[1 % len(arg_sets)]), device)
+    except Exception as exc:
+        record.update(status="error", reason=f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"[:300])
+        log(f"  {impl:22s} {stage} b={batch}: {record['reason']}")
+        return record
+    stats = summarize(times)
+    record.update(status="ok", **stats, realtime_factor=batch * clip_seconds / stats["median_s"], peak_memory_mb=memory["peak_mb"], memory_method=memory["method"])
+    if stage == "encode":
+        codes = first.to(reference_codes[0].device)
+        record["code_match"] = float((codes == reference_codes[0]).float().mean()) if codes.shape == reference_codes[0].shape else 0.0
+        record["distinct_codes"] = int(torch.unique(reference_codes[0]).numel())
+    else:
+        record.update(_compare_audio(first, reference_audio[0]))
+    log(
+        f"  {impl:22s} {stage} b={batch:<3d} {stats['median_s'] * 1e3:10.1f} ms  {record['realtime_factor']:8.1f}x real time  "
+        f"peak {record['peak_memory_mb']:8.1f} MB"
+    )
+    return record
+
+
+def _add_speedups(records: list[dict]) -> None:
+    """Speedup of every implementation over transformers eager, per stage and batch."""
+    base = {(r["stage"], r["batch"]): r["median_s"] for r in records if r["impl"] == "transformers eager" and r.get("status") == "ok"}
+    for r in records:
+        key = (r["stage"], r["batch"])
+        if r.get("status") == "ok" and key in base:
+            r["speedup_vs_transformers"] = base[key] / r["median_s"]

@@ -1,0 +1,102 @@
+"""Who ran the benchmark: machine identity, library versions and the git commit under test."""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import subprocess
+from pathlib import Path
+
+import torch
+
+
+def slug(text: str) -> str:
+    """'Intel(R) Xeon(R) Platinum 8480+ CPU @ 2.0GHz' -> 'intel-xeon-platinum-8480': stable, filename-safe."""
+    text = text.lower().split("@")[0]
+    text = re.sub(r"\((r|tm|c)\)", "", text)
+    text = re.sub(r"\b(cpu|processor)\b", " ", text)
+    return re.sub(r"[^a-z0-9]+", "-", text).strip("-") or "unknown"
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown-cpu"
+
+
+def cpu_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))  # the cores this process may use, not the host's
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def last_level_cache_bytes(device: torch.device) -> int:
+    """L2 on a GPU, the last cache level on a CPU: what input rotation has to defeat."""
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        return int(getattr(props, "L2_cache_size", 50 * 2**20))
+    best = 0
+    for index in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
+        try:
+            size = (index / "size").read_text().strip()
+        except OSError:
+            continue
+        unit = {"K": 2**10, "M": 2**20, "G": 2**30}.get(size[-1:], 1)
+        best = max(best, int(size.rstrip("KMG")) * unit)
+    return best or 32 * 2**20
+
+
+def machine_info(device: torch.device) -> dict:
+    cores = cpu_cores()
+    info = {
+        "kind": "gpu" if device.type == "cuda" else "cpu",
+        "cpu": cpu_name(),
+        "cpu_cores": cores,
+        "torch_threads": torch.get_num_threads(),
+        "os": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+        "cache_bytes": last_level_cache_bytes(device),
+    }
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        info["gpu"] = props.name
+        info["gpu_memory_gb"] = round(props.total_memory / 2**30, 1)
+        info["gpu_count"] = torch.cuda.device_count()
+        info["cuda"] = torch.version.cuda
+        info["id"] = f"gpu-{slug(props.name)}"
+    else:
+        info["gpu"] = None
+        info["id"] = f"cpu-{slug(info['cpu'])}-{cores}c"
+    return info
+
+
+def versions() -> dict:
+    import xcodec_fast
+
+    found = {"torch": torch.__version__, "xcodec_fast": xcodec_fast.__version__}
+    for name in ("triton", "transformers", "numpy"):
+        try:
+            found[name] = __import__(name).__version__
+        except Exception:  # not installed, or broken: either way not part of this run
+            found[name] = None
+    return found
+
+
+def git_state() -> dict:
+    root = Path(__file__).resolve().parents[2]
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+    return {"commit": commit, "dirty": bool(dirty)}

@@ -1,0 +1,169 @@
+"""Markdown tables from result JSON, and the README section regenerated from stored results."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+from .kernels import geometric_mean
+
+START, END = "<!-- bench:start -->", "<!-- bench:end -->"
+
+
+def _fmt(value, spec: str, missing: str = "–") -> str:
+    return missing if value is None else format(value, spec)
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def machine_line(result: dict) -> str:
+    m, v, g = result["machine"], result["versions"], result["git"]
+    device = m.get("gpu") or m["cpu"]
+    commit = (g.get("commit") or "unknown")[:10] + ("+dirty" if g.get("dirty") else "")
+    ceil = result.get("roofline") or {}
+    peaks = ", ".join(f"{k} {_fmt(t, '.2f')} TFLOP/s" for k, t in (ceil.get("matmul_tflops") or {}).items())
+    roof = f" Roofline ceilings measured in the same run: copy {_fmt(ceil.get('bandwidth_gbps'), '.1f')} GB/s; matmul {peaks}." if ceil else ""
+    return (
+        f"**{m['id']}** ({device}, {m['cpu_cores']} cores; {result['mode']} mode, {result['created'][:10]}, commit {commit}; "
+        f"torch {v['torch']}, triton {v.get('triton')}, transformers {v.get('transformers')}).{roof}"
+    )
+
+
+def kernel_summary(result: dict) -> str:
+    """Per op, dtype and batch: geometric-mean speedup over eager and median roofline fraction."""
+    records = [r for r in result.get("kernels", []) if r["status"] == "ok"]
+    if not records:
+        return "_No kernel measurements._"
+    backends = [b for b in result["backends"] if any(r["backend"] == b for r in records)]
+    header = ["op", "dtype", "batch", "cases", "eager ms (sum)"]
+    for b in backends:
+        header += ([f"{b} × eager"] if b != "eager" else []) + [f"{b} % roofline"]
+    groups: dict[tuple, list[dict]] = {}
+    for r in records:
+        groups.setdefault((r["op"], r["dtype"], r["batch"]), []).append(r)
+    rows = []
+    for (op, dtype, batch), items in groups.items():
+        eager = [r for r in items if r["backend"] == "eager"]
+        row = [op, dtype, str(batch), str(len({r["label"] for r in items})), _fmt(sum(r["median_s"] for r in eager) * 1e3 if eager else None, ".3f")]
+        for b in backends:
+            mine = [r for r in items if r["backend"] == b]
+            if b != "eager":
+                row.append(_fmt(geometric_mean([r.get("speedup_vs_eager") for r in mine]), ".2f"))
+            fractions = [r["roofline_fraction"] for r in mine]
+            row.append(_fmt(100 * statistics.median(fractions) if fractions else None, ".1f"))
+        rows.append(row)
+    return _table(header, rows)
+
+
+def kernel_detail(result: dict) -> str:
+    """Every case: time, GB/s, TFLOP/s, roofline fraction, speedup, agreement with eager."""
+    rows = []
+    for r in result.get("kernels", []):
+        if r["status"] != "ok":
+            rows.append([r["op"], r["label"], str(r["batch"]), r["dtype"], r["backend"], r["status"] + ": " + r.get("reason", "")[:80], "", "", "", "", ""])
+            continue
+        agree = r.get("code_match", r.get("max_rel_err"))
+        rows.append(
+            [
+                r["op"],
+                r["label"],
+                str(r["batch"]),
+                r["dtype"],
+                r["backend"],
+                f"{r['median_s'] * 1e3:.3f}",
+                f"{r['gbps']:.1f}",
+                f"{r['tflops']:.3f}",
+                f"{100 * r['roofline_fraction']:.1f} ({r['bound']})",
+                _fmt(r.get("speedup_vs_eager"), ".2f"),
+                _fmt(agree, ".2e" if "max_rel_err" in r else ".4f"),
+            ]
+        )
+    header = ["op", "site", "batch", "dtype", "backend", "median ms", "GB/s", "TFLOP/s", "% roofline", "× eager", "vs eager"]
+    return _table(header, rows)
+
+
+def e2e_table(result: dict) -> str:
+    e2e = result.get("end_to_end")
+    if not e2e or not e2e.get("results"):
+        return "_No end-to-end measurements._"
+    rows = []
+    for r in e2e["results"]:
+        if r.get("status") != "ok":
+            rows.append([r["impl"], r["stage"], str(r["batch"]), r.get("status", "?"), "", "", "", r.get("reason", "")[:80]])
+            continue
+        if r["stage"] == "encode":
+            agree = f"codes {100 * r['code_match']:.2f}% equal" if "code_match" in r else ""
+        else:
+            agree = f"max rel err {r['max_rel_err']:.1e}" if "max_rel_err" in r else ""
+        rows.append(
+            [
+                r["impl"],
+                r["stage"],
+                str(r["batch"]),
+                f"{r['median_s'] * 1e3:.1f}",
+                f"{r['realtime_factor']:.1f}",
+                _fmt(r.get("speedup_vs_transformers"), ".2f"),
+                f"{r['peak_memory_mb']:.0f}",
+                agree,
+            ]
+        )
+    title = f"End to end, {e2e['config']} config, {e2e['clip_seconds']:g} s clips, {e2e['dtype']}:"
+    table = _table(["implementation", "stage", "batch", "median ms", "× real time", "× transformers", "peak MB", "agreement vs transformers"], rows)
+    skipped = "".join(f"\n- skipped {s['impl']}: {s['reason']}" for s in e2e.get("skipped", []))
+    return f"{title}\n\n{table}\n{skipped}".rstrip()
+
+
+def backend_notes(result: dict) -> str:
+    return "\n".join(f"- {name}: {'timed' if s['available'] else 'skipped'} ({s['reason']})" for name, s in result["backends"].items())
+
+
+def summary_markdown(result: dict) -> str:
+    return "\n\n".join([machine_line(result), backend_notes(result), kernel_summary(result), e2e_table(result)])
+
+
+# ---- stored results -> README ------------------------------------------------------------------
+
+
+def load_results(results_dir: Path) -> list[dict]:
+    """One result per machine: the full-mode file when there is one, else the quick one."""
+    chosen: dict[str, dict] = {}
+    for path in sorted(Path(results_dir).glob("*.json")):
+        try:
+            result = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        machine = result.get("machine", {}).get("id")
+        if machine is None:
+            continue
+        if machine not in chosen or (chosen[machine]["mode"] == "quick" and result["mode"] == "full"):
+            chosen[machine] = result
+    return [chosen[k] for k in sorted(chosen, key=lambda k: (not k.startswith("gpu"), k))]
+
+
+def readme_section(results: list[dict]) -> str:
+    if not results:
+        return "_No stored benchmark results yet: run `xcodec-fast bench` and commit bench/results/._"
+    parts = [
+        "Generated by `python bench/render.py` from `bench/results/*.json`; do not edit by hand. "
+        "Speedups are geometric means over the model's real (channels, frames) sites, computed from "
+        "measured medians; % roofline = max(bytes / copy bandwidth, FLOPs / matmul peak) / measured time."
+    ]
+    parts += [summary_markdown(r) for r in results]
+    return "\n\n".join(parts)
+
+
+def render_readme(readme: Path, results_dir: Path) -> tuple[bool, str]:
+    """Replace the text between the markers; returns (written, section)."""
+    section = readme_section(load_results(results_dir))
+    text = readme.read_text() if readme.exists() else ""
+    if START not in text or END not in text or text.index(START) > text.index(END):
+        return False, section
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    readme.write_text(f"{head}{START}\n{section}\n{END}{tail}")
+    return True, section
