@@ -13,6 +13,7 @@ import triton
 import triton.language as tl
 
 from ..backend import register
+from ._compile import kernel_config
 
 INTERPRETING = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
@@ -20,10 +21,38 @@ _TL_DTYPE = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat1
 
 
 @triton.jit
-def _snake(v, alpha, inv_alpha):
+def _sin_squared(v, FAST_SIN: tl.constexpr):
+    """sin(v)² in fp32 from FMAs only, |error| < 2e-7 for |v| < 1e5.
+
+    tl.sin lowers to libdevice sinf, whose Payne-Hanek branch for huge arguments carries a local
+    array: on sm_90 that alone took the conv7 kernel from 111 to 255 registers with a 48-byte
+    stack and ~100 LDL/STL. sin² has period π, so one Cody-Waite reduction by π (3-part constant,
+    k·PI_A exact for |k| < 2^17) and an odd Taylor polynomial on [-π/2, π/2] suffice; it also runs
+    under the interpreter, which has no libdevice. FAST_SIN (half-precision operands on a GPU)
+    swaps the polynomial for MUFU.SIN on the reduced argument (|error| ~ 5e-7, far below fp16/bf16
+    rounding): the prologue recomputes Snake once per tap, and 1 MUFU beats ~7 dependent FFMAs.
+    """
+    k = tl.floor(v * 0.3183098861837907 + 0.5)
+    r = v - k * 3.140625
+    r = r - k * 9.67502593994140625e-4
+    r = r - k * 1.509957990978376432e-7
+    if FAST_SIN:
+        s = tl.inline_asm_elementwise("sin.approx.f32 $0, $1;", "=f,f", [r], dtype=tl.float32, is_pure=True, pack=1)
+        return s * s
+    r2 = r * r
+    p = 1.6059043836821613e-10 * r2 - 2.505210838544172e-08
+    p = p * r2 + 2.7557319223985893e-06
+    p = p * r2 - 1.984126984126984e-04
+    p = p * r2 + 8.333333333333333e-03
+    p = p * r2 - 1.6666666666666666e-01
+    s = r + r * r2 * p
+    return s * s
+
+
+@triton.jit
+def _snake(v, alpha, inv_alpha, FAST_SIN: tl.constexpr):
     # Same order of operations as the eager oracle: v + (1/(α+1e-9)) · sin(αv)².
-    s = tl.sin(alpha * v)
-    return v + inv_alpha * (s * s)
+    return v + inv_alpha * _sin_squared(alpha * v, FAST_SIN)
 
 
 @triton.jit
@@ -34,7 +63,7 @@ def _snake_conv1d_kernel(
     KSIZE: tl.constexpr,
     BLOCK_CO: tl.constexpr, BLOCK_CI: tl.constexpr, BLOCK_T: tl.constexpr,
     SNAKE_IN: tl.constexpr, HAS_BIAS: tl.constexpr, SNAKE_OUT: tl.constexpr, HAS_RES: tl.constexpr,
-    IEEE: tl.constexpr,
+    IEEE: tl.constexpr, FAST_SIN: tl.constexpr,
 ):
     """out[b, co, t] = epilogue(Σ_{ci,k} W[k, co, ci] · snake(x[b, ci, t·stride + k·dilation − padding])).
 
@@ -68,7 +97,7 @@ def _snake_conv1d_kernel(
                     mask=co_ok[:, None] & ci_ok[None, :], other=0.0)
         if SNAKE_IN:
             a = tl.load(alpha_in_ptr + ci, mask=ci_ok, other=1.0).to(tl.float32)
-            xv = _snake(xv.to(tl.float32), a[:, None], (1.0 / (a + 1e-9))[:, None])
+            xv = _snake(xv.to(tl.float32), a[:, None], (1.0 / (a + 1e-9))[:, None], FAST_SIN)
         if IEEE:
             acc = tl.dot(w, xv.to(w.dtype), acc, input_precision="ieee")
         else:
@@ -78,7 +107,7 @@ def _snake_conv1d_kernel(
         acc += tl.load(bias_ptr + co, mask=co_ok, other=0.0).to(tl.float32)[:, None]
     if SNAKE_OUT:
         a = tl.load(alpha_out_ptr + co, mask=co_ok, other=1.0).to(tl.float32)
-        acc = _snake(acc, a[:, None], (1.0 / (a + 1e-9))[:, None])
+        acc = _snake(acc, a[:, None], (1.0 / (a + 1e-9))[:, None], FAST_SIN)
     out_off = b * C_out * T_out + co[:, None] * T_out + t[None, :]
     out_mask = co_ok[:, None] & t_ok[None, :]
     if HAS_RES:
@@ -92,7 +121,7 @@ def _residual_unit_fused_kernel(
     C, C_mid, T, dilation, padding,
     KSIZE: tl.constexpr,
     C_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_CI: tl.constexpr, BLOCK_T: tl.constexpr,
-    HAS_BIAS1: tl.constexpr, HAS_BIAS2: tl.constexpr, IEEE: tl.constexpr,
+    HAS_BIAS1: tl.constexpr, HAS_BIAS2: tl.constexpr, IEEE: tl.constexpr, FAST_SIN: tl.constexpr,
 ):
     """Whole residual unit for one (batch, T block): x + W2 · snake(W1 ⊛ snake(x) + b1) + b2.
 
@@ -124,7 +153,7 @@ def _residual_unit_fused_kernel(
             x_mask = ci_ok[:, None] & ((pos >= 0) & (pos < T))[None, :]
             xv = tl.load(x_base + ci[:, None] * T + pos[None, :], mask=x_mask, other=0.0)
             a = tl.load(alpha1_ptr + ci, mask=ci_ok, other=1.0).to(tl.float32)
-            xv = _snake(xv.to(tl.float32), a[:, None], (1.0 / (a + 1e-9))[:, None])
+            xv = _snake(xv.to(tl.float32), a[:, None], (1.0 / (a + 1e-9))[:, None], FAST_SIN)
             w = tl.load(w1_ptr + (k * C_mid + m[:, None]) * C + ci[None, :],
                         mask=m_ok[:, None] & ci_ok[None, :], other=0.0)
             if IEEE:
@@ -135,7 +164,7 @@ def _residual_unit_fused_kernel(
             h += tl.load(bias1_ptr + m, mask=m_ok, other=0.0).to(tl.float32)[:, None]
         # Padded rows (m ≥ C_mid) are exactly 0 here and snake(0) = 0; their W2 columns are 0 too.
         a2 = tl.load(alpha2_ptr + m, mask=m_ok, other=1.0).to(tl.float32)
-        h = _snake(h, a2[:, None], (1.0 / (a2 + 1e-9))[:, None])
+        h = _snake(h, a2[:, None], (1.0 / (a2 + 1e-9))[:, None], FAST_SIN)
         w2 = tl.load(w2_ptr + co[:, None] * C_mid + m[None, :], mask=co_ok[:, None] & m_ok[None, :], other=0.0)
         if IEEE:
             acc = tl.dot(w2, h.to(w2.dtype), acc, input_precision="ieee")
@@ -154,35 +183,43 @@ def _residual_unit_fused_kernel(
 # Launch configurations. Every dot dimension is >= 16 (the GPU compiler's minimum) even where the
 # interpreter would accept less. Numbers behind these choices are in the module docstring.
 
-FUSED_MAX_CHANNELS = 128
+FUSED_MAX_CHANNELS = 64
 
 
 def _pow2(n: int, lo: int = 16) -> int:
     return max(lo, triton.next_power_of_2(max(int(n), 1)))
 
 
-def conv_config(c_out: int, c_in: int, dtype: torch.dtype) -> dict:
-    """Block sizes and launch options of _snake_conv1d_kernel."""
+def conv_config(c_out: int, c_in: int, ksize: int, dtype: torch.dtype) -> dict:
+    """Block sizes and launch options of _snake_conv1d_kernel (sass numbers in the module docstring)."""
     if dtype == torch.float32:
-        # FFMA dots (ieee): 64×64 fp32 accumulator = 32 regs/thread at 4 warps; K tile 16.
-        return dict(BLOCK_CO=min(64, _pow2(c_out)), BLOCK_CI=16, BLOCK_T=64, num_warps=4, num_stages=2)
-    return dict(BLOCK_CO=min(64, _pow2(c_out)), BLOCK_CI=min(32, _pow2(c_in)), BLOCK_T=128, num_warps=4,
+        # FFMA dots (ieee): 8 warps keep the 64×64 fp32 tile + FMA operands at 143 regs, no spill.
+        return dict(BLOCK_CO=min(64, _pow2(c_out)), BLOCK_CI=16, BLOCK_T=64, num_warps=8, num_stages=2)
+    if ksize == 1:
+        # 1×1 + residual epilogue: 128×64×128 spills on sm_90; 64×64×128 is 146 regs.
+        return dict(BLOCK_CO=min(64, _pow2(c_out)), BLOCK_CI=min(64, _pow2(c_in)), BLOCK_T=128, num_warps=8,
+                    num_stages=3)
+    # Snake prologue is recomputed per tap per C_out block: the widest C_out block halves it.
+    return dict(BLOCK_CO=min(128, _pow2(c_out)), BLOCK_CI=min(32, _pow2(c_in)), BLOCK_T=128, num_warps=8,
                 num_stages=3)
 
 
 def fused_config(c: int, c_mid: int, dtype: torch.dtype) -> dict:
     """Block sizes and launch options of _residual_unit_fused_kernel."""
     c_pad = _pow2(c)
-    block_m = min(64, _pow2(c_mid))
     if dtype == torch.float32:
-        return dict(C_PAD=c_pad, BLOCK_M=block_m, BLOCK_CI=16, BLOCK_T=64,
-                    num_warps=4 if c_pad <= 64 else 8, num_stages=2)
-    return dict(C_PAD=c_pad, BLOCK_M=block_m, BLOCK_CI=min(32, _pow2(c)), BLOCK_T=64,
-                num_warps=4 if c_pad <= 64 else 8, num_stages=2)
+        return dict(C_PAD=c_pad, BLOCK_M=min(32, _pow2(c_mid)), BLOCK_CI=16, BLOCK_T=64 if c_pad <= 64 else 32,
+                    num_warps=8, num_stages=2)
+    return dict(C_PAD=c_pad, BLOCK_M=min(64 if c_pad <= 64 else 32, _pow2(c_mid)), BLOCK_CI=min(32, _pow2(c)),
+                BLOCK_T=64, num_warps=8, num_stages=2)
 
 
 def use_fused(c: int, c_mid: int) -> bool:
     return c <= FUSED_MAX_CHANNELS and c_mid <= FUSED_MAX_CHANNELS
+
+
+def _fast_sin(x: torch.Tensor) -> bool:
+    return x.device.type == "cuda" and x.dtype != torch.float32
 
 
 # ----------------------------------------------------------------------------------------------
@@ -227,7 +264,7 @@ def snake_conv1d_launch(
     if residual is not None:
         residual = residual.contiguous()
         assert residual.shape == out.shape
-    cfg = conv_config(c_out, c_in, x.dtype)
+    cfg = conv_config(c_out, c_in, ksize, x.dtype)
     launch = {k: cfg.pop(k) for k in ("num_warps", "num_stages")}
     grid = (triton.cdiv(t_out, cfg["BLOCK_T"]), triton.cdiv(c_out, cfg["BLOCK_CO"]), batch)
     dummy = w
@@ -239,7 +276,7 @@ def snake_conv1d_launch(
         c_in, c_out, t_in, t_out, stride, dilation, padding,
         KSIZE=ksize, SNAKE_IN=alpha_in is not None, HAS_BIAS=bias is not None,
         SNAKE_OUT=alpha_out is not None, HAS_RES=residual is not None,
-        IEEE=x.dtype == torch.float32, **cfg, **launch,
+        IEEE=x.dtype == torch.float32, FAST_SIN=_fast_sin(x), **cfg, **launch,
     )
     return out
 
@@ -272,7 +309,7 @@ def residual_unit_launch(x, alpha1, weight1, bias1, dilation, alpha2, weight2, b
         _flat(bias2) if bias2 is not None else w2, out,
         c, c_mid, t, dilation, padding,
         KSIZE=ksize, HAS_BIAS1=bias1 is not None, HAS_BIAS2=bias2 is not None,
-        IEEE=x.dtype == torch.float32, **cfg, **launch,
+        IEEE=x.dtype == torch.float32, FAST_SIN=_fast_sin(x), **cfg, **launch,
     )
     return out
 
@@ -354,3 +391,47 @@ def snake_conv1d(x, alpha, weight, bias, stride, padding):
 @register("snake_conv_transpose1d", "triton")
 def snake_conv_transpose1d(x, alpha, weight, bias, stride, padding, output_padding):
     return snake_conv_transpose1d_op(x, alpha, weight, bias, int(stride), int(padding), int(output_padding))
+
+
+# ----------------------------------------------------------------------------------------------
+# Every launch configuration the launchers above can pick for the real model's shapes, built from
+# the same config tables, for the sm_80/sm_90 compile check in _compile.py.
+
+
+def _conv_compile_config(label, dtype, c_out, c_in, ksize, snake_in, snake_out, has_res):
+    cfg = conv_config(c_out, c_in, ksize, dtype)
+    launch = {k: cfg.pop(k) for k in ("num_warps", "num_stages")}
+    types = {n: dtype for n in ("x_ptr", "alpha_in_ptr", "w_ptr", "bias_ptr", "alpha_out_ptr", "res_ptr", "out_ptr")}
+    types.update({n: "i32" for n in ("C_in", "C_out", "T_in", "T_out", "conv_stride", "dilation", "padding")})
+    const = dict(KSIZE=ksize, SNAKE_IN=snake_in, HAS_BIAS=True, SNAKE_OUT=snake_out, HAS_RES=has_res,
+                 IEEE=dtype == torch.float32, FAST_SIN=dtype != torch.float32, **cfg)
+    name = f"snake_conv1d/{label}[{str(dtype)[6:]},{'x'.join(str(cfg[k]) for k in ('BLOCK_CO', 'BLOCK_CI', 'BLOCK_T'))}]"
+    return kernel_config(name, _snake_conv1d_kernel, types, const, **launch, enable_fp_fusion=True,
+                         expect_tensor_cores=dtype != torch.float32)
+
+
+def _fused_compile_config(dtype, c):
+    cfg = fused_config(c, c, dtype)
+    launch = {k: cfg.pop(k) for k in ("num_warps", "num_stages")}
+    types = {n: dtype for n in ("x_ptr", "alpha1_ptr", "w1_ptr", "bias1_ptr", "alpha2_ptr", "w2_ptr", "bias2_ptr",
+                                "out_ptr")}
+    types.update({n: "i32" for n in ("C", "C_mid", "T", "dilation", "padding")})
+    const = dict(KSIZE=7, HAS_BIAS1=True, HAS_BIAS2=True, IEEE=dtype == torch.float32,
+                 FAST_SIN=dtype != torch.float32, **cfg)
+    name = f"residual_unit_fused[{str(dtype)[6:]},C={c},M={cfg['BLOCK_M']},T={cfg['BLOCK_T']}]"
+    return kernel_config(name, _residual_unit_fused_kernel, types, const, **launch, enable_fp_fusion=True,
+                         expect_tensor_cores=dtype != torch.float32)
+
+
+COMPILE_CONFIGS = [
+    cfg
+    for dtype in (torch.float32, torch.float16, torch.bfloat16)
+    for cfg in (
+        _fused_compile_config(dtype, 32),
+        _fused_compile_config(dtype, 64),
+        _conv_compile_config("k7_snake_in_out", dtype, 128, 128, 7, True, True, False),  # residual unit C >= 128
+        _conv_compile_config("k1_residual", dtype, 128, 128, 1, False, False, True),
+        _conv_compile_config("down_s2_k4", dtype, 128, 64, 4, True, False, False),  # encoder downsampling
+        _conv_compile_config("down_s8_k16", dtype, 1024, 512, 16, True, False, False),
+    )
+]
