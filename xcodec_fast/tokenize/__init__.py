@@ -1,0 +1,212 @@
+"""Large-scale tokenization: audio datasets -> Parquet shards of X-Codec codes, and back.
+
+Library::
+
+    from xcodec_fast.tokenize import tokenize, detokenize
+    tokenize(["data/wavs"], "out/tokens", model="hf-audio/xcodec-hubert-librispeech")
+
+Command line (also ``xcodec-fast tokenize``)::
+
+    python -m xcodec_fast.tokenize data/wavs -o out/tokens [--model ID] [--batch-seconds 120]
+    torchrun --nnodes N --nproc-per-node G -m xcodec_fast.tokenize data/wavs -o out/tokens
+    python -m xcodec_fast.tokenize merge out/tokens
+    python -m xcodec_fast.tokenize detokenize out/tokens -o out/audio [--ids a.wav b.wav]
+
+Rerunning a command resumes it. Layout and shard schema: ``writer``; inputs: ``sources``;
+long files: ``batching``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .engine import DEFAULT_MODEL, BatchEncoder, SettingsMismatch, load_model, merge, tokenize
+from .sources import InputError, Item, list_items
+from .writer import read_codes, safe_relpath
+
+__all__ = [
+    "tokenize",
+    "detokenize",
+    "merge",
+    "load_model",
+    "list_items",
+    "read_codes",
+    "Item",
+    "BatchEncoder",
+    "InputError",
+    "SettingsMismatch",
+    "build_parser",
+    "add_arguments",
+    "add_detokenize_arguments",
+    "run",
+    "run_detokenize",
+    "main",
+]
+
+
+def _add_model_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None,
+                   help=f"hub id or local directory (default {DEFAULT_MODEL}); 'random' / 'random-tiny': random weights")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda:LOCAL_RANK when available)")
+    p.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"])
+    p.add_argument("--backend", default=None, choices=["auto", "eager", "triton", "native"])
+
+
+def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The ``tokenize`` arguments, for ``xcodec-fast tokenize`` and ``python -m xcodec_fast.tokenize``."""
+    p.add_argument("inputs", nargs="+", help="audio files, directories, manifests (.txt/.jsonl), tables (.parquet/.arrow)")
+    p.add_argument("-o", "--output-dir", required=True, help="where shards, index.json and errors.jsonl go")
+    _add_model_arguments(p)
+    p.add_argument("--bandwidth", type=float, default=None, help="kbps (0.5, 1, 1.5, 2, 4); default: the highest")
+    p.add_argument("--batch-seconds", type=float, default=120.0, help="audio per model call, padding included (default 120)")
+    p.add_argument("--max-seconds", type=float, default=60.0,
+                   help="longer files are encoded in independent windows of this length (default 60)")
+    p.add_argument("--max-file-seconds", type=float, default=4 * 3600.0,
+                   help="longer files are reported in errors.jsonl instead of encoded (default 14400)")
+    p.add_argument("--max-batch-items", type=int, default=None, help="cap on items per model call")
+    p.add_argument("--shard-size", type=int, default=1000, help="items per Parquet shard (default 1000)")
+    p.add_argument("--num-workers", type=int, default=None, help="decode worker processes (0: decode in-process)")
+    p.add_argument("--audio-column", default="audio", help="audio column of Parquet/Arrow inputs (default 'audio')")
+    p.add_argument("--id-column", default=None, help="id column of Parquet/Arrow inputs (default: '<file>#<row>')")
+    p.add_argument("--npy", action="store_true", help="also write npy/<id>.npy (quantizers x frames, int16) per item")
+    p.add_argument("--overwrite", action="store_true", help="discard an existing run in --output-dir instead of resuming")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads for the model (default: torch's)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def add_detokenize_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p.add_argument("tokens", nargs="+", help="a tokenize output directory, or shard .parquet files")
+    p.add_argument("-o", "--output-dir", required=True, help="where the .wav files go (<id>.wav)")
+    _add_model_arguments(p)
+    p.add_argument("--ids", nargs="*", default=None, help="only these item ids")
+    p.add_argument("--limit", type=int, default=None, help="at most this many items")
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m xcodec_fast.tokenize",
+        description="Tokenize audio datasets into Parquet shards of X-Codec codes (resumable, torchrun-shardable). "
+        "Subcommands 'merge DIR' and 'detokenize ...' are also accepted as the first argument.",
+    )
+    return add_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        summary = tokenize(
+            args.inputs,
+            args.output_dir,
+            model=args.model,
+            bandwidth=args.bandwidth,
+            batch_seconds=args.batch_seconds,
+            max_seconds=args.max_seconds,
+            max_file_seconds=args.max_file_seconds,
+            shard_size=args.shard_size,
+            num_workers=args.num_workers,
+            npy=args.npy,
+            audio_column=args.audio_column,
+            id_column=args.id_column,
+            device=args.device,
+            dtype=args.dtype,
+            backend=args.backend,
+            max_batch_items=args.max_batch_items,
+            progress=not args.no_progress,
+            overwrite=args.overwrite,
+            threads=args.threads,
+        )
+    except (InputError, SettingsMismatch, ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if summary.get("index"):
+        index = json.loads(Path(summary["index"]).read_text())
+        print(f"done: {index['num_ok']} items encoded, {index['num_failed']} failed (see "
+              f"{Path(args.output_dir) / index['errors_file']}), {index['audio_hours']:.3f} h audio in "
+              f"{index['num_shards']} shards -> {summary['index']}", file=sys.stderr)
+    return 0
+
+
+def detokenize(tokens, output_dir, model=None, ids=None, limit=None, device=None, dtype=None, backend=None) -> list[Path]:
+    """Decode tokenized items back to ``output_dir/<id>.wav`` (trimmed to the original length).
+    Items encoded in windows are decoded window by window, as they were encoded."""
+    import pyarrow.parquet as pq
+    import torch
+
+    from ..audio import write_wav
+    from .writer import shard_metadata
+
+    tokens = [Path(t) for t in ([tokens] if isinstance(tokens, (str, Path)) else tokens)]
+    shards = []
+    for t in tokens:
+        if t.is_dir():
+            index = t / "index.json"
+            if index.exists():
+                shards += [t / s["file"] for s in json.loads(index.read_text())["shards"]]
+            else:
+                shards += sorted((t / "shards").glob("shard-*.parquet")) or sorted(t.glob("*.parquet"))
+        elif t.exists():
+            shards.append(t)
+        else:
+            raise FileNotFoundError(f"{t} does not exist")
+    if not shards:
+        raise FileNotFoundError(f"no token shards found in {', '.join(map(str, tokens))}")
+    model, _ = load_model(model, device=device, dtype=dtype, backend=backend)
+    wanted = None if ids is None else set(ids)
+    out_dir, written = Path(output_dir), []
+    for shard in shards:
+        meta = shard_metadata(shard)
+        frames_per_window = meta["window_samples"] // meta["hop_length"]
+        table = pq.read_table(shard)
+        for row, codes in zip(table.select(["id", "num_samples"]).to_pylist(), read_codes(table)):
+            if wanted is not None and row["id"] not in wanted:
+                continue
+            if limit is not None and len(written) >= limit:
+                return written
+            if codes.shape[0] > model.num_quantizers:
+                raise ValueError(f"{shard}: item {row['id']} has {codes.shape[0]} quantizers; the model has {model.num_quantizers}")
+            pieces = []
+            for start in range(0, codes.shape[1], frames_per_window):
+                chunk = torch.from_numpy(codes[:, start : start + frames_per_window].astype("int64"))[None].to(model.device)
+                pieces.append(model.decode(chunk).audio_values[0, 0].float().cpu())
+            audio = torch.cat(pieces)[: row["num_samples"]]
+            target = out_dir / safe_relpath(row["id"], ".wav")
+            write_wav(target, audio.numpy(), meta["sample_rate"])
+            written.append(target)
+    return written
+
+
+def run_detokenize(args: argparse.Namespace) -> int:
+    try:
+        written = detokenize(args.tokens, args.output_dir, model=args.model, ids=args.ids, limit=args.limit,
+                             device=args.device, dtype=args.dtype, backend=args.backend)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {len(written)} files under {args.output_dir}", file=sys.stderr)
+    return 0
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "merge":
+        p = argparse.ArgumentParser(prog="python -m xcodec_fast.tokenize merge",
+                                    description="write index.json + errors.jsonl of a finished tokenize output")
+        p.add_argument("output_dir")
+        args = p.parse_args(argv[1:])
+        try:
+            index = merge(args.output_dir)
+        except (FileNotFoundError, RuntimeError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print(f"index: {index['num_shards']} shards, {index['num_ok']} ok, {index['num_failed']} failed", file=sys.stderr)
+        return 0
+    if argv and argv[0] == "detokenize":
+        p = add_detokenize_arguments(argparse.ArgumentParser(prog="python -m xcodec_fast.tokenize detokenize"))
+        return run_detokenize(p.parse_args(argv[1:]))
+    if argv and argv[0] == "tokenize":
+        argv = argv[1:]
+    return run(build_parser().parse_args(argv))

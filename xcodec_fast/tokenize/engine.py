@@ -1,0 +1,586 @@
+"""The tokenization run: list items, split them into shards, decode in worker processes, encode in
+length-bucketed batches, write shards atomically, resume from the journal, merge ranks.
+
+Determinism: shard k always holds items [k * shard_size, (k + 1) * shard_size) of the frozen item
+list, rows in item order; an item's codes do not depend on its batch (the model's padding-mask
+contract). So a resumed or multi-rank run writes exactly the shards of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .batching import Segment, collate, pack_batches, split_windows, window_samples
+from .sources import InputError, Item, ItemLoader, list_items
+from .writer import (
+    Journal,
+    atomic_write_json,
+    completed_shards,
+    safe_relpath,
+    shard_name,
+    write_index,
+    write_npy,
+    write_shard,
+)
+
+DEFAULT_MODEL = "hf-audio/xcodec-hubert-librispeech"
+# Settings that shape the output: a rerun into the same directory must repeat them exactly.
+_OUTPUT_SETTINGS = ("model", "bandwidth", "num_quantizers", "window_samples", "shard_size", "audio_column",
+                    "id_column", "max_file_seconds", "inputs", "version", "model_config")
+
+
+class SettingsMismatch(RuntimeError):
+    """The output directory holds a run with other settings."""
+
+
+# ---------------------------------------------------------------------------------------------
+# model
+# ---------------------------------------------------------------------------------------------
+def load_model(spec=None, device=None, dtype=None, backend=None):
+    """(model, model_id) from a hub id / directory, an XcodecModel, or 'random' / 'random-tiny'
+    (deterministic random weights, full-size or tiny config: for tests and throughput checks)."""
+    import torch
+
+    from ..modeling.codec import XcodecModel
+
+    if isinstance(spec, torch.nn.Module):
+        model, model_id = spec, getattr(spec, "name_or_path", None) or "in-memory-model"
+    elif spec in ("random", "random-tiny"):
+        from ..config import XcodecConfig, tiny_config
+
+        model = XcodecModel.from_random(tiny_config() if spec == "random-tiny" else XcodecConfig(), seed=0, backend=backend)
+        model_id = f"{spec} (seed 0)"
+    else:
+        spec = spec or DEFAULT_MODEL
+        model = XcodecModel.from_pretrained(str(spec), dtype=dtype, device=device, backend=backend)
+        return model, str(spec)
+    if device is not None:
+        model = model.to(device)
+    if dtype not in (None, "auto"):
+        model = model.to(getattr(torch, dtype) if isinstance(dtype, str) else dtype)
+    return model, model_id
+
+
+def _is_oom(exc: BaseException) -> bool:
+    import torch
+
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, (RuntimeError, MemoryError)) and ("out of memory" in text or "can't allocate memory" in text or isinstance(exc, MemoryError))
+
+
+class BatchEncoder:
+    """Encodes lists of segments with one padded model call, halving the batch on out-of-memory
+    and isolating a failing segment by bisection; a segment that fails alone gets an error."""
+
+    def __init__(self, model, bandwidth=None, budget_samples: int = 16000 * 120, max_items: int | None = None):
+        self.model = model
+        self.bandwidth = bandwidth
+        self.budget = int(budget_samples)
+        self.max_items = max_items
+        self.hop = model.config.hop_length
+        self.min_samples = model.min_input_length() if hasattr(model, "min_input_length") else 1
+        self.busy_seconds = 0.0
+        self.calls = 0
+        self.oom_splits = 0
+        self._ever_succeeded = False
+        self._lone_failures = 0
+
+    def pack(self, segments: list[Segment]) -> list[list[Segment]]:
+        return pack_batches(segments, self.budget, self.hop, self.max_items)
+
+    def encode(self, segments: list[Segment]) -> list[np.ndarray | str]:
+        """Codes (n_q, T) int16 per segment, or an error string."""
+        results: list[np.ndarray | str | None] = [None] * len(segments)
+        runnable = []
+        for i, seg in enumerate(segments):
+            if seg.length < self.min_samples:
+                results[i] = f"too short: {seg.length} samples at 16 kHz; the model needs at least {self.min_samples}"
+            else:
+                runnable.append(i)
+        if runnable:
+            for i, out in zip(runnable, self._encode_split([segments[i] for i in runnable])):
+                results[i] = out
+        return results
+
+    def _encode_split(self, segments: list[Segment]) -> list[np.ndarray | str]:
+        try:
+            return self._encode_now(segments)
+        except Exception as exc:  # noqa: BLE001 - every failure is either retried smaller or reported per item
+            oom = _is_oom(exc)
+            if oom:
+                self._free_memory()
+            if len(segments) == 1:
+                if not oom and not self._ever_succeeded:
+                    self._lone_failures += 1
+                    if self._lone_failures >= 3:
+                        raise RuntimeError(f"the model failed on each of the first inputs; last error: {exc}") from exc
+                reason = "out of memory encoding one window alone; lower --max-seconds" if oom else "encode failed"
+                return [f"{reason}: {type(exc).__name__}: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}"]
+            if oom:
+                self.oom_splits += 1
+                # Later batches are packed within the smaller budget, so one OOM is not paid again.
+                longest = max(s.length for s in segments)
+                self.budget = max(self.budget // 2, longest + self.hop)
+            half = len(segments) // 2
+            return self._encode_split(segments[:half]) + self._encode_split(segments[half:])
+
+    def _encode_now(self, segments: list[Segment]) -> list[np.ndarray]:
+        import torch
+
+        audio, mask = collate(segments, self.hop)
+        device, dtype = self.model.device, self.model.dtype
+        start = time.perf_counter()
+        x = torch.from_numpy(audio).to(device=device, dtype=dtype, non_blocking=True)
+        m = torch.from_numpy(mask).to(device=device)
+        out = self.model.encode(x, bandwidth=self.bandwidth, padding_mask=m)
+        codes = out.audio_codes.to("cpu", torch.int16).numpy()  # the copy waits for the device
+        lengths = out.audio_code_lengths.tolist()
+        self.busy_seconds += time.perf_counter() - start
+        self.calls += 1
+        self._ever_succeeded = True
+        return [np.ascontiguousarray(codes[b, :, : lengths[b]]) for b in range(len(segments))]
+
+    def _free_memory(self) -> None:
+        import gc
+
+        import torch
+
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+# ---------------------------------------------------------------------------------------------
+# worker-side decoding
+# ---------------------------------------------------------------------------------------------
+class _DecodeDataset:
+    """Map-style dataset for torch's DataLoader: position -> (position, audio or None, error or None)."""
+
+    def __init__(self, items: list[Item], loader: ItemLoader):
+        self.items = items
+        self.loader = loader
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, position: int):
+        item = self.items[position]
+        try:
+            return position, self.loader.load(item), None
+        except Exception as exc:  # noqa: BLE001 - any decode failure becomes an errors.jsonl entry
+            text = str(exc).strip() or type(exc).__name__
+            return position, None, text if item.source in text or item.id in text else f"{item.describe()}: {text}"
+
+
+def _single_thread(_worker_id: int) -> None:
+    # Decoding is one file per worker; torch threads there would only fight the model for cores.
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def _keep_as_is(sample):
+    return sample
+
+
+def _decoded_stream(items: list[Item], loader: ItemLoader, num_workers: int, prefetch: int):
+    if num_workers <= 0:
+        dataset = _DecodeDataset(items, loader)
+        for position in range(len(dataset)):
+            yield dataset[position]
+        return
+    import torch.utils.data as tud
+
+    data = tud.DataLoader(
+        _DecodeDataset(items, loader),
+        batch_size=None,
+        shuffle=False,
+        num_workers=num_workers,
+        collate_fn=_keep_as_is,
+        prefetch_factor=prefetch,
+        worker_init_fn=_single_thread,
+    )
+    yield from data
+
+
+# ---------------------------------------------------------------------------------------------
+# run
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class _Pending:
+    item: Item
+    shard: int
+    num_samples: int = 0
+    windows: int = 0
+    codes: dict = field(default_factory=dict)
+    error: str | None = None
+
+
+def _dist_env(rank, world_size):
+    rank = int(os.environ.get("RANK", 0)) if rank is None else int(rank)
+    world_size = int(os.environ.get("WORLD_SIZE", 1)) if world_size is None else int(world_size)
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is not in [0, world size {world_size})")
+    return rank, world_size
+
+
+class _Group:
+    """Barriers between ranks (torch.distributed, gloo) when launched by torchrun; no-op alone."""
+
+    def __init__(self, world_size: int):
+        self.active = False
+        if world_size > 1 and "MASTER_ADDR" in os.environ:
+            import datetime
+
+            import torch.distributed as dist
+
+            if not dist.is_initialized():
+                # Ranks wait for each other at the end of a run that may take days.
+                dist.init_process_group("gloo", timeout=datetime.timedelta(days=7))
+                self._owned = True
+            else:
+                self._owned = False
+            self.active = True
+
+    def barrier(self) -> None:
+        if self.active:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+    def close(self) -> None:
+        if self.active and self._owned:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+def _prepare(output_dir: Path, settings: dict, inputs, audio_column, id_column, overwrite: bool) -> list[Item]:
+    """Freeze the item list and settings on the first run; check them on a rerun."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    settings_path, items_path = output_dir / "tokenize.json", output_dir / "items.parquet"
+    if settings_path.exists() and not overwrite:
+        saved = json.loads(settings_path.read_text(encoding="utf-8"))
+        diff = [k for k in _OUTPUT_SETTINGS if saved.get(k) != settings.get(k)]
+        if diff:
+            details = "; ".join(f"{k}: was {saved.get(k)!r}, now {settings.get(k)!r}" for k in diff if k != "model_config")
+            raise SettingsMismatch(
+                f"{output_dir} holds a run with other settings ({details or 'model config differs'}); "
+                "rerun with the same settings to resume, or use a new --output-dir"
+            )
+        return _read_items(items_path)
+    if overwrite:
+        for stale in ("journal", "shards"):
+            for path in sorted((output_dir / stale).glob("*")) if (output_dir / stale).is_dir() else []:
+                path.unlink()
+        for name in ("index.json", "errors.jsonl"):
+            (output_dir / name).unlink(missing_ok=True)
+    items = list_items(inputs, audio_column=audio_column, id_column=id_column)
+    table = pa.table(
+        {
+            "id": pa.array([i.id for i in items], pa.string()),
+            "source": pa.array([i.source for i in items], pa.string()),
+            "row": pa.array([i.row for i in items], pa.int64()),
+        }
+    )
+    tmp = items_path.with_name(f".items.parquet.tmp-{os.getpid()}")
+    pq.write_table(table, tmp)
+    os.replace(tmp, items_path)
+    atomic_write_json(settings_path, {**settings, "num_items": len(items)})
+    return items
+
+
+def _read_items(path: Path) -> list[Item]:
+    import pyarrow.parquet as pq
+
+    if not path.exists():
+        raise InputError(f"{path} is missing; the output directory is incomplete — use a new --output-dir")
+    table = pq.read_table(path)
+    return [Item(i, s, r) for i, s, r in zip(*(table.column(c).to_pylist() for c in ("id", "source", "row")))]
+
+
+def tokenize(
+    inputs,
+    output_dir,
+    model=None,
+    bandwidth: float | None = None,
+    batch_seconds: float = 120.0,
+    max_seconds: float = 60.0,
+    max_file_seconds: float = 4 * 3600.0,
+    shard_size: int = 1000,
+    num_workers: int | None = None,
+    npy: bool = False,
+    audio_column: str = "audio",
+    id_column: str | None = None,
+    device: str | None = None,
+    dtype: str | None = None,
+    backend: str | None = None,
+    max_batch_items: int | None = None,
+    sort_buffer: int = 8,
+    progress: bool = True,
+    overwrite: bool = False,
+    rank: int | None = None,
+    world_size: int | None = None,
+    merge: bool = True,
+    threads: int | None = None,
+) -> dict:
+    """Tokenize ``inputs`` (files, directories, manifests, tables: see ``sources``) into Parquet
+    shards under ``output_dir`` (layout and schema: see ``writer``). Resumable: rerunning the same
+    call finishes what an interrupted one left. Returns this rank's summary dict.
+
+    ``model``: hub id, local directory, an XcodecModel, or 'random' / 'random-tiny'.
+    ``batch_seconds``: audio per model call (padding included). ``max_seconds``: window length for
+    long files (see ``batching``). ``max_file_seconds``: longer files are reported as errors.
+    Under torchrun (RANK / WORLD_SIZE), rank r handles shards k with k % WORLD_SIZE == r; rank 0
+    writes index.json once all ranks are done.
+    """
+    import torch
+
+    from .. import __version__
+
+    wall_start = time.perf_counter()
+    rank, world_size = _dist_env(rank, world_size)
+    if threads is not None:
+        torch.set_num_threads(threads)
+    if shard_size < 1:
+        raise ValueError(f"shard_size must be at least 1, got {shard_size}")
+    if batch_seconds < max_seconds:
+        raise ValueError(f"--batch-seconds ({batch_seconds}) must be at least --max-seconds ({max_seconds}): a window must fit in a batch")
+    if device is None and torch.cuda.is_available():
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0)) % torch.cuda.device_count()}"
+    model, model_id = load_model(model, device=device, dtype=dtype, backend=backend)
+    cfg = model.config
+    n_q = cfg.num_quantizers_for_bandwidth(bandwidth)
+    window = window_samples(max_seconds, cfg.sample_rate, cfg.hop_length)
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    settings = {
+        "model": model_id,
+        "bandwidth": bandwidth,
+        "num_quantizers": n_q,
+        "sample_rate": cfg.sample_rate,
+        "frame_rate": cfg.frame_rate,
+        "hop_length": cfg.hop_length,
+        "codebook_size": cfg.codebook_size,
+        "window_samples": window,
+        "shard_size": shard_size,
+        "audio_column": audio_column,
+        "id_column": id_column,
+        "max_file_seconds": max_file_seconds,
+        "inputs": [str(Path(p).resolve()) for p in ([inputs] if isinstance(inputs, (str, os.PathLike)) else inputs)],
+        "version": __version__,
+        "model_config": cfg.to_dict(),
+    }
+    group = _Group(world_size)
+    try:
+        if rank == 0:
+            items = _prepare(output_dir, settings, inputs, audio_column, id_column, overwrite)
+        group.barrier()
+        if rank != 0:
+            if world_size > 1 and not group.active and not (output_dir / "tokenize.json").exists():
+                raise RuntimeError(f"rank {rank} without torchrun: run rank 0 first (it lists the inputs)")
+            items = _prepare(output_dir, settings, inputs, audio_column, id_column, overwrite=False)
+        summary = _run_rank(
+            items, output_dir, settings, model, rank, world_size, window, batch_seconds, max_file_seconds,
+            num_workers, npy, audio_column, max_batch_items, sort_buffer, progress, bandwidth,
+        )
+        group.barrier()
+        if rank == 0 and merge:
+            num_shards = math.ceil(len(items) / shard_size)
+            done = completed_shards(output_dir, num_shards)
+            if len(done) == num_shards:
+                saved = {**settings, "num_items": len(items)}
+                summary["index"] = str(output_dir / "index.json")
+                write_index(output_dir, saved, num_shards, done)
+            else:
+                summary["index"] = None
+                _say(f"{len(done)} of {num_shards} shards done; index.json is written once all ranks finish "
+                     f"(or run: python -m xcodec_fast.tokenize merge {output_dir})")
+    finally:
+        group.close()
+    summary["wall_seconds_total"] = time.perf_counter() - wall_start
+    return summary
+
+
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _run_rank(items, output_dir, settings, model, rank, world_size, window, batch_seconds, max_file_seconds,
+              num_workers, npy, audio_column, max_batch_items, sort_buffer, progress, bandwidth) -> dict:
+    from tqdm import tqdm
+
+    shard_size = settings["shard_size"]
+    num_shards = math.ceil(len(items) / shard_size)
+    done = completed_shards(output_dir, num_shards)
+    mine = [k for k in range(num_shards) if k % world_size == rank]
+    todo = [k for k in mine if k not in done]
+    skipped = sum(min(shard_size, len(items) - k * shard_size) for k in mine if k in done)
+    (output_dir / "shards").mkdir(exist_ok=True)
+    journal = Journal(output_dir, rank)
+
+    pending = [_Pending(items[i], k) for k in todo for i in range(k * shard_size, min((k + 1) * shard_size, len(items)))]
+    shard_left = {k: min(shard_size, len(items) - k * shard_size) for k in todo}
+    shard_meta_base = {key: settings[key] for key in ("model", "bandwidth", "num_quantizers", "sample_rate", "frame_rate",
+                                                      "hop_length", "codebook_size", "window_samples", "version", "model_config")}
+    sr, hop = settings["sample_rate"], settings["hop_length"]
+    encoder = BatchEncoder(model, bandwidth, int(batch_seconds * sr) // hop * hop, max_batch_items)
+    loader = ItemLoader(sr, audio_column, max_file_seconds)
+    if num_workers is None:
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+        num_workers = max(1, min(8, (os.cpu_count() or 2) // local - 1))
+
+    stats = {"ok": 0, "failed": 0, "audio_seconds": 0.0, "shards": 0}
+    bar = tqdm(total=len(pending), unit="item", disable=not progress, desc=f"rank {rank}" if world_size > 1 else "tokenize",
+               position=rank if world_size > 1 else None, dynamic_ncols=True, smoothing=0.05)
+    wall_start = time.perf_counter()
+
+    def finish_item(p: _Pending) -> None:
+        if p.error is None and len(p.codes) < p.windows:
+            return
+        bar.update(1)
+        if p.error is None:
+            stats["ok"] += 1
+            stats["audio_seconds"] += p.num_samples / sr
+        else:
+            stats["failed"] += 1
+        elapsed = max(time.perf_counter() - wall_start, 1e-9)
+        bar.set_postfix_str(f"{stats['audio_seconds'] / 3600:.2f} h audio, {stats['audio_seconds'] / elapsed:.0f}x RT, "
+                            f"{stats['failed']} failed", refresh=False)
+        shard_left[p.shard] -= 1
+        if shard_left[p.shard] == 0:
+            write_finished_shard(p.shard)
+
+    def write_finished_shard(k: int) -> None:
+        members = pending[positions[k][0] : positions[k][1]]
+        rows, errors = [], []
+        for p in members:
+            if p.error is not None:
+                errors.append({"id": p.item.id, "source": p.item.source, "row": p.item.row, "reason": p.error})
+                continue
+            codes = np.concatenate([p.codes[w] for w in range(p.windows)], axis=1)
+            rows.append({"id": p.item.id, "source": p.item.source, "row": p.item.row, "duration": p.num_samples / sr,
+                         "num_samples": p.num_samples, "num_frames": codes.shape[1], "num_windows": p.windows, "codes": codes})
+            p.codes = {}
+        if npy:
+            for r in rows:
+                write_npy(output_dir / "npy" / safe_relpath(r["id"], ".npy"), r["codes"])
+        name = shard_name(k, num_shards)
+        write_shard(output_dir / "shards" / name, rows, {**shard_meta_base, "shard": k, "num_shards": num_shards})
+        journal.append({"shard": k, "file": name, "rows": len(rows), "failed": len(errors), "errors": errors,
+                        "audio_seconds": sum(r["duration"] for r in rows), "num_frames": sum(r["num_frames"] for r in rows)})
+        stats["shards"] += 1
+        for p in members:
+            p.codes = {}
+        for e in errors:
+            bar.write(f"failed: {e['id']}: {e['reason']}", file=sys.stderr)
+
+    positions, start = {}, 0
+    for k in todo:
+        positions[k] = (start, start + shard_left[k])
+        start += shard_left[k]
+
+    buffer: list[Segment] = []
+    buffered = 0
+    flush_at = sort_buffer * encoder.budget
+
+    def flush() -> None:
+        nonlocal buffer, buffered
+        for batch in encoder.pack(buffer):
+            for seg, out in zip(batch, encoder.encode(batch)):
+                p = pending[seg.key]
+                if isinstance(out, str):
+                    already_failed = p.error is not None
+                    p.error = p.error or (f"window {seg.index}: {out}" if p.windows > 1 else out)
+                    if not already_failed:
+                        finish_item(p)
+                elif p.error is None:
+                    p.codes[seg.index] = out
+                    finish_item(p)
+        buffer, buffered = [], 0
+
+    load_wait = 0.0
+    t_wait = time.perf_counter()
+    for position, audio, error in _decoded_stream([p.item for p in pending], loader, num_workers, prefetch=4):
+        load_wait += time.perf_counter() - t_wait
+        p = pending[position]
+        if error is not None:
+            p.error = error
+            finish_item(p)
+        else:
+            p.num_samples = len(audio)
+            segments = split_windows(position, audio, window)
+            # A tail shorter than the model's minimum joins the previous window instead of failing.
+            if len(segments) > 1 and segments[-1].length < encoder.min_samples:
+                tail = segments.pop()
+                segments[-1] = Segment(position, segments[-1].index, audio[segments[-1].index * window :])
+                del tail
+            p.windows = len(segments)
+            buffer.extend(segments)
+            buffered += sum(s.length for s in segments)
+            if buffered >= flush_at:
+                flush()
+        t_wait = time.perf_counter()
+    if buffer:
+        flush()
+    bar.close()
+    leftover = [k for k, n in shard_left.items() if n]
+    if leftover:
+        raise RuntimeError(f"internal error: shards {leftover[:5]} did not finish")
+
+    wall = time.perf_counter() - wall_start
+    audio_s = stats["audio_seconds"]
+    summary = {
+        "rank": rank,
+        "world_size": world_size,
+        "items_this_run": len(pending),
+        "ok": stats["ok"],
+        "failed": stats["failed"],
+        "skipped_already_done": skipped,
+        "shards_written": stats["shards"],
+        "audio_hours": audio_s / 3600,
+        "wall_seconds": wall,
+        "realtime_factor": audio_s / wall if wall > 0 else 0.0,
+        "audio_hours_per_hour": audio_s / wall if wall > 0 else 0.0,
+        "model_busy_seconds": encoder.busy_seconds,
+        "model_busy_fraction": encoder.busy_seconds / wall if wall > 0 else 0.0,
+        "waiting_for_decode_seconds": load_wait,
+        "model_calls": encoder.calls,
+        "oom_splits": encoder.oom_splits,
+        "num_workers": num_workers,
+        "device": str(model.device),
+    }
+    logs = output_dir / "logs"
+    logs.mkdir(exist_ok=True)
+    atomic_write_json(logs / f"summary-rank-{rank:05d}.json", summary)
+    _say(
+        f"[rank {rank}/{world_size}] ok {summary['ok']}, failed {summary['failed']}, skipped (already done) {skipped}; "
+        f"{audio_s / 3600:.3f} h audio in {wall:.1f} s wall = {summary['realtime_factor']:.1f}x real time; "
+        f"model busy {encoder.busy_seconds:.1f} s ({100 * summary['model_busy_fraction']:.0f}% of wall), "
+        f"waiting for decode {load_wait:.1f} s; {encoder.calls} model calls, {encoder.oom_splits} OOM splits"
+    )
+    return summary
+
+
+def merge(output_dir) -> dict:
+    """Write index.json and errors.jsonl for a finished output directory (what rank 0 does at the
+    end; run it by hand when ranks were launched separately)."""
+    output_dir = Path(output_dir)
+    settings_path = output_dir / "tokenize.json"
+    if not settings_path.exists():
+        raise FileNotFoundError(f"{output_dir} has no tokenize.json: not a tokenize output directory")
+    settings = json.loads(settings_path.read_text(encoding="utf-8"))
+    num_shards = math.ceil(settings["num_items"] / settings["shard_size"])
+    return write_index(output_dir, settings, num_shards, completed_shards(output_dir, num_shards))

@@ -1,0 +1,243 @@
+"""Output layout, shard files, the journal of finished shards, and the final index.
+
+Layout of an output directory::
+
+    tokenize.json            the run's settings; a rerun must match them (resume) or is refused
+    items.parquet            the frozen item list (id, source, row): shard k holds items
+                             [k * shard_size, (k + 1) * shard_size), whatever the number of ranks
+    shards/shard-00000-of-00042.parquet ...
+    journal/rank-00000.jsonl one line per finished shard: rows, audio seconds, the failed items
+    npy/<id>.npy             with --npy: codes per item, (n_q, T) int16
+    index.json               written when every shard is done: shards, counts, model, settings
+    errors.jsonl             every failed item with its reason (in item order)
+    logs/summary-rank-*.json throughput of each run of each rank
+
+Shard schema (one row per successfully encoded item, in item order):
+
+    id            string          item id
+    source        string          file path (or table file; see ``row``)
+    row           int64           row in the source table, -1 for audio files
+    duration      float64         seconds of audio at 16 kHz (num_samples / 16000)
+    num_samples   int64           samples at 16 kHz after decoding, downmixing and resampling
+    num_frames    int32           T, code frames (50 per second)
+    num_windows   int32           windows the item was encoded in (see batching.py)
+    codes         list<list<int16>>  n_q lists of T codes: codes[q][t] is quantizer q at frame t
+
+The Parquet schema metadata key ``xcodec_fast`` holds JSON: model, bandwidth, num_quantizers,
+sample_rate, frame_rate, hop_length, codebook_size, window_samples, xcodec_fast version, model
+config, shard number. ``datasets.load_dataset("parquet", data_files=...)`` reads the shards.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+import numpy as np
+
+METADATA_KEY = b"xcodec_fast"
+FORMAT = "xcodec-fast-tokens/1"
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_write_json(path: Path, data) -> None:
+    atomic_write_bytes(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
+
+
+def shard_name(index: int, num_shards: int) -> str:
+    return f"shard-{index:05d}-of-{num_shards:05d}.parquet"
+
+
+def shard_schema(metadata: dict):
+    import pyarrow as pa
+
+    fields = [
+        pa.field("id", pa.string()),
+        pa.field("source", pa.string()),
+        pa.field("row", pa.int64()),
+        pa.field("duration", pa.float64()),
+        pa.field("num_samples", pa.int64()),
+        pa.field("num_frames", pa.int32()),
+        pa.field("num_windows", pa.int32()),
+        pa.field("codes", pa.list_(pa.list_(pa.int16()))),
+    ]
+    return pa.schema(fields, metadata={METADATA_KEY: json.dumps(metadata, sort_keys=True).encode()})
+
+
+def codes_array(codes: list[np.ndarray]):
+    """list<list<int16>> from (n_q, T_i) arrays, built from flat buffers (no per-code Python objects)."""
+    import pyarrow as pa
+
+    n_q = [c.shape[0] for c in codes]
+    inner_lengths = np.concatenate([np.full(c.shape[0], c.shape[1], dtype=np.int32) for c in codes]) if codes else np.zeros(0, np.int32)
+    inner_offsets = np.concatenate([[0], np.cumsum(inner_lengths)]).astype(np.int32)
+    outer_offsets = np.concatenate([[0], np.cumsum(n_q)]).astype(np.int32)
+    values = np.concatenate([c.reshape(-1) for c in codes]).astype(np.int16) if codes else np.zeros(0, np.int16)
+    inner = pa.ListArray.from_arrays(pa.array(inner_offsets), pa.array(values, pa.int16()))
+    return pa.ListArray.from_arrays(pa.array(outer_offsets), inner)
+
+
+def write_shard(path: Path, rows: list[dict], metadata: dict) -> None:
+    """Write ``rows`` (dicts with the schema's columns; ``codes`` an (n_q, T) int array) atomically."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = shard_schema(metadata)
+    columns = {name: [r[name] for r in rows] for name in schema.names if name != "codes"}
+    arrays = [pa.array(columns[f.name], f.type) if f.name != "codes" else codes_array([r["codes"] for r in rows]) for f in schema]
+    table = pa.Table.from_arrays(arrays, schema=schema)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    pq.write_table(table, tmp, compression="zstd")
+    with open(tmp, "rb+") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def read_codes(table_or_row) -> list[np.ndarray]:
+    """The ``codes`` column of a shard table as (n_q, T) int16 arrays."""
+    import pyarrow as pa
+
+    column = table_or_row.column("codes") if isinstance(table_or_row, pa.Table) else table_or_row
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    out = []
+    inner = column.values
+    flat = inner.values.to_numpy(zero_copy_only=False)
+    outer_off = column.offsets.to_numpy()
+    inner_off = inner.offsets.to_numpy()
+    for i in range(len(column)):
+        q0, q1 = outer_off[i], outer_off[i + 1]
+        start, stop = inner_off[q0], inner_off[q1]
+        n_q = q1 - q0
+        out.append(flat[start:stop].reshape(n_q, -1) if n_q else np.zeros((0, 0), np.int16))
+    return out
+
+
+def shard_metadata(path: Path) -> dict:
+    import pyarrow.parquet as pq
+
+    raw = pq.read_schema(path).metadata or {}
+    if METADATA_KEY not in raw:
+        raise ValueError(f"{path} is not an xcodec_fast token shard (no {METADATA_KEY.decode()} metadata)")
+    return json.loads(raw[METADATA_KEY])
+
+
+class Journal:
+    """Append-only record of finished shards, one file per rank; a shard counts as done when its
+    journal line exists and its file is present with the journaled row count."""
+
+    def __init__(self, output_dir: Path, rank: int):
+        self.dir = output_dir / "journal"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.path = self.dir / f"rank-{rank:05d}.jsonl"
+
+    def append(self, entry: dict) -> None:
+        line = json.dumps(entry, sort_keys=True) + "\n"
+        with open(self.path, "a+b") as fh:
+            # A kill mid-write leaves a partial last line: end it so this entry stays parseable.
+            fh.seek(0, os.SEEK_END)
+            if fh.tell() > 0:
+                fh.seek(-1, os.SEEK_END)
+                if fh.read(1) != b"\n":
+                    fh.write(b"\n")
+            fh.write(line.encode())
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    @staticmethod
+    def read_all(output_dir: Path) -> dict[int, dict]:
+        """Finished shards by number (the last entry wins), from every rank's journal."""
+        entries: dict[int, dict] = {}
+        journal_dir = output_dir / "journal"
+        if not journal_dir.is_dir():
+            return entries
+        for path in sorted(journal_dir.glob("rank-*.jsonl")):
+            for line in path.read_text(encoding="utf-8").splitlines():
+                try:
+                    entry = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # the torn tail of a killed run: that shard is simply redone
+                if isinstance(entry, dict) and isinstance(entry.get("shard"), int):
+                    entries[entry["shard"]] = entry
+        return entries
+
+
+def completed_shards(output_dir: Path, num_shards: int) -> dict[int, dict]:
+    import pyarrow.parquet as pq
+
+    done = {}
+    for shard, entry in Journal.read_all(output_dir).items():
+        if shard >= num_shards:
+            continue
+        path = output_dir / "shards" / entry["file"]
+        try:
+            if pq.read_metadata(path).num_rows == entry["rows"]:
+                done[shard] = entry
+        except (OSError, ValueError):
+            pass  # missing or damaged: redo it
+    return done
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._/+=@,-]")
+
+
+def safe_relpath(item_id: str, suffix: str) -> str:
+    """A relative file path for an item id: no absolute paths, no '..', odd characters -> '_'."""
+    parts = [p for p in _UNSAFE.sub("_", item_id).split("/") if p not in ("", ".", "..")]
+    if not parts:
+        parts = ["_"]
+    return "/".join(parts) + suffix
+
+
+def write_npy(path: Path, codes: np.ndarray) -> None:
+    import io
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    np.save(buf, codes.astype(np.int16), allow_pickle=False)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def write_index(output_dir: Path, settings: dict, num_shards: int, entries: dict[int, dict]) -> dict:
+    """index.json and errors.jsonl from the journal; both are deterministic in the run's content."""
+    missing = [k for k in range(num_shards) if k not in entries]
+    if missing:
+        raise RuntimeError(
+            f"{output_dir}: {len(missing)} of {num_shards} shards are not finished (first: {missing[:5]}); "
+            "rerun the same tokenize command to finish them"
+        )
+    errors = [err for k in range(num_shards) for err in entries[k].get("errors", [])]
+    lines = "".join(json.dumps(e, sort_keys=True) + "\n" for e in errors)
+    atomic_write_bytes(output_dir / "errors.jsonl", lines.encode())
+    shards = [
+        {
+            "file": f"shards/{entries[k]['file']}",
+            "rows": entries[k]["rows"],
+            "failed": entries[k]["failed"],
+            "audio_seconds": entries[k]["audio_seconds"],
+            "num_frames": entries[k]["num_frames"],
+        }
+        for k in range(num_shards)
+    ]
+    index = {
+        "format": FORMAT,
+        **{k: settings[k] for k in ("model", "bandwidth", "num_quantizers", "sample_rate", "frame_rate",
+                                    "hop_length", "window_samples", "shard_size", "num_items", "version")},
+        "num_shards": num_shards,
+        "num_ok": sum(s["rows"] for s in shards),
+        "num_failed": len(errors),
+        "audio_hours": round(sum(s["audio_seconds"] for s in shards) / 3600, 6),
+        "errors_file": "errors.jsonl",
+        "shards": shards,
+    }
+    atomic_write_json(output_dir / "index.json", index)
+    return index
