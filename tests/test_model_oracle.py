@@ -1,0 +1,179 @@
+"""xcodec_fast's XcodecModel against transformers' XcodecModel (random weights, both directions)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from oracle import SEMANTIC_VARIANTS, make_hf_model, random_audio, save_hf, tiny_variant
+from xcodec_fast import XcodecModel
+from xcodec_fast.config import XcodecConfig
+
+transformers = pytest.importorskip("transformers")
+
+LENGTHS = [16000, 16001, 15999, 321, 48000]
+VARIANT_IDS = ["-".join(str(p) for p in v) for v in SEMANTIC_VARIANTS]
+
+
+def assert_audio_close(ours: torch.Tensor, reference: torch.Tensor, rel: float = 1e-5) -> None:
+    assert ours.shape == reference.shape
+    scale = reference.abs().max().clamp_min(1e-3)
+    error = (ours - reference).abs().max()
+    assert error <= rel * scale, f"max error {error.item():.3g} > {rel} x scale {scale.item():.3g}"
+
+
+@pytest.fixture(scope="module", params=SEMANTIC_VARIANTS, ids=VARIANT_IDS)
+def pair(request, tmp_path_factory):
+    """(transformers model, our model loaded from its save_pretrained directory)."""
+    config = tiny_variant(*request.param)
+    hf_model = make_hf_model(config, seed=1)
+    directory = save_hf(hf_model, tmp_path_factory.mktemp("hf"))
+    return hf_model, XcodecModel.from_pretrained(directory)
+
+
+def hf_encode(hf_model, audio, bandwidth=None):
+    with torch.no_grad():
+        return hf_model.encode(audio, bandwidth=bandwidth).audio_codes
+
+
+def hf_decode(hf_model, codes):
+    with torch.no_grad():
+        return hf_model.decode(codes).audio_values
+
+
+def test_codes_identical_at_every_bandwidth_and_length(pair):
+    hf_model, model = pair
+    for length in LENGTHS:
+        audio = random_audio(2, 1, length, seed=length)
+        for bandwidth in [None, *model.config.target_bandwidths]:
+            expected = hf_encode(hf_model, audio, bandwidth)
+            codes = model.encode(audio, bandwidth=bandwidth).audio_codes
+            assert codes.dtype == torch.int64
+            assert torch.equal(codes, expected), f"length {length}, bandwidth {bandwidth}"
+        if length >= 16000:  # random codebooks must give varied codes, or equality proves nothing
+            assert expected.unique().numel() > 50
+
+
+def test_decode_matches_transformers(pair):
+    hf_model, model = pair
+    generator = torch.Generator().manual_seed(3)
+    for num_quantizers in (1, 3, model.num_quantizers):
+        codes = torch.randint(0, model.config.codebook_size, (2, num_quantizers, 37), generator=generator)
+        audio = model.decode(codes).audio_values
+        assert audio.shape == (2, 1, 37 * model.config.hop_length)
+        assert_audio_close(audio, hf_decode(hf_model, codes))
+
+
+def test_forward_is_trimmed_decode_of_encode(pair):
+    hf_model, model = pair
+    audio = random_audio(2, 1, 15999, seed=5)
+    out = model(audio)
+    codes = model.encode(audio).audio_codes
+    assert torch.equal(out.audio_codes, codes)
+    assert torch.equal(out.audio_values, model.decode(codes).audio_values[..., :15999])
+    with torch.no_grad():
+        reference = hf_model(audio)
+    assert torch.equal(out.audio_codes, reference.audio_codes)
+    assert_audio_close(out.audio_values, reference.audio_values)
+    as_tuple = model(audio, return_dict=False)
+    assert isinstance(as_tuple, tuple) and len(as_tuple) == 2
+    assert torch.equal(as_tuple[0], codes)
+
+
+def test_padded_batch_gives_each_item_its_alone_codes(pair):
+    hf_model, model = pair
+    lengths = [16001, 16000, 15999, 9000, 4567, 321]
+    batch = random_audio(len(lengths), 1, max(lengths), seed=7)
+    mask = torch.zeros(len(lengths), max(lengths), dtype=torch.long)
+    for index, length in enumerate(lengths):
+        mask[index, :length] = 1
+    # Padding holds garbage on purpose: the mask alone must make it irrelevant.
+    batch = torch.where(mask[:, None].bool(), batch, torch.full_like(batch, 0.7))
+    out = model.encode(batch, padding_mask=mask)
+    assert out.audio_codes.shape[-1] == model.encode(batch).audio_codes.shape[-1]
+    for index, length in enumerate(lengths):
+        alone = hf_encode(hf_model, batch[index : index + 1, :, :length])
+        frames = alone.shape[-1]
+        assert out.audio_code_lengths[index] == frames
+        assert torch.equal(out.audio_codes[index : index + 1, :, :frames], alone), f"item {index} ({length} samples)"
+        assert (out.audio_codes[index, :, frames:] == 0).all()
+
+
+def test_padded_decode_gives_each_item_its_alone_audio(pair):
+    _, model = pair
+    generator = torch.Generator().manual_seed(11)
+    code_lengths = torch.tensor([40, 17, 1, 33])
+    codes = torch.randint(0, model.config.codebook_size, (4, model.num_quantizers, 40), generator=generator)
+    audio = model.decode(codes, audio_code_lengths=code_lengths).audio_values
+    hop = model.config.hop_length
+    for index, frames in enumerate(code_lengths.tolist()):
+        alone = model.decode(codes[index : index + 1, :, :frames]).audio_values
+        # Batched and single convs round differently (~3e-5 relative here, also without padding).
+        assert_audio_close(audio[index : index + 1, :, : frames * hop], alone, rel=2e-4)
+        assert (audio[index, :, frames * hop :] == 0).all()
+
+
+def test_forward_with_padding_mask_zeroes_padding(pair):
+    _, model = pair
+    audio = random_audio(2, 1, 16000, seed=13)
+    mask = torch.ones(2, 16000, dtype=torch.long)
+    mask[1, 7000:] = 0
+    out = model(audio, padding_mask=mask)
+    alone = model(audio[1:, :, :7000])
+    assert torch.equal(out.audio_codes[1, :, : alone.audio_codes.shape[-1]], alone.audio_codes[0])
+    assert_audio_close(out.audio_values[1:, :, :7000], alone.audio_values, rel=2e-4)
+    assert (out.audio_values[1, :, 7000:] == 0).all()
+
+
+def test_our_save_pretrained_loads_in_transformers(pair, tmp_path):
+    hf_model, model = pair
+    model.save_pretrained(tmp_path)
+    reloaded, info = transformers.XcodecModel.from_pretrained(str(tmp_path), output_loading_info=True)
+    reloaded.eval()
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
+    audio = random_audio(1, 1, 16000, seed=17)
+    codes = hf_encode(hf_model, audio)
+    assert torch.equal(hf_encode(reloaded, audio), codes)
+    assert_audio_close(hf_decode(reloaded, codes), hf_decode(hf_model, codes))
+    # and back into xcodec_fast
+    again = XcodecModel.from_pretrained(tmp_path)
+    assert torch.equal(again.encode(audio).audio_codes, codes)
+
+
+@pytest.mark.parametrize("spelling", ["parametrizations", "weight_g"])
+def test_weight_normed_checkpoints_load_and_match(spelling, tmp_path):
+    from safetensors.torch import save_file
+
+    config = tiny_variant("hubert", "group", False)
+    hf_model = make_hf_model(config, seed=2)
+    audio = random_audio(1, 1, 16000, seed=19)
+    hf_model.save_pretrained(str(tmp_path))  # for config.json
+    hf_model.apply_weight_norm()  # g = |w|, v = w: the layout of the original X-Codec checkpoints
+    # transformers now recomputes each weight from (g, v) as our load-time fold does: same numbers.
+    codes = hf_encode(hf_model, audio)
+    reference_audio = hf_decode(hf_model, codes)
+    state = {k: v.detach().contiguous() for k, v in hf_model.state_dict().items()}
+    normed = [k for k in state if k.endswith("parametrizations.weight.original0")]
+    assert len(normed) > 20
+    if spelling == "weight_g":
+        state = {
+            k.replace("parametrizations.weight.original0", "weight_g").replace("parametrizations.weight.original1", "weight_v"): v
+            for k, v in state.items()
+        }
+    save_file(state, str(tmp_path / "model.safetensors"))
+    model = XcodecModel.from_pretrained(tmp_path)
+    assert torch.equal(model.encode(audio).audio_codes, codes)
+    assert_audio_close(model.decode(codes).audio_values, reference_audio)
+
+
+@pytest.mark.slow
+def test_full_size_default_config_matches_transformers(tmp_path):
+    hf_model = make_hf_model(XcodecConfig(), seed=0)
+    save_hf(hf_model, tmp_path)
+    model = XcodecModel.from_pretrained(tmp_path)
+    audio = random_audio(1, 1, 16000, seed=23)
+    codes = hf_encode(hf_model, audio)
+    assert codes.unique().numel() > 50
+    assert torch.equal(model.encode(audio).audio_codes, codes)
+    assert torch.equal(model.encode(audio, bandwidth=0.5).audio_codes, codes[:, :1])
+    assert_audio_close(model.decode(codes).audio_values, hf_decode(hf_model, codes))
