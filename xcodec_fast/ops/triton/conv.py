@@ -1,6 +1,55 @@
 """Fused DAC convolution blocks: Snake prologue, implicit-GEMM conv, fused epilogues.
 
-DESIGN_NOTES_PLACEHOLDER
+Ops (registered for the ``triton`` backend, wrapped as ``torch.ops.xcodec_fast.*`` custom ops):
+
+* ``residual_unit``: ``x + conv1x1(snake(conv7_dil(snake(x))))``. For C <= 64 one kernel
+  (``_residual_unit_fused_kernel``) does all of it per (batch, T block): the conv7 output slice
+  gets bias + Snake in registers and feeds the 1x1 conv's tl.dot directly. For C > 64 two
+  launches of ``_snake_conv1d_kernel``: conv7 with the Snake prologue and bias + Snake epilogue
+  (writes g = snake2(h)), then the 1x1 conv with bias + residual-add epilogue.
+* ``snake_conv1d`` (encoder downsampling, k = 2s): the same generic kernel with a stride.
+* ``snake_conv_transpose1d`` (decoder upsampling): Snake op + cuDNN's transposed conv, see below.
+
+Snake in the prologue is applied to each x tile as it is loaded (padding loads 0, snake(0) = 0),
+so it is recomputed once per tap and per C_out block. sin² comes from our own FMA-only
+range-reduced polynomial (fp32, |err| < 2.3e-7) or MUFU.SIN after the reduction (fp16/bf16 on
+GPU); tl.sin (libdevice sinf) was measured first and its Payne-Hanek branch alone pushed conv7
+to 255 registers with a 48-byte stack and 124 LDL / 84 STL on sm_90.
+
+Roofline per residual unit, per frame (C channels, fp16, H100: ~990 TFLOP/s dense, 3.35 TB/s,
+ridge ~295 FLOP/B; FFMA 128/clk/SM, MUFU 16/clk/SM, DRAM ~14 B/clk/SM, MMA ~4096 FLOP/clk/SM):
+  FLOPs = 2·7·C² + 2·C² = 16·C²  (C=64: 65.5k, 128: 262k, 256: 1.05M, 512: 4.2M)
+  bytes, two kernels: x, g write, g read, x again, out = 10·C; fused: x, out (+x from L2) = 4..6·C
+  intensity, two kernels: 1.6·C FLOP/B (C=64: 102, 128: 205, 256: 410, 512: 819)
+  Snake prologue: 7·C·ceil(C/BLOCK_CO) sins per frame.
+  C=64 (decoder top, T up to 160k; encoder bottom): per frame-channel, MMA 0.25 clk,
+    two-kernel DRAM 0.72 clk, fused DRAM 0.3-0.43 clk, MUFU 7/16 = 0.44 clk -> fused wins (~1.6x).
+  C=128: fused needs BLOCK_M=32 (C_PAD=128 rows of fp32 accumulator already in registers), so
+    28 sins per element: MUFU 0.875 clk vs the two-kernel path's 0.72 clk DRAM + 0.44 clk MUFU
+    overlapped -> not worth it; C >= 128 uses two kernels and is MMA/MUFU bound, not DRAM bound.
+  fp32 (ieee FFMA dots, no tensor cores) is compute bound at every C; it is the exact path.
+
+Transposed conv stays Snake + vendor conv: with k = 2s each output frame takes exactly 2 taps, so
+it is a compute-bound GEMM (4·C_in·C_out FLOPs per output frame, C_out = 512..64 at
+T_out = 400 Hz..16 kHz) whose only extra traffic from the separate Snake pass is 2 × the
+*input* tensor (C_in·T_in = 2·C_out·T_out/s elements): s=8 -> +40% of the conv's own activation
+bytes, s=2 -> +100%, but at intensities of 100s of FLOP/B the conv is not memory bound, and
+cuDNN's polyphase deconv is already near the MMA roofline. A Triton polyphase version (s phase
+convs of k=2 with strided stores) is possible with this kernel but would only save that pass.
+
+sass (Triton 3.9, compiled host-side; python -m xcodec_fast.ops.triton._compile), regs / spills
+(LDL/STL) / shared / tensor-core instructions; sm_90 | sm_80:
+  fused residual C=64  fp32  M32 T64 8w:   178/0/16K/0 FFMA dot |  174/0/16K/0
+  fused residual C=64  fp16  M64 T64 8w:   127/0/16K/6 HGMMA    |  170/0/16K/24 HMMA
+  fused residual C=32  fp16  M32 T64 8w:    97/0/6K/8 HGMMA     |   93/0/6K/8 HMMA
+  conv k7 snake in+out fp32 64x16x64 8w:   143/0/16K/0          |  128/0/16K/0
+  conv k7 snake in+out fp16 128x32x128 8w: 179/0/32K/2 HGMMA    |  177/0/32K/32 HMMA (MUFU.SIN 80)
+  conv k1 + residual   fp16 64x64x128 8w:  146/0/24K/4 HGMMA    |  224/0/24K/32 HMMA
+  down s8 k16          fp16 128x32x128 8w: 162/0/32K/2 HGMMA    |  177/0/32K/32 HMMA
+  bf16 equals fp16 within a few registers; every config in COMPILE_CONFIGS is spill-free.
+Rejected on the way: conv k1 fp16 128x64x128 8w (255 regs, 16 LDL/STL), fp16 k7 64x32x128 4w
+(242 regs), fp32 64x16x64 4w (255 regs, spills), fused fp16 C=64 4 warps (253 regs, 144 LDL on
+sm_90), fused fp32 M64 (255 regs, 400 B stack).
 """
 
 from __future__ import annotations
