@@ -1,0 +1,174 @@
+"""The benchmark suite: quick mode on tiny shapes, its JSON schema, and that every ratio it
+reports is computed from the times it measured. No assertion on any timing value."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from xcodec_fast import benchmark
+from xcodec_fast.benchmark import cases, report
+from xcodec_fast.config import XcodecConfig, tiny_config
+
+ALL_OPS = {
+    "snake",
+    "add_snake",
+    "residual_unit",
+    "snake_conv1d",
+    "snake_conv_transpose1d",
+    "rvq_encode",
+    "rvq_decode",
+    "dequantize_project",
+}
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("bench")
+    output = folder / "result.json"
+    argv = [
+        "--quick", "--device", "cpu", "--config", "tiny", "--seconds", "0.05",
+        "--e2e-config", "tiny", "--e2e-seconds", "0.1",
+        "--output", str(output), "--plots-dir", str(folder / "out"), "--quiet",
+    ]  # fmt: skip
+    assert benchmark.main(argv) == 0
+    return json.loads(output.read_text()), folder
+
+
+def _close(a: float, b: float) -> bool:
+    return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-15)
+
+
+def test_schema_and_machine(quick_run):
+    result, _ = quick_run
+    assert result["schema"] == benchmark.SCHEMA
+    assert result["mode"] == "quick"
+    assert result["machine"]["kind"] == "cpu" and result["machine"]["id"].startswith("cpu-")
+    assert result["machine"]["id"].endswith(f"-{result['machine']['cpu_cores']}c")
+    assert {"torch", "triton", "transformers", "xcodec_fast"} <= set(result["versions"])
+    assert {"commit", "dirty"} <= set(result["git"])
+    assert list(result["backends"])[0] == "eager"
+    for status in result["backends"].values():
+        assert isinstance(status["available"], bool) and status["reason"]
+    # Triton on CPU is the interpreter at best: never timed, always with a reason.
+    assert result["backends"]["triton"]["available"] is False
+    ceilings = result["roofline"]
+    assert ceilings["bandwidth_gbps"] > 0 and ceilings["matmul_tflops"]["float32"] > 0
+
+
+def test_kernel_records_cover_every_op_and_ratios_follow_from_times(quick_run):
+    result, _ = quick_run
+    records = result["kernels"]
+    assert {r["op"] for r in records if r["backend"] == "eager" and r["status"] == "ok"} == ALL_OPS
+    ceilings = result["roofline"]
+    eager = {(r["op"], r["label"], r["batch"], r["dtype"]): r for r in records if r["backend"] == "eager" and r["status"] == "ok"}
+    for r in records:
+        assert r["status"] in ("ok", "skipped", "error")
+        assert r["bytes"] > 0 and r["flops"] > 0
+        if r["status"] != "ok":
+            assert r["reason"]
+            continue
+        median = r["median_s"]
+        assert r["reps"] >= 3 and r["min_s"] <= median <= r["p90_s"]
+        assert _close(r["gbps"], r["bytes"] / median / 1e9)
+        assert _close(r["tflops"], r["flops"] / median / 1e12)
+        bound = max(r["bytes"] / (ceilings["bandwidth_gbps"] * 1e9), r["flops"] / (ceilings["matmul_tflops"][r["dtype"]] * 1e12))
+        assert _close(r["roofline_s"], bound) and _close(r["roofline_fraction"], bound / median)
+        base = eager[(r["op"], r["label"], r["batch"], r["dtype"])]
+        assert _close(r["speedup_vs_eager"], base["median_s"] / median)
+        if r["backend"] != "eager":
+            assert "code_match" in r or "max_rel_err" in r
+
+
+def test_end_to_end_records(quick_run):
+    result, _ = quick_run
+    e2e = result["end_to_end"]
+    assert e2e["config"] == "tiny" and e2e["clip_seconds"] == pytest.approx(0.1)
+    ok = [r for r in e2e["results"] if r["status"] == "ok"]
+    impls = {r["impl"] for r in ok}
+    assert "transformers eager" in impls and "xcodec_fast eager" in impls
+    base = {(r["stage"], r["batch"]): r["median_s"] for r in ok if r["impl"] == "transformers eager"}
+    for r in ok:
+        assert _close(r["realtime_factor"], r["batch"] * e2e["clip_seconds"] / r["median_s"])
+        assert _close(r["speedup_vs_transformers"], base[(r["stage"], r["batch"])] / r["median_s"])
+        assert r["peak_memory_mb"] >= 0
+        if r["stage"] == "encode":
+            assert 0.0 <= r["code_match"] <= 1.0 and r["distinct_codes"] > 1  # random codebooks, not a constant code
+        else:
+            assert r["max_rel_err"] >= 0
+    skipped = {s["impl"] for s in e2e["skipped"]}
+    assert "transformers compile" in skipped  # quick mode leaves torch.compile out, and says so
+
+
+def test_outputs_markdown_and_plots(quick_run, capsys):
+    result, folder = quick_run
+    text = report.summary_markdown(result)
+    assert "| op | dtype | batch |" in text and "| implementation | stage |" in text
+    pngs = sorted(p.name for p in (folder / "out").glob("*.png"))
+    assert any(name.endswith("-roofline.png") for name in pngs) and any(name.endswith("-e2e.png") for name in pngs)
+
+
+def test_sites_follow_the_config():
+    """Kernel shapes are the shapes transformers' DAC really produces, for any config."""
+    from transformers import DacConfig, DacModel
+
+    config = tiny_config(acoustic_model_config={"downsampling_ratios": [2, 4, 5, 8], "upsampling_ratios": [8, 5, 4, 2]})
+    acoustic = config.acoustic_model_config
+    from transformers.models.xcodec.modeling_xcodec import XcodecModel as HFXcodecModel
+
+    dac = DacModel(DacConfig(**{k: v for k, v in acoustic.to_dict().items() if k != "model_type"})).eval()
+    HFXcodecModel._adjust_dac_decoder(dac.decoder)  # X-Codec's output_padding, as its model does
+    seen = {"enc": set(), "dec": set()}
+
+    def recorder(part):
+        return lambda module, inputs, output: seen[part].add((inputs[0].shape[1], inputs[0].shape[2]))
+
+    hooks = [block.res_unit1.register_forward_hook(recorder("enc")) for block in dac.encoder.block]
+    hooks += [block.res_unit1.register_forward_hook(recorder("dec")) for block in dac.decoder.block]
+    num_samples = 3200
+    with torch.no_grad():
+        latent = dac.encoder(torch.zeros(1, 1, num_samples))
+        dac.decoder(latent)
+    for hook in hooks:
+        hook.remove()
+    sites = cases.model_sites(config, num_samples)
+    for part in ("enc", "dec"):
+        ours = {(s.params["channels"], s.params["frames"]) for s in sites if s.op == "residual_unit" and part in s.where}
+        assert ours == seen[part]
+    assert latent.shape[-1] == num_samples // config.hop_length
+
+    full = cases.model_sites(XcodecConfig(), 160_000, dilations=(1,))
+    enc = [(s.params["channels"], s.params["frames"]) for s in full if s.op == "residual_unit" and s.where.startswith("enc")]
+    dec = [(s.params["channels"], s.params["frames"]) for s in full if s.op == "residual_unit" and "dec" in s.where]
+    assert enc == [(64, 160_000), (128, 20_000), (256, 4_000), (512, 1_000)]
+    assert sorted(dec, reverse=True) == [(512, 4_000), (256, 20_000), (128, 80_000), (64, 160_000)]
+    assert any(s.op == "rvq_encode" and s.params["frames"] == 500 and s.params["num_quantizers"] == 8 for s in full)
+
+
+def test_cost_model_counts_bytes_and_flops():
+    site = cases.Site("snake", "x", dict(channels=8, frames=100))
+    assert cases.cost(site, 2, torch.float32) == ((2 * 2 * 8 * 100 + 8) * 4, cases.SNAKE_FLOPS * 2 * 8 * 100)
+    assert cases.cost(site, 2, torch.bfloat16)[0] == (2 * 2 * 8 * 100 + 8) * 2
+    conv = cases.Site("snake_conv1d", "x", dict(in_channels=4, out_channels=6, frames=40, kernel=4, stride=2, padding=1))
+    t_out = cases.conv_out_len(40, 4, 2, 1)
+    assert t_out == torch.nn.functional.conv1d(torch.zeros(1, 4, 40), torch.zeros(6, 4, 4), stride=2, padding=1).shape[-1]
+    assert cases.cost(conv, 1, torch.float32)[1] == 2 * t_out * 6 * 4 * 4 + cases.SNAKE_FLOPS * 4 * 40 + 6 * t_out
+
+
+def test_render_writes_only_between_markers(quick_run, tmp_path):
+    result, _ = quick_run
+    results_dir = tmp_path / "results"
+    results_dir.mkdir()
+    (results_dir / f"{result['machine']['id']}-quick.json").write_text(json.dumps(result))
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# Title\n\nbefore\n\n{report.START}\nstale\n{report.END}\n\nafter\n")
+    written, section = report.render_readme(readme, results_dir)
+    text = readme.read_text()
+    assert written and "stale" not in text and section in text
+    assert text.startswith("# Title\n\nbefore\n\n") and text.endswith("\n\nafter\n")
+    unmarked = tmp_path / "PLAIN.md"
+    unmarked.write_text("no markers\n")
+    assert report.render_readme(unmarked, results_dir)[0] is False and unmarked.read_text() == "no markers\n"
