@@ -1,5 +1,73 @@
-"""Packaging; the native extension is described in xcodec_fast/ops/native.py (built on first use)."""
+"""Packaging. The native CPU kernels (kernels/) ship as package data and are compiled on first use
+(see xcodec_fast/ops/native.py). To compile them at install time instead, into ``xcodec_fast._C``:
+
+    XCODEC_FAST_BUILD_NATIVE=1 pip install --no-build-isolation .
+
+(``--no-build-isolation`` so that the build sees the installed torch; the build requirements stay
+torch-free on purpose.) Without torch or without the variable, the install is pure Python.
+"""
+
+import importlib.util
+import os
+import shutil
+from pathlib import Path
 
 from setuptools import setup
+from setuptools.command.build_py import build_py
+from setuptools.command.sdist import sdist
 
-setup()
+ROOT = Path(__file__).resolve().parent
+KERNELS = ROOT / "kernels"
+KERNEL_PATTERNS = ("*.cpp", "*.h", "*.py")
+
+
+def kernel_files() -> list[Path]:
+    return sorted(p for pattern in KERNEL_PATTERNS for p in KERNELS.glob(pattern)) if KERNELS.is_dir() else []
+
+
+class build_py_with_kernels(build_py):
+    """Copies kernels/ into the package (xcodec_fast/kernels) so that a wheel can build them."""
+
+    def run(self):
+        super().run()
+        target = Path(self.build_lib) / "xcodec_fast" / "kernels"
+        target.mkdir(parents=True, exist_ok=True)
+        for source in kernel_files():
+            shutil.copy2(source, target / source.name)
+
+
+class sdist_with_kernels(sdist):
+    def add_defaults(self):
+        super().add_defaults()
+        self.filelist.extend(str(p.relative_to(ROOT)) for p in kernel_files())
+
+
+def native_extension():
+    """The prebuilt extension when asked for and torch is importable; else nothing."""
+    if os.environ.get("XCODEC_FAST_BUILD_NATIVE") != "1":
+        return [], {}
+    try:
+        from torch.utils.cpp_extension import BuildExtension, CppExtension
+    except ImportError:
+        print("XCODEC_FAST_BUILD_NATIVE=1 but torch is not importable: skipping the native extension "
+              "(use pip install --no-build-isolation with torch installed)")
+        return [], {}
+    spec = importlib.util.spec_from_file_location("xcodec_fast_kernels_build_config", KERNELS / "build_config.py")
+    config = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(config)
+    capability = config.target_capability()
+    extension = CppExtension(
+        "xcodec_fast._C",
+        # setuptools wants sources relative to setup.py
+        sources=[os.path.relpath(p, ROOT) for p in config.source_paths()],
+        extra_compile_args=config.compile_flags(capability),
+    )
+    return [extension], {"build_ext": BuildExtension.with_options(use_ninja=True)}
+
+
+ext_modules, ext_commands = native_extension()
+
+setup(
+    ext_modules=ext_modules,
+    cmdclass={"build_py": build_py_with_kernels, "sdist": sdist_with_kernels, **ext_commands},
+)
