@@ -459,7 +459,7 @@ def load_original_checkpoint(cls, checkpoint_path, yaml_path=None, *, config=Non
 @torch.no_grad()
 def randomize_(model: nn.Module, seed: int = 0) -> nn.Module:
     """Deterministic random weights at scales that keep activations O(1): every conv/linear weight
-    ~ N(0, 1/fan_in), small biases, Snake α ~ U(0.5, 1.5), norms ≈ identity, codebooks ~ N(0, 1)."""
+    ~ N(0, 1/fan_in) (residual branches' last conv 10x smaller), small biases, Snake α ~ U(0.5, 1.5), norms ≈ identity, codebooks ~ N(0, 1)."""
     generator = torch.Generator().manual_seed(seed)
 
     def normal(shape, std: float) -> Tensor:
@@ -474,7 +474,9 @@ def randomize_(model: nn.Module, seed: int = 0) -> nn.Module:
                 fan_in = weight.shape[0] * weight.shape[2] / module.stride[0]
             else:
                 fan_in = weight[0].numel()
-            weight.copy_(normal(weight.shape, 1.0 / math.sqrt(fan_in)))
+            # Residual branches start small (as in trained codecs), else variance doubles per unit.
+            gain = 0.1 if re.search(r"res_units?\.?\d+\.conv2$", name) else 1.0
+            weight.copy_(normal(weight.shape, gain / math.sqrt(fan_in)))
             done.add(id(weight))
         elif isinstance(module, (nn.LayerNorm, nn.GroupNorm)) and "weight" in params:
             module.weight.copy_(1 + normal(module.weight.shape, 0.1))
