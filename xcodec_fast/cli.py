@@ -15,7 +15,23 @@ def _say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def load_model(name: str | None, backend: str | None = None, device: str | None = None, dtype: str | None = None):
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """One quick TCP connect instead of huggingface_hub's minute of retries when offline."""
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0"):
+        return False
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        with socket.create_connection((url.hostname, url.port or 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def load_model(name: str | None, backend: str | None = None, device: str | None = None, dtype: str | None = None,
+               fallback_config=None):
     """Load ``name``; with no name, the default checkpoint, or — when the hub cannot be reached and
     it is not cached — a built-in random-weight model (said loudly: its codes mean nothing)."""
     import torch
@@ -26,18 +42,20 @@ def load_model(name: str | None, backend: str | None = None, device: str | None 
     kwargs = dict(backend=backend, device=device, dtype=dtype)
     if name is not None:
         return XcodecModel.from_pretrained(name, **kwargs), name
-    # Fail fast when offline instead of waiting on long network time-outs.
-    os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", "5")
-    os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", "10")
     try:
-        return XcodecModel.from_pretrained(DEFAULT_MODEL, **kwargs), DEFAULT_MODEL
+        try:  # a cached copy needs no network
+            return XcodecModel.from_pretrained(DEFAULT_MODEL, local_files_only=True, **kwargs), DEFAULT_MODEL
+        except OSError:
+            if not _hub_reachable():
+                raise OSError("the Hugging Face hub cannot be reached and the model is not cached") from None
+            return XcodecModel.from_pretrained(DEFAULT_MODEL, **kwargs), DEFAULT_MODEL
     except Exception as exc:  # any hub failure: fall back, and say why
         _say(
             f"note: could not load {DEFAULT_MODEL} ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}).\n"
             "note: using the built-in RANDOM-WEIGHT model (full X-Codec architecture, seed 0): the pipeline runs "
             "end to end, but codes and audio are meaningless. Pass --model ID_OR_DIR for a real checkpoint."
         )
-        model = XcodecModel.from_random(XcodecConfig(), seed=0)
+        model = XcodecModel.from_random(fallback_config or XcodecConfig(), seed=0)
         if backend is not None:
             model.backend = backend
         if device is not None:
