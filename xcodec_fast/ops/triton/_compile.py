@@ -13,7 +13,7 @@ Registration: every kernel module of this package exposes ``COMPILE_CONFIGS``, a
 The kernels must be real ``@triton.jit`` functions, so this runs in a process without
 ``TRITON_INTERPRET``:
 
-    python -m xcodec_fast.ops.triton._compile --arch 90 80 [--json] [--filter snake]
+    python -m xcodec_fast.ops.triton._compile [--arch 90 80] [--filter snake] [--json] [--jobs N]
 """
 
 from __future__ import annotations
@@ -53,6 +53,7 @@ class KernelConfig:
     num_stages: int = 3
     enable_fp_fusion: bool = False
     expect_tensor_cores: bool = False  # the half-precision matmul paths must use HMMA/HGMMA
+    multiple_of_16: tuple = ()  # int arguments that are multiples of 16 at the model's sizes
 
 
 def kernel_config(
@@ -65,9 +66,13 @@ def kernel_config(
     num_stages: int = 3,
     enable_fp_fusion: bool = False,
     expect_tensor_cores: bool = False,
+    multiple_of_16: tuple = (),
 ) -> KernelConfig:
     """Build a config from per-argument types; ``types`` values may be torch dtypes ("pointer to"),
-    or Triton type strings. Arguments named in ``constexprs`` become "constexpr"."""
+    or Triton type strings. Arguments named in ``constexprs`` become "constexpr". The runtime
+    specializes integer arguments that are multiples of 16 (and pointers, 16-byte aligned);
+    ``multiple_of_16`` names the integers that are so at the real model's sizes (e.g. D = 1024),
+    so the check compiles the variant that runs there."""
     names = _arg_names(kernel)
     signature = {}
     for arg in names:
@@ -81,8 +86,11 @@ def kernel_config(
     extra = set(types) - set(names)
     if extra:
         raise ValueError(f"{name}: {sorted(extra)} are not arguments of {kernel.__name__}")
+    unknown = set(multiple_of_16) - set(types)
+    if unknown:
+        raise ValueError(f"{name}: multiple_of_16 names {sorted(unknown)}, not typed arguments")
     return KernelConfig(name, kernel, signature, dict(constexprs), num_warps, num_stages, enable_fp_fusion,
-                        expect_tensor_cores)
+                        expect_tensor_cores, tuple(multiple_of_16))
 
 
 def _arg_names(kernel) -> list[str]:
@@ -118,7 +126,11 @@ def compile_config(cfg: KernelConfig, arch: int) -> dict:
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         raise RuntimeError("compile checks need real @triton.jit kernels: run without TRITON_INTERPRET")
     # torch allocations are 16-byte aligned: the runtime specializes pointers on that, so do we.
-    attrs = {(i,): [["tt.divisibility", 16]] for i, t in enumerate(cfg.signature.values()) if t.startswith("*")}
+    attrs = {
+        (i,): [["tt.divisibility", 16]]
+        for i, (arg, t) in enumerate(cfg.signature.items())
+        if t.startswith("*") or arg in cfg.multiple_of_16
+    }
     src = ASTSource(fn=cfg.kernel, signature=cfg.signature, constexprs=cfg.constexprs, attrs=attrs)
     compiled = triton.compile(
         src,
@@ -153,17 +165,35 @@ def compile_config(cfg: KernelConfig, arch: int) -> dict:
     }
 
 
-def compile_all(archs=(90, 80), name_filter: str | None = None) -> list[dict]:
-    results = []
-    for cfg in collect():
-        if name_filter and name_filter not in cfg.name:
-            continue
-        for arch in archs:
-            try:
-                results.append(compile_config(cfg, arch))
-            except Exception as exc:  # report every failure, not just the first
-                results.append({"name": cfg.name, "arch": f"sm_{arch}", "error": f"{type(exc).__name__}: {exc}"})
-    return results
+_worker_configs: list[KernelConfig] = []
+
+
+def _worker_init() -> None:
+    _worker_configs.extend(collect())
+
+
+def _compile_job(job: tuple[int, int]) -> dict:
+    index, arch = job
+    cfg = (_worker_configs or collect())[index]
+    try:
+        return compile_config(cfg, arch)
+    except Exception as exc:  # report every failure, not just the first
+        return {"name": cfg.name, "arch": f"sm_{arch}", "error": f"{type(exc).__name__}: {exc}"}
+
+
+def compile_all(archs=(90, 80), name_filter: str | None = None, jobs: int | None = None) -> list[dict]:
+    """Compile every matching config for every arch, in ``jobs`` processes (default: one per CPU)."""
+    configs = collect()
+    todo = [(i, arch) for i, cfg in enumerate(configs) if not name_filter or name_filter in cfg.name for arch in archs]
+    jobs = max(1, min(len(todo), jobs or os.cpu_count() or 1))
+    if jobs == 1:
+        return [_compile_job(job) for job in todo]
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    # spawn: a fresh interpreter per worker; compiling is CPU-bound and holds the GIL
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init) as ex:
+        return list(ex.map(_compile_job, todo))
 
 
 def _line(r: dict) -> str:
@@ -180,11 +210,12 @@ def main(argv=None) -> int:
     ap.add_argument("--arch", type=int, nargs="+", default=[90, 80])
     ap.add_argument("--filter", default=None, help="only configs whose name contains this")
     ap.add_argument("--json", action="store_true", help="print one JSON list (for the tests)")
+    ap.add_argument("--jobs", type=int, default=None, help="compile processes (default: one per CPU)")
     a = ap.parse_args(argv)
     import warnings
 
     warnings.filterwarnings("ignore")
-    results = compile_all(a.arch, a.filter)
+    results = compile_all(a.arch, a.filter, a.jobs)
     if a.json:
         json.dump(results, sys.stdout)
     else:
@@ -194,4 +225,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # run the package's copy of this module, so that worker processes unpickle the same functions
+    from xcodec_fast.ops.triton._compile import main as _main
+
+    sys.exit(_main())

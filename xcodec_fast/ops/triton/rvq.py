@@ -21,29 +21,28 @@ from ._compile import kernel_config
 # One launch for all stages. Each program owns BLOCK_T frames of one batch item and walks the
 # stages: scores (BLOCK_K codewords x BLOCK_T frames) = E_tile @ R_tile accumulated over D in
 # BLOCK_D chunks, so frames x K is never materialised; a running (max, index) per frame crosses
-# the K tiles. Then R -= E[idx] is written to a scratch residual (input dtype, like eager) that
-# only this program touches. One launch instead of Q saves Q-1 launches and re-reading x;
-# the price is a CTA barrier between writing the residual and reading it back (other threads
-# of the CTA read what this thread wrote), twice per stage: negligible next to K*D*BLOCK_T FMAs.
+# the K tiles. Then R -= E[idx] is written back in place to the residual buffer (input dtype,
+# like eager), whose columns only this program touches. One launch instead of Q saves Q-1
+# launches and their tails; the price is a CTA barrier on each side of the residual update
+# (other threads of the CTA read what this thread wrote): negligible next to K*D*BLOCK_T FMAs.
 # The codebook of a stage (K*D, 4 MB fp32 at full size) stays L2-resident across programs.
 # ---------------------------------------------------------------------------------------------
 
 
 @triton.jit
 def _rvq_encode_kernel(
-    x_ptr, res_ptr, cb_ptr, norms_ptr, codes_ptr,
-    D, T, K, NQ, n_tblocks,
+    res_ptr, cb_ptr, norms_ptr, codes_ptr,
+    D, T, T_pad, K, NQ, n_tblocks,
     BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     pid = tl.program_id(0)
     b = pid // n_tblocks
     t = (pid % n_tblocks) * BLOCK_T + tl.arange(0, BLOCK_T)
     tmask = t < T
-    base = b.to(tl.int64) * D * T
+    base = b.to(tl.int64) * D * T_pad
     offs_k = tl.arange(0, BLOCK_K)
     offs_d = tl.arange(0, BLOCK_D)
     stage_size = K.to(tl.int64) * D
-    src = x_ptr  # stage 0 reads x, later stages the residual scratch
     for q in range(NQ):
         cb = cb_ptr + q * stage_size
         best = tl.full([BLOCK_T], float("-inf"), tl.float32)
@@ -56,7 +55,8 @@ def _rvq_encode_kernel(
                 d = d0 + offs_d
                 dmask = d < D
                 e = tl.load(cb + k[:, None] * D + d[None, :], mask=kmask[:, None] & dmask[None, :], other=0.0)
-                r = tl.load(src + base + d[:, None] * T + t[None, :], mask=dmask[:, None] & tmask[None, :], other=0.0)
+                r = tl.load(res_ptr + base + d[:, None] * T_pad + t[None, :],
+                            mask=dmask[:, None] & tmask[None, :], other=0.0)
                 # fp32: exact-fp32 FMAs (no TF32); fp16/bf16: tensor cores, fp32 accumulate.
                 acc = tl.dot(e, r, acc, input_precision="ieee")
             norm = tl.load(norms_ptr + q * K + k, mask=kmask, other=0.0).to(tl.float32)
@@ -69,24 +69,28 @@ def _rvq_encode_kernel(
             best_idx = tl.where(better, tile_idx + k0, best_idx)
         tl.store(codes_ptr + (b * NQ + q).to(tl.int64) * T + t, best_idx.to(tl.int64), mask=tmask)
         if q + 1 < NQ:
-            tl.debug_barrier()  # every thread is done reading src before anyone overwrites it
+            tl.debug_barrier()  # every thread is done reading the residual before anyone overwrites it
             for d0 in range(0, D, BLOCK_D):
                 d = d0 + offs_d
                 m = (d < D)[:, None] & tmask[None, :]
-                off = base + d[:, None] * T + t[None, :]
-                r = tl.load(src + off, mask=m, other=0.0)
+                off = base + d[:, None] * T_pad + t[None, :]
+                r = tl.load(res_ptr + off, mask=m, other=0.0)
                 e = tl.load(cb + best_idx[None, :].to(tl.int64) * D + d[:, None], mask=m, other=0.0)
                 # eager: residual - quantized in the tensor dtype, one rounding
                 tl.store(res_ptr + off, (r.to(tl.float32) - e.to(tl.float32)).to(res_ptr.dtype.element_ty), mask=m)
             tl.debug_barrier()  # the new residual is visible to every thread of the CTA
-            src = res_ptr
 
 
-# (BLOCK_K, BLOCK_D, num_warps) per dtype, and the BLOCK_T choices. fp32 runs the ieee FMA dot,
-# whose operands sit in registers: small D chunks. Half dtypes feed tensor cores (mma / wgmma,
-# M = BLOCK_K = 128) with 64-wide K steps.
-ENCODE_TILES = {torch.float32: (64, 16, 4), torch.float16: (128, 64, 4), torch.bfloat16: (128, 64, 4)}
-ENCODE_BLOCK_T = (16, 32, 64)
+# dtype -> (BLOCK_T choices, BLOCK_K, BLOCK_D, num_warps). fp32 runs the ieee FMA dot, whose
+# operands sit in registers: small D chunks. Half dtypes feed tensor cores (mma.sync on sm_80,
+# wgmma on sm_90, M = BLOCK_K = 128) in 64-deep steps; 8 warps: with 4, BLOCK_T = 32 spilled on
+# sm_80 and BLOCK_T = 64 used 210+ registers.
+ENCODE_TILES = {
+    torch.float32: ((16, 32, 64), 64, 16, 4),
+    torch.float16: ((16, 32, 64), 128, 64, 8),
+    torch.bfloat16: ((16, 32, 64), 128, 64, 8),
+}
+PAD_T = 16  # the residual scratch has rows of T rounded up to this: aligned, vectorized loads
 
 
 @functools.lru_cache(maxsize=None)
@@ -94,34 +98,37 @@ def _sm_count(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 
 
-def _encode_block_t(device: torch.device, tiles: int) -> int:
+def _encode_block_t(device: torch.device, choices: tuple, programs) -> int:
     """Largest frame tile that still gives every SM a program (each program streams the whole
     codebook per stage, so bigger tiles mean less L2 traffic, smaller ones more parallelism).
-    ``tiles(bt)`` is the number of programs for a tile of bt frames."""
+    ``programs(bt)`` is the number of programs for a tile of bt frames."""
     if device.type != "cuda":  # interpreter: fewer, bigger programs run faster
-        return ENCODE_BLOCK_T[-1]
+        return choices[-1]
     sms = _sm_count(device.index if device.index is not None else torch.cuda.current_device())
-    for bt in reversed(ENCODE_BLOCK_T):
-        if tiles(bt) >= sms:
+    for bt in reversed(choices):
+        if programs(bt) >= sms:
             return bt
-    return ENCODE_BLOCK_T[0]
+    return choices[0]
 
 
 def _encode(x: torch.Tensor, codebooks: torch.Tensor, norms: torch.Tensor, num_quantizers: int) -> torch.Tensor:
-    x = x.contiguous()
     codebooks = codebooks.contiguous()
     norms = norms.to(torch.float32).contiguous()
     batch, dim, frames = x.shape
     codes = torch.empty(batch, num_quantizers, frames, dtype=torch.long, device=x.device)
     if codes.numel() == 0:
         return codes
-    residual = torch.empty_like(x) if num_quantizers > 1 else x  # scratch, never read if Q == 1
-    block_k, block_d, warps = ENCODE_TILES[x.dtype]
-    block_t = _encode_block_t(x.device, lambda bt: batch * triton.cdiv(frames, bt))
+    # The kernel updates the residual in place: start it as a padded copy of x (also makes x's
+    # layout irrelevant). One extra copy of B*D*T, small next to Q*K*D*T multiply-adds.
+    frames_pad = triton.cdiv(frames, PAD_T) * PAD_T
+    residual = torch.empty(batch, dim, frames_pad, dtype=x.dtype, device=x.device)
+    residual[..., :frames].copy_(x)
+    block_ts, block_k, block_d, warps = ENCODE_TILES[x.dtype]
+    block_t = _encode_block_t(x.device, block_ts, lambda bt: batch * triton.cdiv(frames, bt))
     n_tblocks = triton.cdiv(frames, block_t)
     _rvq_encode_kernel[(batch * n_tblocks,)](
-        x, residual, codebooks, norms, codes,
-        dim, frames, codebooks.shape[1], num_quantizers, n_tblocks,
+        residual, codebooks, norms, codes,
+        dim, frames, frames_pad, codebooks.shape[1], num_quantizers, n_tblocks,
         BLOCK_T=block_t, BLOCK_K=block_k, BLOCK_D=block_d, num_warps=warps, enable_fp_fusion=False,
     )
     return codes
@@ -258,16 +265,17 @@ def _name(dtype) -> str:
 
 COMPILE_CONFIGS = [
     kernel_config(
-        f"rvq_encode[{_name(dt)},BLOCK_T={bt},BLOCK_K={ENCODE_TILES[dt][0]},BLOCK_D={ENCODE_TILES[dt][1]}]",
+        f"rvq_encode[{_name(dt)},BLOCK_T={bt},BLOCK_K={ENCODE_TILES[dt][1]},BLOCK_D={ENCODE_TILES[dt][2]}]",
         _rvq_encode_kernel,
-        {"x_ptr": dt, "res_ptr": dt, "cb_ptr": dt, "norms_ptr": torch.float32, "codes_ptr": torch.int64,
-         "D": "i32", "T": "i32", "K": "i32", "NQ": "i32", "n_tblocks": "i32"},
-        {"BLOCK_T": bt, "BLOCK_K": ENCODE_TILES[dt][0], "BLOCK_D": ENCODE_TILES[dt][1]},
-        num_warps=ENCODE_TILES[dt][2],
+        {"res_ptr": dt, "cb_ptr": dt, "norms_ptr": torch.float32, "codes_ptr": torch.int64,
+         "D": "i32", "T": "i32", "T_pad": "i32", "K": "i32", "NQ": "i32", "n_tblocks": "i32"},
+        {"BLOCK_T": bt, "BLOCK_K": ENCODE_TILES[dt][1], "BLOCK_D": ENCODE_TILES[dt][2]},
+        num_warps=ENCODE_TILES[dt][3],
         expect_tensor_cores=dt in _HALF,
+        multiple_of_16=("D", "K", "T_pad"),  # D = K = 1024 in the real model (32 / 1024 in tiny)
     )
     for dt in _DTYPES
-    for bt in ENCODE_BLOCK_T
+    for bt in ENCODE_TILES[dt][0]
 ] + [
     kernel_config(
         f"{'dequantize_project' if has_bias else 'rvq_decode'}[{_name(table)}->{_name(out)}]",
@@ -277,6 +285,7 @@ COMPILE_CONFIGS = [
         {"HAS_BIAS": has_bias, "ROUND_EACH": not has_bias and out != torch.float32,
          "BLOCK_C": GATHER_BLOCK_C, "BLOCK_T": GATHER_BLOCK_T},
         num_warps=GATHER_WARPS,
+        multiple_of_16=("K", "C"),  # K = 1024, C = 1024 (decode) or 256 (projected) in the real model
     )
     # decode gathers from the codebooks (same dtype); dequantize_project from projected codebooks
     # precomputed in fp32 (the launcher's fallback) or in the model dtype
