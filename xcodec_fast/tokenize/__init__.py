@@ -67,6 +67,8 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--max-file-seconds", type=float, default=4 * 3600.0,
                    help="longer files are reported in errors.jsonl instead of encoded (default 14400)")
     p.add_argument("--max-batch-items", type=int, default=None, help="cap on items per model call")
+    p.add_argument("--sort-buffer", type=int, default=8,
+                   help="batches' worth of audio gathered before sorting by length into batches (default 8)")
     p.add_argument("--shard-size", type=int, default=1000, help="items per Parquet shard (default 1000)")
     p.add_argument("--num-workers", type=int, default=None, help="decode worker processes (0: decode in-process)")
     p.add_argument("--audio-column", default="audio", help="audio column of Parquet/Arrow inputs (default 'audio')")
@@ -80,7 +82,7 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def add_detokenize_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("tokens", nargs="+", help="a tokenize output directory, or shard .parquet files")
-    p.add_argument("-o", "--output-dir", required=True, help="where the .wav files go (<id>.wav)")
+    p.add_argument("-o", "--output-dir", required=True, help="where the .wav files go (<id>, plus .wav unless it ends so)")
     _add_model_arguments(p)
     p.add_argument("--ids", nargs="*", default=None, help="only these item ids")
     p.add_argument("--limit", type=int, default=None, help="at most this many items")
@@ -115,6 +117,7 @@ def run(args: argparse.Namespace) -> int:
             dtype=args.dtype,
             backend=args.backend,
             max_batch_items=args.max_batch_items,
+            sort_buffer=args.sort_buffer,
             progress=not args.no_progress,
             overwrite=args.overwrite,
             threads=args.threads,
@@ -173,7 +176,8 @@ def detokenize(tokens, output_dir, model=None, ids=None, limit=None, device=None
                 chunk = torch.from_numpy(codes[:, start : start + frames_per_window].astype("int64"))[None].to(model.device)
                 pieces.append(model.decode(chunk).audio_values[0, 0].float().cpu())
             audio = torch.cat(pieces)[: row["num_samples"]]
-            target = out_dir / safe_relpath(row["id"], ".wav")
+            # "a/b.wav" -> a/b.wav; other ids get ".wav" appended ("a/b.flac" -> a/b.flac.wav).
+            target = out_dir / safe_relpath(row["id"], "" if row["id"].lower().endswith(".wav") else ".wav")
             write_wav(target, audio.numpy(), meta["sample_rate"])
             written.append(target)
     return written

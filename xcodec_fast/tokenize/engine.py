@@ -430,6 +430,10 @@ def _run_rank(items, output_dir, settings, model, rank, world_size, window, batc
     skipped = sum(min(shard_size, len(items) - k * shard_size) for k in mine if k in done)
     (output_dir / "shards").mkdir(exist_ok=True)
     journal = Journal(output_dir, rank)
+    # Temp files of a killed run: remove this rank's (other ranks may be writing theirs right now).
+    for tmp in (output_dir / "shards").glob(".shard-*.parquet.tmp-*"):
+        if int(tmp.name.split("-")[1]) % world_size == rank:
+            tmp.unlink(missing_ok=True)
 
     pending = [_Pending(items[i], k) for k in todo for i in range(k * shard_size, min((k + 1) * shard_size, len(items)))]
     shard_left = {k: min(shard_size, len(items) - k * shard_size) for k in todo}

@@ -1,0 +1,299 @@
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import soundfile as sf
+import torch
+
+from xcodec_fast.audio import load_audio
+from xcodec_fast.config import tiny_config
+from xcodec_fast.modeling.codec import XcodecModel
+from xcodec_fast.tokenize import detokenize, list_items, merge, read_codes, tokenize
+from xcodec_fast.tokenize.batching import Segment, pack_batches
+from xcodec_fast.tokenize.engine import SettingsMismatch
+from xcodec_fast.tokenize.ray import XcodecTokenizeBatch
+
+REPO = Path(__file__).resolve().parents[1]
+BROKEN = {"garbage.wav", "empty.wav", "truncated.wav", "nan.wav", "zero.flac", "tiny.wav"}
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.set_num_threads(1)  # the shared CI box is oversubscribed: one thread is fastest
+    return XcodecModel.from_random(tiny_config(), seed=0)
+
+
+def _chirp(sr, seconds, channels, seed):
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(sr * seconds)) / sr
+    f0 = 100 + 50 * seed
+    tone = 0.3 * np.sin(2 * np.pi * (f0 + 200 * t) * t)
+    x = tone[:, None] + 0.05 * rng.standard_normal((len(t), channels))
+    return x.astype(np.float32)
+
+
+def make_dataset(root: Path, n_good: int = 12, long_seconds: float = 2.3) -> Path:
+    """Good files of many lengths, rates, channel counts and formats, one longer than the test
+    window (1 s), and the broken kinds."""
+    root.mkdir(parents=True, exist_ok=True)
+    rates = [8000, 16000, 22050, 44100]
+    for i in range(n_good):
+        sr, channels = rates[i % 4], 1 + (i % 3 == 1)
+        fmt = "flac" if i % 2 else "wav"
+        sub = root / ("a" if i % 3 else "b")
+        sub.mkdir(exist_ok=True)
+        sf.write(sub / f"clip{i:02d}.{fmt}", _chirp(sr, 0.15 + 0.11 * i, channels, i), sr)
+    sf.write(root / "long.wav", _chirp(16000, long_seconds, 1, 99), 16000)
+    (root / "garbage.wav").write_bytes(os.urandom(700))
+    (root / "empty.wav").write_bytes(b"")
+    sf.write(root / "good16.wav", _chirp(16000, 0.5, 1, 7), 16000, subtype="PCM_16")
+    (root / "truncated.wav").write_bytes((root / "good16.wav").read_bytes()[:9000])
+    sf.write(root / "nan.wav", np.full(4000, np.nan, np.float32), 16000, subtype="FLOAT")
+    sf.write(root / "zero.flac", np.zeros(0, np.float32), 16000)
+    sf.write(root / "tiny.wav", _chirp(16000, 0.002, 1, 3), 16000)  # 32 samples: below the model minimum
+    return root
+
+
+def _rows(out_dir: Path):
+    index = json.loads((out_dir / "index.json").read_text())
+    tables = [pq.read_table(out_dir / s["file"]) for s in index["shards"]]
+    return index, tables
+
+
+def _alone(model, audio, window):
+    pieces = []
+    for start in range(0, len(audio), window):
+        x = torch.from_numpy(audio[start : start + window])[None, None]
+        pieces.append(model.encode(x).audio_codes[0].numpy())
+    return np.concatenate(pieces, axis=1).astype(np.int16)
+
+
+def test_codes_equal_alone_errors_reported_schema(tmp_path, model):
+    data = make_dataset(tmp_path / "data")
+    out = tmp_path / "out"
+    summary = tokenize([data], out, model=model, batch_seconds=3, max_seconds=1, shard_size=5,
+                       num_workers=1, npy=True, progress=False)
+    index, tables = _rows(out)
+    errors = [json.loads(line) for line in (out / "errors.jsonl").read_text().splitlines()]
+    assert {e["id"] for e in errors} == BROKEN
+    reasons = {e["id"]: e["reason"] for e in errors}
+    assert "truncated" in reasons["truncated.wav"] and "non-finite" in reasons["nan.wav"]
+    assert "too short" in reasons["tiny.wav"] and "cannot decode" in reasons["garbage.wav"]
+    assert summary["ok"] == index["num_ok"] == 14 and summary["failed"] == index["num_failed"] == len(BROKEN)
+
+    table = pa.concat_tables(tables)
+    ids = table.column("id").to_pylist()
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    assert set(ids) | BROKEN == {i.id for i in list_items([data])}
+    meta = json.loads(pq.read_schema(out / index["shards"][0]["file"]).metadata[b"xcodec_fast"])
+    assert meta["num_quantizers"] == 8 and meta["window_samples"] == 16000 and meta["version"]
+    assert table.schema.field("codes").type == pa.list_(pa.list_(pa.int16()))
+    window = meta["window_samples"]
+    for row, codes in zip(table.to_pylist(), read_codes(table)):
+        audio, _ = load_audio(row["source"])
+        assert row["num_samples"] == len(audio) and codes.shape == (8, row["num_frames"])
+        assert row["num_windows"] == -(-len(audio) // window)
+        np.testing.assert_array_equal(codes, _alone(model, audio, window), err_msg=row["id"])
+        np.testing.assert_array_equal(np.load(out / "npy" / (row["id"] + ".npy")), codes)
+    assert table.to_pylist()[ids.index("long.wav")]["num_windows"] == 3
+
+
+def test_shards_load_with_datasets(tmp_path, model):
+    datasets = pytest.importorskip("datasets")
+    data = tmp_path / "data"
+    data.mkdir()
+    sf.write(data / "a.wav", _chirp(16000, 0.5, 1, 1), 16000)
+    tokenize([data], tmp_path / "out", model=model, num_workers=0, progress=False, batch_seconds=2, max_seconds=1)
+    index, _ = _rows(tmp_path / "out")
+    files = [str(tmp_path / "out" / s["file"]) for s in index["shards"]]
+    loaded = datasets.load_dataset("parquet", data_files=files, split="train")
+    assert loaded.num_rows == 1 and np.array(loaded[0]["codes"]).shape == (8, 25)
+
+
+def test_table_and_manifest_inputs(tmp_path, model):
+    clips = [_chirp(sr, 0.2 + 0.1 * i, 1 + i % 2, i) for i, sr in enumerate([16000, 22050, 8000])]
+    blobs = []
+    for i, (clip, sr) in enumerate(zip(clips, [16000, 22050, 8000])):
+        path = tmp_path / f"c{i}.flac"
+        sf.write(path, clip, sr)
+        blobs.append(path.read_bytes())
+    hf_style = pa.table({
+        "key": ["x", "y", "z", "bad"],
+        "audio": pa.array([{"bytes": blobs[0], "path": None}, {"bytes": None, "path": str(tmp_path / "c1.flac")},
+                           {"bytes": blobs[2], "path": "c2.flac"}, {"bytes": b"junk", "path": None}],
+                          pa.struct([("bytes", pa.binary()), ("path", pa.string())])),
+    })
+    pq.write_table(hf_style, tmp_path / "train.parquet", row_group_size=2)
+    (tmp_path / "list.txt").write_text("a\tc0.flac\nc1.flac\n")
+    (tmp_path / "list.jsonl").write_text(json.dumps({"id": "j2", "path": "c2.flac"}) + "\n")
+
+    out = tmp_path / "out"
+    tokenize([tmp_path / "train.parquet"], out, model=model, id_column="key", num_workers=0, progress=False,
+             batch_seconds=2, max_seconds=1)
+    index, tables = _rows(out)
+    table = pa.concat_tables(tables)
+    assert table.column("id").to_pylist() == ["x", "y", "z"] and index["num_failed"] == 1
+    by_id = dict(zip(table.column("id").to_pylist(), read_codes(table)))
+    for key, i in zip("xyz", range(3)):
+        audio, _ = load_audio(tmp_path / f"c{i}.flac")
+        np.testing.assert_array_equal(by_id[key], _alone(model, audio, 16000))
+
+    items = list_items([tmp_path / "list.txt", tmp_path / "list.jsonl"])
+    assert [(i.id, Path(i.source).name) for i in items] == [("a", "c0.flac"), ("c1.flac", "c1.flac"), ("j2", "c2.flac")]
+    assert [i.id for i in list_items([tmp_path / "train.parquet"])] == [f"train.parquet#{r}" for r in range(4)]
+    with pytest.raises(ValueError, match="appears twice"):
+        list_items([tmp_path / "list.txt", tmp_path / "list.txt"])
+    with pytest.raises(ValueError, match="no audio column 'sound'"):
+        list_items([tmp_path / "train.parquet"], audio_column="sound")
+
+
+def test_rerun_resumes_and_refuses_other_settings(tmp_path, model):
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(5):
+        sf.write(data / f"{i}.wav", _chirp(16000, 0.3, 1, i), 16000)
+    out = tmp_path / "out"
+    tokenize([data], out, model=model, shard_size=2, num_workers=0, progress=False, batch_seconds=2, max_seconds=1)
+    _, before = _rows(out)
+    again = tokenize([data], out, model=model, shard_size=2, num_workers=0, progress=False, batch_seconds=2, max_seconds=1)
+    assert again["items_this_run"] == 0 and again["skipped_already_done"] == 5
+    assert [t.equals(u) for t, u in zip(before, _rows(out)[1])] == [True] * 3
+    with pytest.raises(SettingsMismatch, match="shard_size: was 2, now 3"):
+        tokenize([data], out, model=model, shard_size=3, num_workers=0, progress=False, batch_seconds=2, max_seconds=1)
+    # A journaled shard whose file went missing is written again; the index then holds all items.
+    (out / "shards" / "shard-00001-of-00003.parquet").unlink()
+    (out / "index.json").unlink()
+    assert tokenize([data], out, model=model, shard_size=2, num_workers=0, progress=False, batch_seconds=2,
+                    max_seconds=1)["items_this_run"] == 2
+    assert merge(out)["num_ok"] == 5
+
+
+def test_oom_halves_the_batch_and_codes_stay_exact(tmp_path, model):
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(6):
+        sf.write(data / f"{i}.wav", _chirp(16000, 0.2 + 0.05 * i, 1, i), 16000)
+    real_encode = model.encode
+    calls = []
+
+    def encode_with_small_memory(x, **kwargs):
+        calls.append(x.shape[0])
+        if x.shape[0] > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real_encode(x, **kwargs)
+
+    model.encode = encode_with_small_memory
+    try:
+        summary = tokenize([data], tmp_path / "out", model=model, num_workers=0, progress=False, batch_seconds=10, max_seconds=1)
+    finally:
+        del model.encode
+    assert summary["oom_splits"] >= 1 and summary["ok"] == 6 and max(calls) == 6
+    _, tables = _rows(tmp_path / "out")
+    table = pa.concat_tables(tables)
+    for row, codes in zip(table.to_pylist(), read_codes(table)):
+        np.testing.assert_array_equal(codes, _alone(model, load_audio(row["source"])[0], 16000))
+
+
+def test_pack_batches_respects_budget_and_is_order_independent():
+    rng = random.Random(0)
+    segments = [Segment(k, 0, np.zeros(rng.randint(100, 5000), np.float32)) for k in range(40)]
+    batches = pack_batches(segments, budget=8000, hop_length=320)
+    assert sorted(s.key for b in batches for s in b) == list(range(40))
+    for batch in batches:
+        longest = -(-max(s.length for s in batch) // 320) * 320
+        assert len(batch) * longest <= 8000
+    shuffled = segments[:]
+    rng.shuffle(shuffled)
+    again = pack_batches(shuffled, budget=8000, hop_length=320)
+    assert [[s.key for s in b] for b in again] == [[s.key for s in b] for b in batches]
+
+
+def test_detokenize_writes_original_lengths(tmp_path, model):
+    data = tmp_path / "data"
+    data.mkdir()
+    sf.write(data / "a.wav", _chirp(16000, 1.7, 1, 1), 16000)
+    sf.write(data / "b.flac", _chirp(22050, 0.4, 2, 2), 22050)
+    tokenize([data], tmp_path / "out", model=model, num_workers=0, progress=False, batch_seconds=2, max_seconds=1)
+    written = detokenize(tmp_path / "out", tmp_path / "wav", model=model)
+    assert sorted(p.relative_to(tmp_path / "wav").as_posix() for p in written) == ["a.wav", "b.flac.wav"]
+    for src, dst in (("a.wav", "a.wav"), ("b.flac", "b.flac.wav")):
+        assert len(load_audio(tmp_path / "wav" / dst)[0]) == len(load_audio(data / src)[0])
+
+
+def test_ray_callable_without_ray(tmp_path, model):
+    sr = 22050
+    clip = _chirp(sr, 1.3, 1, 5)
+    path = tmp_path / "c.flac"
+    sf.write(path, clip, sr)
+    udf = XcodecTokenizeBatch(model=model, batch_seconds=2, max_seconds=1)
+    batch = {"audio": np.array([path.read_bytes(), str(path), b"junk"], dtype=object), "key": np.array(["a", "b", "c"])}
+    out = udf(batch)
+    expected = _alone(model, load_audio(path)[0], 16000)
+    np.testing.assert_array_equal(out["codes"][0], expected)
+    np.testing.assert_array_equal(out["codes"][1], expected)
+    assert out["error"][0] == "" and "cannot decode" in out["error"][2] and out["codes"][2].shape == (8, 0)
+    assert list(out["key"]) == ["a", "b", "c"] and "audio" not in out
+
+
+def _run_cli(args, **popen):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    return subprocess.Popen([sys.executable, "-m", "xcodec_fast.tokenize", *map(str, args)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen)
+
+
+def _journal_lines(out: Path):
+    journals = sorted((out / "journal").glob("*.jsonl")) if (out / "journal").is_dir() else []
+    return [line for p in journals for line in p.read_text().splitlines() if line.endswith("}")]
+
+
+def _shard_tables(out: Path):
+    return {p.name: pq.read_table(p) for p in sorted((out / "shards").glob("shard-*.parquet"))}
+
+
+def test_kill_and_resume_gives_identical_shards(tmp_path):
+    data = make_dataset(tmp_path / "data", n_good=16, long_seconds=1.6)
+    common = ["--model", "random-tiny", "--shard-size", "2", "--max-seconds", "1", "--batch-seconds", "2", "--sort-buffer", "1",
+              "--num-workers", "1", "--threads", "1", "--no-progress"]
+    ref = tmp_path / "ref"
+    proc = _run_cli([data, "-o", ref, *common])
+    assert proc.wait(timeout=300) == 0, proc.stderr.read().decode()[-2000:]
+
+    out = tmp_path / "out"
+    rng = random.Random(1234)
+    kills, finished = 0, []
+    for _ in range(5):
+        # Kill at a random moment after 1-3 more shards are journaled: mid-batch, mid-write, anywhere.
+        target = len(_journal_lines(out)) + rng.randint(1, 3)
+        proc = _run_cli([data, "-o", out, *common])
+        while proc.poll() is None and len(_journal_lines(out)) < target:
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0, 0.05))
+        if proc.poll() is not None:
+            break
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        kills += 1
+        finished.append(len(_journal_lines(out)))
+    assert kills >= 3 and finished[-1] < 13, finished  # 13 shards: the kills left work to resume
+    proc = _run_cli([data, "-o", out, *common])
+    assert proc.wait(timeout=300) == 0, proc.stderr.read().decode()[-2000:]
+
+    ref_tables, out_tables = _shard_tables(ref), _shard_tables(out)
+    assert list(out_tables) == list(ref_tables)
+    for name in ref_tables:
+        assert out_tables[name].equals(ref_tables[name], check_metadata=True), name
+    assert (out / "errors.jsonl").read_text() == (ref / "errors.jsonl").read_text()
+    assert json.loads((out / "index.json").read_text()) == json.loads((ref / "index.json").read_text())
+    ids = [i for t in out_tables.values() for i in t.column("id").to_pylist()]
+    failed = [json.loads(line)["id"] for line in (out / "errors.jsonl").read_text().splitlines()]
+    assert len(ids) == len(set(ids)) and sorted(ids + failed) == sorted(i.id for i in list_items([data]))
+    assert not list((out / "shards").glob(".*tmp*"))
