@@ -240,7 +240,7 @@ def _add_snake_op(x: torch.Tensor, h: torch.Tensor, alpha: torch.Tensor) -> tupl
 
 @_add_snake_op.register_fake
 def _(x, h, alpha):
-    return (torch.empty_like(x, memory_format=torch.contiguous_format),) * 2
+    return tuple(torch.empty_like(x, memory_format=torch.contiguous_format) for _ in range(2))
 
 
 @torch.library.custom_op(f"{_LIB}::residual_unit", mutates_args=(), device_types="cpu")

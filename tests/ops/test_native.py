@@ -1,0 +1,228 @@
+"""Native CPU backend vs the eager oracle: parity, layouts, dispatch, fallbacks, packaging."""
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from xcodec_fast import ops
+from xcodec_fast.ops import eager
+
+REPO = Path(__file__).resolve().parents[2]
+
+native_ok, native_reason = ops.availability("native")
+if not native_ok:
+    pytest.skip(f"native backend unavailable: {native_reason}", allow_module_level=True)
+
+from xcodec_fast.ops import native  # noqa: E402  (only once we know it can run)
+
+BATCHES = (1, 2)
+CHANNELS = (1, 3, 64, 96)
+FRAMES = (1, 7, 321, 16001)
+
+
+def make_input(batch, channels, frames, dtype=torch.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, channels, frames, generator=g) * 3
+    alpha = torch.rand(channels, generator=g) * 2 + 0.05
+    return x.to(dtype), alpha.to(dtype)
+
+
+def assert_fp32_close(actual, expected):
+    # 1e-6 relative, with an absolute floor at 1e-6 of the tensor's scale for values near 0.
+    scale = expected.abs().max().item() if expected.numel() else 1.0
+    torch.testing.assert_close(actual, expected, rtol=1e-6, atol=1e-6 * max(scale, 1.0))
+
+
+@pytest.mark.parametrize("frames", FRAMES)
+@pytest.mark.parametrize("channels", CHANNELS)
+@pytest.mark.parametrize("batch", BATCHES)
+def test_snake_and_add_snake_fp32_match_eager(batch, channels, frames):
+    x, alpha = make_input(batch, channels, frames)
+    h, _ = make_input(batch, channels, frames, seed=1)
+    assert_fp32_close(native.snake(x, alpha), eager.snake(x, alpha))
+    y, s = native.add_snake(x, h, alpha)
+    y_ref, s_ref = eager.add_snake(x, h, alpha)
+    assert_fp32_close(y, y_ref)
+    assert_fp32_close(s, s_ref)
+
+
+def test_snake_fp32_is_bit_identical_to_eager():
+    # Same op order, no FMA contraction and torch.sin's own sin: the docstring promises bit equality.
+    x, alpha = make_input(2, 96, 16001)
+    assert torch.equal(native.snake(x, alpha), eager.snake(x, alpha))
+    h, _ = make_input(2, 96, 16001, seed=1)
+    for got, want in zip(native.add_snake(x, h, alpha), eager.add_snake(x, h, alpha)):
+        assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("frames", (7, 321, 16001))
+@pytest.mark.parametrize("channels", (3, 64))
+def test_snake_reduced_precision(dtype, channels, frames):
+    x, alpha = make_input(2, channels, frames, dtype)
+    got = native.snake(x, alpha)
+    assert got.dtype == dtype
+    # Computed in fp32 and rounded once: within half an ulp of the fp32 result on the same inputs...
+    exact = eager.snake(x.float(), alpha.float())
+    eps = torch.finfo(dtype).eps
+    torch.testing.assert_close(got.float(), exact, rtol=eps, atol=eps)
+    # ...and near eager's step-by-step reduced-precision result.
+    torch.testing.assert_close(got.float(), eager.snake(x, alpha).float(), rtol=4 * eps, atol=4 * eps)
+    h, _ = make_input(2, channels, frames, dtype, seed=1)
+    y, s = native.add_snake(x, h, alpha)
+    assert torch.equal(y, x + h)  # one rounding of an exact fp32 sum, as eager does
+    torch.testing.assert_close(s.float(), eager.snake(y.float(), alpha.float()), rtol=eps, atol=eps)
+
+
+def test_non_contiguous_inputs():
+    x, alpha = make_input(2, 64, 400)
+    sliced = torch.randn(2, 64, 500)[..., 37:437]  # unit stride in time, row strides of 500
+    strided = torch.randn(2, 400, 64).transpose(1, 2)  # time stride 64: copied to contiguous
+    every_other = torch.randn(2, 64, 800)[..., ::2]
+    for t in (sliced, strided, every_other, x.permute(1, 0, 2).contiguous().permute(1, 0, 2)):
+        assert_fp32_close(native.snake(t, alpha), eager.snake(t, alpha))
+        y, s = native.add_snake(t, sliced, alpha)
+        assert_fp32_close(y, t + sliced)
+        assert_fp32_close(s, eager.snake(t + sliced, alpha))
+    assert_fp32_close(native.snake(x, alpha.reshape(1, -1, 1)), eager.snake(x, alpha))
+
+
+def test_snake_in_place():
+    x, alpha = make_input(2, 64, 321)
+    expected = eager.snake(x, alpha)
+    target = x.clone()
+    assert native.snake_(target, alpha) is target
+    assert_fp32_close(target, expected)
+    # Non-unit time stride: still correct, written back into the same tensor.
+    base = x.transpose(1, 2).contiguous()
+    view = base.transpose(1, 2)
+    native.snake_(view, alpha)
+    assert_fp32_close(base.transpose(1, 2), expected)
+
+
+def dac_weights(in_channels, out_channels, kernel, seed=0, transpose=False):
+    g = torch.Generator().manual_seed(seed)
+    shape = (in_channels, out_channels, kernel) if transpose else (out_channels, in_channels, kernel)
+    weight = torch.randn(shape, generator=g) / (in_channels * kernel) ** 0.5
+    bias = torch.randn(out_channels, generator=g) * 0.1
+    return weight, bias
+
+
+@pytest.mark.parametrize("dilation", (1, 3, 9))
+@pytest.mark.parametrize("batch,channels,frames", [(1, 1, 1), (2, 3, 7), (1, 64, 321), (2, 96, 1601)])
+def test_residual_unit_matches_eager(batch, channels, frames, dilation):
+    x, alpha1 = make_input(batch, channels, frames)
+    _, alpha2 = make_input(1, channels, 1, seed=2)
+    w1, b1 = dac_weights(channels, channels, 7, seed=3)
+    w2, b2 = dac_weights(channels, channels, 1, seed=4)
+    args = (x, alpha1, w1, b1, dilation, alpha2, w2, b2)
+    assert_fp32_close(native.residual_unit(*args), eager.residual_unit(*args))
+    assert_fp32_close(native.residual_unit(x, alpha1, w1, None, dilation, alpha2, w2, None),
+                      eager.residual_unit(x, alpha1, w1, None, dilation, alpha2, w2, None))
+
+
+@pytest.mark.parametrize("stride", (2, 4, 5, 8))
+@pytest.mark.parametrize("batch,channels,frames", [(1, 3, 64), (2, 64, 321)])
+def test_snake_conv1d_and_transpose_match_eager(batch, channels, frames, stride):
+    x, alpha = make_input(batch, channels, frames)
+    padding = (stride + 1) // 2
+    w, b = dac_weights(channels, 2 * channels, 2 * stride)
+    args = (x, alpha, w, b, stride, padding)
+    assert_fp32_close(native.snake_conv1d(*args), eager.snake_conv1d(*args))
+    wt, bt = dac_weights(channels, max(channels // 2, 1), 2 * stride, transpose=True)
+    output_padding = stride % 2
+    args = (x, alpha, wt, bt, stride, padding, output_padding)
+    assert_fp32_close(native.snake_conv_transpose1d(*args), eager.snake_conv_transpose1d(*args))
+
+
+def test_dispatch_uses_native():
+    x, alpha = make_input(2, 3, 321)
+    with ops.use_backend("native"):
+        assert ops.backend.implementation("snake", x.device)[0] == "native"
+        assert torch.equal(ops.snake(x, alpha), native.snake(x, alpha))
+        y, s = ops.add_snake(x, x, alpha)
+        assert torch.equal(s, native.snake(x + x, alpha))
+    with ops.use_backend("auto"):
+        assert ops.backend.resolve_auto(torch.device("cpu")) == "native"
+    fused = {"snake", "add_snake", "residual_unit", "snake_conv1d", "snake_conv_transpose1d"}
+    assert fused <= set(ops.backend.implemented_ops("native"))
+
+
+def test_bad_input_is_rejected_before_the_kernel():
+    x, alpha = make_input(1, 3, 10)
+    with ops.use_backend("native"):
+        with pytest.raises(ValueError, match="meta"):
+            ops.snake(x, alpha.to("meta"))
+        with pytest.raises(TypeError, match="dtype"):
+            ops.snake(x, alpha.bfloat16())
+        with pytest.raises(ValueError, match="4 values for 3 channels"):
+            ops.snake(x, torch.rand(4))
+        with pytest.raises(ValueError, match="shape"):
+            ops.add_snake(x, x[..., :5], alpha)
+        with pytest.raises(TypeError, match="float32"):
+            ops.snake(x.long(), alpha)
+
+
+def test_autograd_falls_back_to_eager():
+    x, alpha = make_input(1, 3, 10)
+    x.requires_grad_(True)
+    with ops.use_backend("native"):
+        out = ops.snake(x, alpha)
+    assert out.grad_fn is not None
+    out.sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+def test_torch_library_ops():
+    x, alpha = make_input(2, 3, 33)
+    assert torch.equal(torch.ops.xcodec_fast_native.snake(x, alpha), native.snake(x, alpha))
+    torch.library.opcheck(torch.ops.xcodec_fast_native.snake.default, (x, alpha))
+    torch.library.opcheck(torch.ops.xcodec_fast_native.add_snake.default, (x, x, alpha))
+    w1, b1 = dac_weights(3, 3, 7)
+    w2, b2 = dac_weights(3, 3, 1, seed=1)
+    torch.library.opcheck(torch.ops.xcodec_fast_native.residual_unit.default, (x, alpha, w1, b1, 3, alpha, w2, b2))
+    w, b = dac_weights(3, 6, 4)
+    torch.library.opcheck(torch.ops.xcodec_fast_native.snake_conv1d.default, (x, alpha, w, b, 2, 1))
+    wt, bt = dac_weights(3, 2, 10, transpose=True)
+    torch.library.opcheck(torch.ops.xcodec_fast_native.snake_conv_transpose1d.default, (x, alpha, wt, bt, 5, 3, 1))
+
+
+def test_missing_compiler_means_unavailable_and_auto_falls_back(tmp_path):
+    # Fresh cache and no compiler: a clear reason, eager under auto, and `import xcodec_fast` works.
+    script = textwrap.dedent(
+        """
+        import torch, xcodec_fast
+        from xcodec_fast import ops
+        ok, reason = ops.availability("native")
+        assert not ok and "compiler" in reason, reason
+        assert ops.backend.resolve_auto(torch.device("cpu")) == "eager"
+        x = torch.randn(1, 2, 5)
+        ops.snake(x, torch.ones(2))
+        print("OK")
+        """
+    )
+    env = dict(os.environ, XCODEC_FAST_NATIVE_CACHE=str(tmp_path), CXX="/nonexistent/c++", PYTHONPATH=str(REPO))
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "OK" in result.stdout, result.stderr
+
+
+def test_end_to_end_model_matches_eager():
+    codec = pytest.importorskip("xcodec_fast.modeling.codec")
+    from xcodec_fast.config import tiny_config
+
+    model = codec.XcodecModel.from_random(tiny_config())
+    audio = torch.randn(2, 1, 16000, generator=torch.Generator().manual_seed(0)) * 0.1
+    model.backend = "eager"
+    model.encode(audio, return_dict=False)  # first oneDNN calls may pick other kernels: warm up
+    codes_eager = model.encode(audio, return_dict=False)
+    audio_eager = model.decode(codes_eager, return_dict=False)
+    model.backend = "native"
+    codes_native = model.encode(audio, return_dict=False)
+    audio_native = model.decode(codes_eager, return_dict=False)
+    assert torch.equal(codes_native, codes_eager)
+    torch.testing.assert_close(audio_native, audio_eager, rtol=1e-5, atol=1e-5 * audio_eager.abs().max().item())
