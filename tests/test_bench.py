@@ -31,7 +31,7 @@ def quick_run(tmp_path_factory):
     output = folder / "result.json"
     argv = [
         "--quick", "--device", "cpu", "--config", "tiny", "--seconds", "0.05",
-        "--e2e-config", "tiny", "--e2e-seconds", "0.1",
+        "--e2e-config", "tiny", "--e2e-seconds", "0.1", "--copy-mb", "16", "--matmul-n", "256",
         "--output", str(output), "--plots-dir", str(folder / "out"), "--quiet",
     ]  # fmt: skip
     assert benchmark.main(argv) == 0

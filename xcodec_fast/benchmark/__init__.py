@@ -64,6 +64,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--results-dir", type=Path, default=DEFAULT_RESULTS)
     parser.add_argument("--plots-dir", type=Path, default=DEFAULT_PLOTS)
     parser.add_argument("--output", type=Path, default=None, help="JSON path (default: <results-dir>/<machine>[-quick].json)")
+    parser.add_argument("--copy-mb", type=int, default=None, help="bandwidth-ceiling copy size (default: several times the last-level cache)")
+    parser.add_argument("--matmul-n", type=int, default=None, help="compute-ceiling matmul size (default: 8192 GPU, 1024/2048 CPU)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quiet", action="store_true", help="no per-case progress lines")
 
@@ -133,7 +135,9 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.no_kernels:
         log("roofline ceilings ...")
-        result["roofline"] = kernels.measure_ceilings(device, settings["dtypes"], quick, policy)
+        copy_bytes, matmul_n = kernels.ceiling_sizes(device, quick)
+        copy_bytes = args.copy_mb << 20 if args.copy_mb else copy_bytes
+        result["roofline"] = kernels.measure_ceilings(device, settings["dtypes"], copy_bytes, args.matmul_n or matmul_n, policy)
         log(f"  copy {result['roofline']['bandwidth_gbps']:.1f} GB/s, matmul {result['roofline']['matmul_tflops']} TFLOP/s")
         config = CONFIGS[settings["kernel_config"]]()
         num_samples = int(round(settings["kernel_seconds"] * config.sample_rate))

@@ -26,7 +26,7 @@ def build_reference(config: XcodecConfig, seed: int, device: torch.device, calib
     data = config.to_dict()
     data.pop("model_type", None)
     torch.manual_seed(seed)
-    model = HFModel(HFConfig(**data)).eval()
+    model = HFModel(HFConfig(**data)).eval().to(device)
     with torch.no_grad():
         for part in (model.acoustic_encoder, model.acoustic_decoder):
             for module in part.modules():
@@ -34,15 +34,15 @@ def build_reference(config: XcodecConfig, seed: int, device: torch.device, calib
                     module.reset_parameters()
         captured = {}
         hook = model.fc.register_forward_hook(lambda _m, _i, out: captured.setdefault("embeddings", out))
-        model.encode(calibration)
+        model.encode(calibration.to(device))
         hook.remove()
         scale = captured["embeddings"].reshape(-1, config.codebook_dim).std(0).clamp_min(1e-6)
         gen = torch.Generator().manual_seed(seed + 1)
         for stage, quantizer in enumerate(model.quantizer.quantizers):
-            book = torch.randn(config.codebook_size, config.codebook_dim, generator=gen) * scale * 0.5**stage
+            book = torch.randn(config.codebook_size, config.codebook_dim, generator=gen).to(device) * scale * 0.5**stage
             quantizer.codebook.embed.copy_(book)
             quantizer.codebook.embed_avg.copy_(book)
-    return model.to(device)
+    return model
 
 
 def make_audio(batch: int, num_samples: int, sample_rate: int, gen: torch.Generator) -> torch.Tensor:
@@ -92,7 +92,7 @@ def run_end_to_end(
     gen = torch.Generator().manual_seed(seed)
     calibration = make_audio(1, num_samples, config.sample_rate, gen)
     try:
-        reference = build_reference(config, seed, torch.device("cpu"), calibration).to(device)
+        reference = build_reference(config, seed, device, calibration)
     except Exception as exc:
         section["skipped"].append({"impl": "transformers", "reason": f"{type(exc).__name__}: {exc}"[:300]})
         log(f"end-to-end skipped: cannot build transformers' XcodecModel: {exc}")
@@ -108,7 +108,8 @@ def run_end_to_end(
         section["skipped"].append({"impl": "transformers compile", "reason": "not requested (quick mode; pass --compile)"})
 
     with tempfile.TemporaryDirectory(prefix="xcodec-bench-") as folder:
-        reference.save_pretrained(folder)
+        reference.cpu().save_pretrained(folder)  # saved from host memory, whatever the device
+        reference.to(device)
         try:
             from ..modeling.codec import XcodecModel
 

@@ -51,15 +51,19 @@ def _matmul_context(dtype: torch.dtype, device: torch.device):
     return _Ctx()
 
 
-def measure_ceilings(device: torch.device, dtypes: list[str], quick: bool, policy: Policy) -> dict:
-    """The two roofline ceilings, measured now on this device: copy bandwidth and matmul peak."""
+def ceiling_sizes(device: torch.device, quick: bool) -> tuple[int, int]:
+    """(copy bytes, matmul n) large enough to reach each ceiling on this device."""
     if device.type == "cuda":
-        copy_bytes, matmul_n = 1 << 30, 8192
-    else:
-        # The copy must overflow the last-level cache (hundreds of MB on server CPUs) to time DRAM.
-        cache = last_level_cache_bytes(device)
-        copy_bytes = min(max(2 * cache, 64 << 20), 512 << 20) if quick else min(max(4 * cache, 256 << 20), 1 << 30)
-        matmul_n = 1024 if quick else 2048
+        return 1 << 30, 8192
+    # The copy must overflow the last-level cache (hundreds of MB on server CPUs) to time DRAM.
+    cache = last_level_cache_bytes(device)
+    if quick:
+        return min(max(2 * cache, 64 << 20), 512 << 20), 1024
+    return min(max(4 * cache, 256 << 20), 1 << 30), 2048
+
+
+def measure_ceilings(device: torch.device, dtypes: list[str], copy_bytes: int, matmul_n: int, policy: Policy) -> dict:
+    """The two roofline ceilings, measured now on this device: copy bandwidth and matmul peak."""
     src = torch.empty(copy_bytes // 4, dtype=torch.float32, device=device).uniform_()
     dst = torch.empty_like(src)
     copy_times = measure(lambda s, d: d.copy_(s), [(src, dst)], device, policy)

@@ -7,8 +7,11 @@ input sets so that a call does not find the previous call's data still in cache.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import statistics
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,12 +128,48 @@ def _reset_cpu_peak() -> bool:
         return False
 
 
-def peak_memory(fn: Callable[[], object], device: torch.device) -> dict:
-    """Run ``fn`` once and report the extra memory it needed at its peak, above what was live before.
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Kineto prints start/stop lines from C++ straight to fd 2: hide them for one profile."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
-    CUDA: max_memory_allocated. CPU: peak RSS (VmHWM) after resetting it through
-    /proc/self/clear_refs; without that interface, the lifetime peak from getrusage, which only
-    shows growth beyond every earlier peak and is marked as such."""
+
+def _cpu_tensor_peak_bytes(fn: Callable[[], object]) -> int | None:
+    """Peak of live CPU tensor bytes during ``fn``, from the profiler's allocation events: the CPU
+    counterpart of CUDA's max_memory_allocated, blind to the heap reuse that hides RSS growth."""
+    try:
+        from torch.profiler import ProfilerActivity, profile
+
+        with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            fn()
+        events = [
+            e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]" and str(e.device_type()).endswith("CPU")
+        ]
+    except Exception:  # profiler internals differ across torch versions: fall back to RSS
+        return None
+    if not events:
+        return None
+    live = peak = 0
+    for event in sorted(events, key=lambda e: e.start_ns()):
+        live += event.nbytes()
+        peak = max(peak, live)
+    return peak
+
+
+def peak_memory(fn: Callable[[], object], device: torch.device) -> dict:
+    """Run ``fn`` and report the extra memory it needed at its peak, above what was live before.
+
+    CUDA: max_memory_allocated. CPU: the peak of live tensor bytes from the profiler's allocation
+    events; where that is unavailable, peak RSS (VmHWM) after resetting it through
+    /proc/self/clear_refs (an underestimate when the heap reuses freed pages)."""
     if device.type == "cuda":
         synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
@@ -138,11 +177,14 @@ def peak_memory(fn: Callable[[], object], device: torch.device) -> dict:
         fn()
         synchronize(device)
         return {"peak_mb": (torch.cuda.max_memory_allocated(device) - before) / 2**20, "method": "cuda_max_allocated"}
+    peak = _cpu_tensor_peak_bytes(fn)
+    if peak is not None:
+        return {"peak_mb": peak / 2**20, "method": "cpu_tensor_allocations"}
     rss_before = _read_status_kb("VmRSS")
     if rss_before is not None and _reset_cpu_peak():
         fn()
-        peak = _read_status_kb("VmHWM")
-        return {"peak_mb": max(peak - rss_before, 0) / 1024, "method": "rss_hwm_reset"}
+        hwm = _read_status_kb("VmHWM")
+        return {"peak_mb": max(hwm - rss_before, 0) / 1024, "method": "rss_hwm_reset"}
     import resource
 
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
