@@ -58,6 +58,15 @@ class ResidualVectorQuantizer(nn.Module):
         self.codebook_sq_norms = wide.pow(2).sum(-1).to(stacked.dtype)
         self.projected_codebooks = (wide @ proj_weight.float().t()).to(stacked.dtype)
 
+    def _apply(self, fn, recurse=True):
+        # .to()/.half() convert each buffer separately; re-point the embeds into the converted stack
+        # so the codebooks are not held twice.
+        super()._apply(fn, recurse)
+        if self.codebooks is not None:
+            for index, quantizer in enumerate(self.quantizers):
+                quantizer.codebook.embed = self.codebooks[index]
+        return self
+
     def encode(self, embeddings: Tensor, num_quantizers: int) -> Tensor:
         """embeddings (B, D, T) -> codes (B, num_quantizers, T) int64."""
         return ops.rvq_encode(embeddings, self.codebooks, self.codebook_sq_norms, num_quantizers)
