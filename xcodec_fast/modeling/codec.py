@@ -393,7 +393,13 @@ class XcodecModel(nn.Module):
         Codes and audio are meaningless but numerically sane: for demos and tests."""
         from ..hub import randomize_
 
-        model = cls(config if config is not None else XcodecConfig(), backend=backend)
+        # Built on the meta device and then allocated: torch's default init would be overwritten anyway.
+        with torch.device("meta"):
+            model = cls(config if config is not None else XcodecConfig(), backend=backend)
+        model.to_empty(device="cpu")
+        with torch.no_grad():
+            for buffer in model.buffers():
+                buffer.zero_()
         randomize_(model, seed)
         return model
 
