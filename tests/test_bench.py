@@ -148,6 +148,14 @@ def test_sites_follow_the_config():
     assert any(s.op == "rvq_encode" and s.params["frames"] == 500 and s.params["num_quantizers"] == 8 for s in full)
 
 
+def test_every_dispatch_op_is_benchmarked():
+    from xcodec_fast import ops
+
+    selection = {"BACKENDS", "CHOICES", "BackendUnavailableError", "availability", "current_backend", "describe", "use_backend"}
+    dispatched = set(ops.__all__) - selection  # a new op must get a site, a cost model and a call
+    assert set(cases.OPS) == ALL_OPS == dispatched
+
+
 def test_cost_model_counts_bytes_and_flops():
     site = cases.Site("snake", "x", dict(channels=8, frames=100))
     assert cases.cost(site, 2, torch.float32) == ((2 * 2 * 8 * 100 + 8) * 4, cases.SNAKE_FLOPS * 2 * 8 * 100)

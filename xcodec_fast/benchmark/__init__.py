@@ -106,6 +106,8 @@ def run(args: argparse.Namespace) -> int:
     unknown = [b for b in args.backends if b not in ops.BACKENDS]
     if unknown:
         raise ValueError(f"unknown backend(s) {unknown}; choose from {', '.join(ops.BACKENDS)}")
+    if settings["ops"] and set(settings["ops"]) - set(cases.OPS):
+        raise ValueError(f"unknown op(s) {sorted(set(settings['ops']) - set(cases.OPS))}; choose from {', '.join(cases.OPS)}")
     device = _device(args.device)
     log = (lambda _msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     quick = settings["mode"] == "quick"

@@ -94,7 +94,7 @@ def e2e_table(result: dict) -> str:
     rows = []
     for r in e2e["results"]:
         if r.get("status") != "ok":
-            rows.append([r["impl"], r["stage"], str(r["batch"]), r.get("status", "?"), "", "", "", r.get("reason", "")[:80]])
+            rows.append([r["impl"], r["stage"], str(r["batch"]), r.get("status", "?"), "", "", "", "", r.get("reason", "")[:80]])
             continue
         if r["stage"] == "encode":
             agree = f"codes {100 * r['code_match']:.2f}% equal" if "code_match" in r else ""
@@ -109,11 +109,12 @@ def e2e_table(result: dict) -> str:
                 f"{r['realtime_factor']:.1f}",
                 _fmt(r.get("speedup_vs_transformers"), ".2f"),
                 f"{r['peak_memory_mb']:.0f}",
+                f"{r['first_call_s']:.1f}",
                 agree,
             ]
         )
     title = f"End to end, {e2e['config']} config, {e2e['clip_seconds']:g} s clips, {e2e['dtype']}:"
-    table = _table(["implementation", "stage", "batch", "median ms", "× real time", "× transformers", "peak MB", "agreement vs transformers"], rows)
+    table = _table(["implementation", "stage", "batch", "median ms", "× real time", "× transformers", "peak MB", "first call s", "agreement vs transformers"], rows)
     skipped = "".join(f"\n- skipped {s['impl']}: {s['reason']}" for s in e2e.get("skipped", []))
     return f"{title}\n\n{table}\n{skipped}".rstrip()
 
