@@ -93,6 +93,10 @@ def kernel_config(
                         expect_tensor_cores, tuple(multiple_of_16))
 
 
+def kernel_name(kernel) -> str:
+    return getattr(kernel, "__name__", None) or getattr(kernel, "fn").__name__
+
+
 def _arg_names(kernel) -> list[str]:
     fn = getattr(kernel, "fn", kernel)  # JITFunction or interpreter wrapper
     return list(getattr(kernel, "arg_names", None) or fn.__code__.co_varnames[: fn.__code__.co_argcount])
@@ -151,7 +155,7 @@ def compile_config(cfg: KernelConfig, arch: int) -> dict:
     ops = collections.Counter(WATCH.findall(sass))
     return {
         "name": cfg.name,
-        "kernel": cfg.kernel.__name__,
+        "kernel": kernel_name(cfg.kernel),
         "arch": f"sm_{arch}",
         "num_warps": cfg.num_warps,
         "regs": field("REG"),

@@ -3,12 +3,12 @@
 Computes in fp32 in eager's op order (reciprocal rounded to nearest, no FMA contraction) so fp32
 results match ops.eager to the last bit or an ulp; half inputs are rounded once on store.
 
-SASS (measured with sass_report / ``python -m xcodec_fast.ops.triton._compile`` on 2026-11-25,
-Triton 3.9; identical on sm_90 and sm_80 unless noted): no spills, no stack, no shared memory.
-    snake     fp32 BLOCK_T=1024/4 warps: 42 regs   fp16/bf16 BLOCK_T=1024/4 warps: 42-46 regs
-    add_snake fp32 BLOCK_T=1024/4 warps: 54 regs   fp16/bf16 BLOCK_T=1024/4 warps: 50-56 regs
-    smaller BLOCK_T (128/256/512 for short rows): <= 40 regs.
-(exact per-config numbers: run the module above.)
+SASS, measured with ``python -m xcodec_fast.ops.triton._compile --filter snake`` on 2026-11-25
+(Triton 3.9, the launch configs below; same for fp32 / fp16 / bf16): no spills, no stack, no shared
+memory, sin is libdevice's precise sinf (no MUFU.SIN).
+    BLOCK_T=256, 2 warps:  snake 29 regs (sm_90) / 32 (sm_80); add_snake 32 / 32
+    BLOCK_T=1024, 8 warps: snake 29 regs (sm_90) / 31 (sm_80); add_snake 32 / 32
+(8 elements per thread instead of 4 cost 40-60 registers and spilled once on sm_90.)
 """
 
 from __future__ import annotations
