@@ -66,6 +66,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", type=Path, default=None, help="JSON path (default: <results-dir>/<machine>[-quick].json)")
     parser.add_argument("--copy-mb", type=int, default=None, help="bandwidth-ceiling copy size (default: several times the last-level cache)")
     parser.add_argument("--matmul-n", type=int, default=None, help="compute-ceiling matmul size (default: 8192 GPU, 1024/2048 CPU)")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch and native kernels (default: torch's); 1 resists preemption on shared machines")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quiet", action="store_true", help="no per-case progress lines")
 
@@ -109,6 +110,8 @@ def run(args: argparse.Namespace) -> int:
     if settings["ops"] and set(settings["ops"]) - set(cases.OPS):
         raise ValueError(f"unknown op(s) {sorted(set(settings['ops']) - set(cases.OPS))}; choose from {', '.join(cases.OPS)}")
     device = _device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)  # before machine_info, which records it
     log = (lambda _msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     quick = settings["mode"] == "quick"
     policy = timing.QUICK if quick else timing.FULL

@@ -12,7 +12,7 @@ from typing import Callable
 import torch
 
 from ..config import XcodecConfig
-from .timing import Policy, measure, peak_memory, summarize, synchronize
+from .timing import Policy, measure_once, peak_memory, summarize, synchronize
 
 
 def build_reference(config: XcodecConfig, seed: int, device: torch.device, calibration: torch.Tensor):
@@ -133,10 +133,11 @@ def run_end_to_end(
         with torch.inference_mode():
             reference_codes = [reference.encode(x, return_dict=False) for x in inputs]
             reference_audio = [reference.decode(c, return_dict=False) for c in reference_codes]
-        for impl, fns in impls.items():
-            for stage in ("encode", "decode"):
-                record = _time_stage(impl, stage, fns[stage], batch, inputs, reference_codes, reference_audio, device, policy, section["clip_seconds"], log)
-                section["results"].append(record)
+        for stage in ("encode", "decode"):
+            arg_sets = [(x,) for x in inputs] if stage == "encode" else [(c,) for c in reference_codes]
+            fns = {impl: _plain(stages[stage]) for impl, stages in impls.items()}
+            records = _time_stage(fns, stage, batch, arg_sets, reference_codes, reference_audio, device, policy, section["clip_seconds"], log)
+            section["results"].extend(records)
     _add_speedups(section["results"])
     return section
 
@@ -149,39 +150,72 @@ def _with_backend(model, backend: str, stage: str):
     return call
 
 
-def _time_stage(impl, stage, fn, batch, inputs, reference_codes, reference_audio, device, policy, clip_seconds, log) -> dict:
-    record = {"impl": impl, "stage": stage, "batch": batch}
-    arg_sets = [(x,) for x in inputs] if stage == "encode" else [(c,) for c in reference_codes]
+def _plain(fn):
+    """transformers returns ModelOutput; compare and time on the tensor inside."""
 
-    def plain(x):
+    def call(x):
         out = fn(x)
         return out if isinstance(out, torch.Tensor) else out[0]
 
-    try:
-        with torch.inference_mode():
-            started = time.perf_counter()
-            first = plain(*arg_sets[0])  # also triggers torch.compile: its cost is reported apart
-            synchronize(device)
-            record["first_call_s"] = time.perf_counter() - started
-            times = measure(plain, arg_sets, device, policy)
-            memory = peak_memory(lambda: plain(*arg_sets[1 % len(arg_sets)]), device)
-    except Exception as exc:
-        record.update(status="error", reason=f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"[:300])
-        log(f"  {impl:22s} {stage} b={batch}: {record['reason']}")
-        return record
-    stats = summarize(times)
-    record.update(status="ok", **stats, realtime_factor=batch * clip_seconds / stats["median_s"], peak_memory_mb=memory["peak_mb"], memory_method=memory["method"])
-    if stage == "encode":
-        codes = first.to(reference_codes[0].device)
-        record["code_match"] = float((codes == reference_codes[0]).float().mean()) if codes.shape == reference_codes[0].shape else 0.0
-        record["distinct_codes"] = int(torch.unique(reference_codes[0]).numel())
-    else:
-        record.update(_compare_audio(first, reference_audio[0]))
-    log(
-        f"  {impl:22s} {stage} b={batch:<3d} {stats['median_s'] * 1e3:10.1f} ms  {record['realtime_factor']:8.1f}x real time  "
-        f"peak {record['peak_memory_mb']:8.1f} MB"
-    )
-    return record
+    return call
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
+
+
+def _time_stage(fns, stage, batch, arg_sets, reference_codes, reference_audio, device, policy, clip_seconds, log) -> list[dict]:
+    """Time every implementation of one stage, interleaved call by call (in a rotating order), so
+    that drift in the machine's load falls on all of them alike."""
+    records, ready, firsts = {}, {}, {}
+    slowest = 0.0
+    with torch.inference_mode():
+        for impl, fn in fns.items():
+            record = records[impl] = {"impl": impl, "stage": stage, "batch": batch}
+            try:
+                started = time.perf_counter()
+                firsts[impl] = fn(*arg_sets[0])  # also triggers torch.compile: its cost is reported apart
+                synchronize(device)
+                record["first_call_s"] = time.perf_counter() - started
+                started = time.perf_counter()
+                for i in range(policy.warmup):
+                    fn(*arg_sets[(i + 1) % len(arg_sets)])
+                synchronize(device)
+                slowest = max(slowest, (time.perf_counter() - started) / max(policy.warmup, 1))
+                ready[impl] = fn
+            except Exception as exc:  # a failing implementation is reported, the others still run
+                record.update(status="error", reason=_short(exc))
+                log(f"  {impl:22s} {stage} b={batch}: {record['reason']}")
+        reps = int(min(policy.max_reps, max(policy.min_reps, policy.budget_s // max(slowest * len(ready), 1e-9))))
+        times = {impl: [] for impl in ready}
+        order = list(ready)
+        for rep in range(reps):
+            for impl in order[rep % len(order):] + order[: rep % len(order)]:
+                times[impl].extend(measure_once(ready[impl], arg_sets[rep % len(arg_sets)], device))
+        memory = {impl: peak_memory(lambda fn=fn: fn(*arg_sets[1 % len(arg_sets)]), device) for impl, fn in ready.items()}
+
+    for impl in ready:
+        record, stats = records[impl], summarize(times[impl])
+        record.update(
+            status="ok",
+            **stats,
+            realtime_factor=batch * clip_seconds / stats["median_s"],
+            peak_memory_mb=memory[impl]["peak_mb"],
+            memory_method=memory[impl]["method"],
+        )
+        if stage == "encode":
+            codes = firsts[impl].to(reference_codes[0].device)
+            same_shape = codes.shape == reference_codes[0].shape
+            record["code_match"] = float((codes == reference_codes[0]).float().mean()) if same_shape else 0.0
+            record["distinct_codes"] = int(torch.unique(reference_codes[0]).numel())
+        else:
+            record.update(_compare_audio(firsts[impl], reference_audio[0]))
+        log(
+            f"  {impl:22s} {stage} b={batch:<3d} {stats['median_s'] * 1e3:10.1f} ms  {record['realtime_factor']:8.1f}x real time  "
+            f"peak {record['peak_memory_mb']:8.1f} MB"
+        )
+    return list(records.values())
 
 
 def _add_speedups(records: list[dict]) -> None:

@@ -96,6 +96,21 @@ def measure(
     return times
 
 
+def measure_once(fn: Callable, args: tuple, device: torch.device) -> list[float]:
+    """Seconds taken by one ``fn(*args)``, synchronised: for long calls timed in interleaved order."""
+    if device.type == "cuda":
+        synchronize(device)
+        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        begin.record()
+        fn(*args)
+        end.record()
+        end.synchronize()
+        return [begin.elapsed_time(end) / 1e3]
+    t0 = time.perf_counter()
+    fn(*args)
+    return [time.perf_counter() - t0]
+
+
 def summarize(times: Sequence[float]) -> dict:
     ordered = sorted(times)
     return {
