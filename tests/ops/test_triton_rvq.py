@@ -146,6 +146,23 @@ def test_encode_fewer_quantizers_and_layouts():
     assert torch.equal(all_codes, eager.rvq_encode(x, cb, norms, 8))
 
 
+def test_huge_planes_are_split_along_frames(monkeypatch):
+    """Inputs whose channels x frames exceed int32 offsets run in frame chunks (shrunk here)."""
+    cb, norms = _codebooks(3, 64, 16, torch.float32)
+    x = _signal(2, 16, 50, cb)
+    codes_ref = eager.rvq_encode(x, cb, norms, 3)
+    w, bvec = torch.randn(6, 16, device=DEVICE), torch.randn(6, device=DEVICE)
+    monkeypatch.setattr(trvq, "MAX_ROW_OFFSET", 16 * 20)  # 16-frame chunks for D = 16
+    assert len(trvq._frame_chunks(50, 16)) == 4
+    with ops.use_backend("triton"):
+        codes = ops.rvq_encode(x, cb, norms, 3)
+        dec = ops.rvq_decode(codes_ref, cb)
+        proj = ops.dequantize_project(codes_ref, cb, w, bvec)
+    assert torch.equal(codes, codes_ref)
+    assert torch.equal(dec, eager.rvq_decode(codes_ref, cb))
+    torch.testing.assert_close(proj, eager.dequantize_project(codes_ref, cb, w, bvec), rtol=1e-5, atol=1e-5)
+
+
 def test_encode_bad_inputs():
     cb, norms = _codebooks(2, 64, 16, torch.float32)
     x = _signal(1, 16, 5, cb)

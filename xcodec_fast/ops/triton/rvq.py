@@ -119,7 +119,21 @@ def _encode_block_t(device: torch.device, choices: tuple, programs) -> int:
     return choices[0]
 
 
+MAX_ROW_OFFSET = 2**31  # the kernels index one batch item's (channels, frames) plane in int32
+
+
+def _frame_chunks(frames: int, channels: int) -> list[tuple[int, int]]:
+    """Frames are independent in every op here: split inputs whose channels x frames plane would
+    overflow int32 offsets (a batch item of ~11 h of audio at D = 1024) rather than pay 64-bit
+    index math in every kernel."""
+    step = max(PAD_T, (MAX_ROW_OFFSET // max(channels, 1) - PAD_T) // PAD_T * PAD_T)
+    return [(s, min(s + step, frames)) for s in range(0, frames, step)] or [(0, 0)]
+
+
 def _encode(x: torch.Tensor, codebooks: torch.Tensor, norms: torch.Tensor, num_quantizers: int) -> torch.Tensor:
+    chunks = _frame_chunks(x.shape[2], x.shape[1])
+    if len(chunks) > 1:
+        return torch.cat([_encode(x[..., a:b], codebooks, norms, num_quantizers) for a, b in chunks], dim=2)
     codebooks = codebooks.contiguous()
     norms = norms.to(torch.float32).contiguous()
     batch, dim, frames = x.shape
@@ -182,6 +196,9 @@ GATHER_BLOCK_C, GATHER_BLOCK_T, GATHER_WARPS = 64, 64, 8  # 4 warps spilled once
 
 def _gather_sum(codes: torch.Tensor, table: torch.Tensor, bias: torch.Tensor | None, out_dtype: torch.dtype,
                 round_each: bool) -> torch.Tensor:
+    chunks = _frame_chunks(codes.shape[2], table.shape[2])
+    if len(chunks) > 1:
+        return torch.cat([_gather_sum(codes[..., a:b], table, bias, out_dtype, round_each) for a, b in chunks], dim=2)
     codes = codes.contiguous()
     table = table.contiguous()
     batch, nq, frames = codes.shape
