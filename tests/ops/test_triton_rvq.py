@@ -267,3 +267,33 @@ def test_dispatch_and_custom_ops():
     torch.library.opcheck(trvq.rvq_encode_op, (x, cb, norms, 2))
     torch.library.opcheck(trvq.rvq_decode_op, (codes, cb))
     torch.library.opcheck(trvq.dequantize_project_op, (codes, cb, w, bvec, None))
+
+
+def test_torch_compile_traces_the_custom_ops():
+    cb, norms = _codebooks(2, 32, 16, torch.float32)
+    x = _signal(1, 16, 5, cb)
+    w, bvec = torch.randn(6, 16, device=DEVICE), torch.randn(6, device=DEVICE)
+
+    def roundtrip(x):
+        codes = trvq.rvq_encode_op(x, cb, norms, 2)
+        return codes, trvq.rvq_decode_op(codes, cb), trvq.dequantize_project_op(codes, cb, w, bvec, None)
+
+    got = torch.compile(roundtrip, backend="aot_eager", fullgraph=True)(x)
+    for a, b in zip(got, roundtrip(x)):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.gpu
+def test_cuda_graph_capture():
+    cb, norms = _codebooks(8, 1024, 1024, torch.float16)
+    x = _signal(2, 1024, 300, cb)
+    codes = trvq.rvq_encode_op(x, cb, norms, 8)  # compile outside the capture
+    trvq.rvq_decode_op(codes, cb)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        codes = trvq.rvq_encode_op(x, cb, norms, 8)
+        dec = trvq.rvq_decode_op(codes, cb)
+    x.copy_(_signal(2, 1024, 300, cb, seed=9))
+    graph.replay()
+    assert torch.equal(codes, trvq.rvq_encode_op(x, cb, norms, 8))
+    assert torch.equal(dec, trvq.rvq_decode_op(codes, cb))

@@ -144,3 +144,27 @@ def test_custom_ops_pass_opcheck():
     x, h, alpha = _inputs((1, 3, 20), torch.float32)
     torch.library.opcheck(tsnake.snake_op, (x, alpha))
     torch.library.opcheck(tsnake.add_snake_op, (x, h, alpha))
+
+
+def test_torch_compile_traces_the_custom_ops():
+    x, h, alpha = _inputs((1, 3, 40), torch.float32)
+
+    def block(x, h, alpha):
+        y, s = tsnake.add_snake_op(x, h, alpha)
+        return tsnake.snake_op(s, alpha) + y
+
+    compiled = torch.compile(block, backend="aot_eager", fullgraph=True)
+    torch.testing.assert_close(compiled(x, h, alpha), block(x, h, alpha), rtol=0, atol=0)
+
+
+@pytest.mark.gpu
+def test_cuda_graph_capture():
+    x, h, alpha = _inputs((2, 64, 1000), torch.float16)
+    tsnake.add_snake_op(x, h, alpha)  # compile outside the capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        y, s = tsnake.add_snake_op(x, h, alpha)
+    x.copy_(torch.randn_like(x))
+    graph.replay()
+    y_ref, s_ref = tsnake.add_snake_op(x, h, alpha)
+    assert torch.equal(y, y_ref) and torch.equal(s, s_ref)
