@@ -16,6 +16,7 @@ def _pyplot():
 
 def plot_result(result: dict, out_dir: Path) -> list[Path]:
     plt = _pyplot()
+    from matplotlib import ticker
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = f"{result['machine']['id']}-{result['mode']}"
@@ -24,26 +25,29 @@ def plot_result(result: dict, out_dir: Path) -> list[Path]:
     backends = [b for b in result["backends"] if any(r["backend"] == b for r in ok)]
     colors = {b: c for b, c in zip(backends, ("tab:gray", "tab:blue", "tab:orange", "tab:green"))}
 
-    # Speedup over eager, one bar per (case, backend).
+    # Speedup over eager, one bar per (case, backend); one figure per dtype keeps full runs legible.
     fast = [r for r in ok if r["backend"] != "eager" and r.get("speedup_vs_eager")]
-    if fast:
-        keys = sorted({(r["op"], r["label"], r["batch"], r["dtype"]) for r in fast})
-        others = [b for b in backends if b != "eager"]
-        fig, ax = plt.subplots(figsize=(10, 0.28 * len(keys) * len(others) + 1.5))
+    others = [b for b in backends if b != "eager"]
+    for dtype in sorted({r["dtype"] for r in fast}):
+        mine = [r for r in fast if r["dtype"] == dtype]
+        keys = sorted({(r["op"], r["label"], r["batch"]) for r in mine})
+        fig, ax = plt.subplots(figsize=(10, 0.22 * len(keys) * len(others) + 1.5))
         height = 0.8 / len(others)
         for j, b in enumerate(others):
-            by_key = {(r["op"], r["label"], r["batch"], r["dtype"]): r["speedup_vs_eager"] for r in fast if r["backend"] == b}
+            by_key = {(r["op"], r["label"], r["batch"]): r["speedup_vs_eager"] for r in mine if r["backend"] == b}
             ys = [i + j * height for i, k in enumerate(keys) if k in by_key]
             ax.barh(ys, [by_key[k] for k in keys if k in by_key], height=height, color=colors[b], label=b)
         ax.axvline(1.0, color="black", linewidth=0.8)
         ax.set_yticks([i + 0.4 - height / 2 for i in range(len(keys))])
-        ax.set_yticklabels([f"{op} {label} b={b} {dt}" for op, label, b, dt in keys], fontsize=6)
+        ax.set_yticklabels([f"{op} {label} b={b}" for op, label, b in keys], fontsize=6)
         ax.set_xscale("log")
-        ax.set_xlabel("speedup over eager (median times)")
-        ax.set_title(f"Kernel speedups, {result['machine']['id']}")
+        ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}x"))
+        ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+        ax.set_xlabel("speedup over eager (ratio of median times)")
+        ax.set_title(f"Kernel speedups, {dtype}, {result['machine']['id']}")
         ax.legend()
         fig.tight_layout()
-        written.append(out_dir / f"{stem}-speedup.png")
+        written.append(out_dir / f"{stem}-speedup-{dtype}.png")
         fig.savefig(written[-1], dpi=120)
         plt.close(fig)
 
