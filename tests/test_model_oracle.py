@@ -75,6 +75,10 @@ def test_forward_is_trimmed_decode_of_encode(pair):
         reference = hf_model(audio)
     assert torch.equal(out.audio_codes, reference.audio_codes)
     assert_audio_close(out.audio_values, reference.audio_values)
+    given = random_audio(2, 1, 16000, seed=6)
+    with torch.no_grad():
+        reference_given = hf_model(given, audio_codes=codes).audio_values
+    assert_audio_close(model(given, audio_codes=codes).audio_values, reference_given)
     as_tuple = model(audio, return_dict=False)
     assert isinstance(as_tuple, tuple) and len(as_tuple) == 2
     assert torch.equal(as_tuple[0], codes)
@@ -90,6 +94,7 @@ def test_padded_batch_gives_each_item_its_alone_codes(pair):
     # Padding holds garbage on purpose: the mask alone must make it irrelevant.
     batch = torch.where(mask[:, None].bool(), batch, torch.full_like(batch, 0.7))
     out = model.encode(batch, padding_mask=mask)
+    assert torch.equal(model.encode(batch, padding_mask=mask[:, None].bool()).audio_codes, out.audio_codes)
     assert out.audio_codes.shape[-1] == model.encode(batch).audio_codes.shape[-1]
     for index, length in enumerate(lengths):
         alone = hf_encode(hf_model, batch[index : index + 1, :, :length])
