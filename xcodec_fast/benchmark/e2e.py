@@ -110,6 +110,9 @@ def run_end_to_end(
     else:
         section["skipped"].append({"impl": "transformers compile", "reason": "not requested (quick mode; pass --compile)"})
 
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # save_pretrained's shard bar would interleave with the report
     with tempfile.TemporaryDirectory(prefix="xcodec-bench-") as folder:
         reference.cpu().save_pretrained(folder)  # saved from host memory, whatever the device
         reference.to(device)

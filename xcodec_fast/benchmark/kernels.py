@@ -138,10 +138,11 @@ def _run_case(site, batch, dtype_name, backends, device, ceilings, policy, cache
     }
     gen = torch.Generator().manual_seed(seed)
     params = cases.prepare(site, cases.to_device(cases.make_params(site, gen), device, dtype))
-    first = cases.to_device(cases.make_input(site, batch, gen), device, dtype)
+    device_gen = torch.Generator(device=device).manual_seed(seed)
+    first = cases.to_device(cases.make_input(site, batch, device_gen), device, dtype)
     input_bytes = sum(t.numel() * t.element_size() for t in first.values())
     count = rotation_count(input_bytes, cache_bytes, memory_budget_bytes)
-    arg_sets = [(first,)] + [(cases.to_device(cases.make_input(site, batch, gen), device, dtype),) for _ in range(count - 1)]
+    arg_sets = [(first,)] + [(cases.to_device(cases.make_input(site, batch, device_gen), device, dtype),) for _ in range(count - 1)]
     base["input_sets"] = count
     # GPUs flush L2 before every call; a CPU cannot cheaply, so say when data may stay cached
     # (such cases can beat the DRAM-bandwidth ceiling: a roofline fraction above 1).
