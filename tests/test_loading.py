@@ -203,7 +203,8 @@ def test_save_pretrained_round_trip_is_exact(checkpoint, tmp_path, audio):
 def transformers_to_original_key(key: str) -> str:
     """The inverse of transformers' convert_xcodec_weights_to_hf mapping (4 DAC blocks)."""
     unit_layers = {"snake1": 0, "conv1": 1, "snake2": 2, "conv2": 3}
-    key = key.replace("parametrizations.weight.original0", "weight_g").replace("parametrizations.weight.original1", "weight_v")
+    key = key.replace("parametrizations.weight.original0", "weight_g")
+    key = key.replace("parametrizations.weight.original1", "weight_v")
     if key.startswith("acoustic_encoder."):
         rest = key[len("acoustic_encoder.") :]
         if m := re.match(r"block\.(\d)\.res_unit(\d)\.(\w+)\.(.*)", rest):

@@ -162,7 +162,8 @@ def test_weight_normed_checkpoints_load_and_match(spelling, tmp_path):
     assert len(normed) > 20
     if spelling == "weight_g":
         state = {
-            k.replace("parametrizations.weight.original0", "weight_g").replace("parametrizations.weight.original1", "weight_v"): v
+            k.replace("parametrizations.weight.original0", "weight_g")
+            .replace("parametrizations.weight.original1", "weight_v"): v
             for k, v in state.items()
         }
     save_file(state, str(tmp_path / "model.safetensors"))

@@ -26,7 +26,12 @@ WEIGHTS_NAME = "model.safetensors"
 WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
 
 # Training-only state transformers/X-Codec checkpoints carry and inference never reads.
-IGNORED_SUFFIXES = (".codebook.inited", ".codebook.cluster_size", ".codebook.embed_avg", "semantic_model.masked_spec_embed")
+IGNORED_SUFFIXES = (
+    ".codebook.inited",
+    ".codebook.cluster_size",
+    ".codebook.embed_avg",
+    "semantic_model.masked_spec_embed",
+)
 
 # (magnitude, direction) names of a weight-normed tensor, old and new torch spelling.
 WEIGHT_NORM_SPELLINGS = (
@@ -148,7 +153,10 @@ def _hub_files(repo_id: str, revision, cache_dir, local_files_only: bool) -> tup
                 ) from None
             return config, [fetch(name) for name in _shard_names(index)]
     except LocalEntryNotFoundError as exc:
-        why = "local_files_only=True" if local_files_only else ("HF_HUB_OFFLINE is set" if _offline_env() else "the hub cannot be reached")
+        if local_files_only:
+            why = "local_files_only=True"
+        else:
+            why = "HF_HUB_OFFLINE is set" if _offline_env() else "the hub cannot be reached"
         raise OSError(
             f"{repo_id!r} is not in the local Hugging Face cache and {why}; download it once while online, "
             f"or pass a local directory ({exc})"
@@ -264,7 +272,8 @@ def build_model(cls, config: XcodecConfig, raw: Mapping[str, Tensor], *, dtype, 
     state = convert_state_dict(raw, expected, source)
     state = {k: (v.to(target_dtype) if v.is_floating_point() else v) for k, v in state.items()}
     model.load_state_dict(state, strict=True, assign=True)
-    leftover = [name for name, t in list(model.named_parameters()) + list(model.named_buffers()) if t is not None and t.is_meta]
+    tensors = list(model.named_parameters()) + list(model.named_buffers())
+    leftover = [name for name, t in tensors if t is not None and t.is_meta]
     if leftover:
         derived = {f"quantizer.{n}" for n in ("codebooks", "codebook_sq_norms", "projected_codebooks")}
         leftover = [n for n in leftover if n not in derived]
@@ -459,7 +468,8 @@ def load_original_checkpoint(cls, checkpoint_path, yaml_path=None, *, config=Non
 @torch.no_grad()
 def randomize_(model: nn.Module, seed: int = 0) -> nn.Module:
     """Deterministic random weights at scales that keep activations O(1): every conv/linear weight
-    ~ N(0, 1/fan_in) (residual branches' last conv 10x smaller), small biases, Snake α ~ U(0.5, 1.5), norms ≈ identity, codebooks ~ N(0, 1)."""
+    ~ N(0, 1/fan_in) (residual branches' last conv 10x smaller), small biases, Snake α ~ U(0.5, 1.5),
+    norms ≈ identity, codebooks ~ N(0, 1)."""
     generator = torch.Generator().manual_seed(seed)
 
     def normal(shape, std: float) -> Tensor:

@@ -91,7 +91,8 @@ class EncoderBlock(nn.Module):
     def forward(self, x: Tensor, lengths: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         for unit in (self.res_unit1, self.res_unit2, self.res_unit3):
             x = unit(x, lengths)
-        x = ops.snake_conv1d(zero_beyond(x, lengths), self.snake1.alpha, self.conv1.weight, self.conv1.bias, self.stride, self.padding)
+        x = zero_beyond(x, lengths)
+        x = ops.snake_conv1d(x, self.snake1.alpha, self.conv1.weight, self.conv1.bias, self.stride, self.padding)
         if lengths is not None:
             lengths = conv_output_lengths(lengths, 2 * self.stride, self.stride, self.padding)
         return x, lengths

@@ -121,7 +121,9 @@ class XcodecModel(nn.Module):
     # ---- input checks ----------------------------------------------------------------------
     def _check_audio(self, input_values) -> Tensor:
         if not isinstance(input_values, Tensor):
-            raise TypeError(f"input_values must be a torch.Tensor of shape (batch, 1, samples), got {type(input_values).__name__}")
+            raise TypeError(
+                f"input_values must be a torch.Tensor of shape (batch, 1, samples), got {type(input_values).__name__}"
+            )
         if input_values.dim() != 3:
             raise ValueError(
                 f"input_values must have shape (batch, channels, samples), got {tuple(input_values.shape)}; "
@@ -151,7 +153,8 @@ class XcodecModel(nn.Module):
             padding_mask = padding_mask[:, 0]
         if padding_mask.shape != (batch, num_samples):
             raise ValueError(
-                f"padding_mask must have shape (batch, samples) = {(batch, num_samples)}, got {tuple(padding_mask.shape)}"
+                f"padding_mask must have shape (batch, samples) = {(batch, num_samples)}, "
+                f"got {tuple(padding_mask.shape)}"
             )
         mask = padding_mask.to(audio.device)
         if not ((mask == 0) | (mask == 1)).all():
@@ -242,7 +245,8 @@ class XcodecModel(nn.Module):
         features = self.semantic_model(F.pad(audio[:, 0], (pad, pad)), semantic_lengths)
         frames = self.semantic_model.frame_lengths(semantic_lengths).to(audio.device)
         e_semantic, code_lengths = self.encoder_semantic(features.transpose(1, 2), frames)
-        e_acoustic = e_semantic.new_zeros(audio.shape[0], self.config.acoustic_model_config.hidden_size, e_semantic.shape[-1])
+        acoustic_size = self.config.acoustic_model_config.hidden_size
+        e_acoustic = e_semantic.new_zeros(audio.shape[0], acoustic_size, e_semantic.shape[-1])
         # Items may differ in transformers' pad decision: run the acoustic encoder per decision.
         decisions = torch.tensor([self._acoustic_needs_padding(n) for n in lengths.tolist()], device=audio.device)
         for padded in (False, True):
@@ -292,7 +296,8 @@ class XcodecModel(nn.Module):
         lengths = torch.as_tensor(audio_code_lengths, device=codes.device)
         if lengths.shape != (codes.shape[0],) or lengths.is_floating_point():
             raise ValueError(
-                f"audio_code_lengths must be {codes.shape[0]} integers (one per item), got {tuple(lengths.shape)} {lengths.dtype}"
+                f"audio_code_lengths must be {codes.shape[0]} integers (one per item), "
+                f"got {tuple(lengths.shape)} {lengths.dtype}"
             )
         if (lengths < 1).any() or (lengths > codes.shape[-1]).any():
             raise ValueError(f"audio_code_lengths must lie in [1, {codes.shape[-1]}], got {lengths.tolist()}")
