@@ -64,7 +64,11 @@ def test_kernel_records_cover_every_op_and_ratios_follow_from_times(quick_run):
     records = result["kernels"]
     assert {r["op"] for r in records if r["backend"] == "eager" and r["status"] == "ok"} == ALL_OPS
     ceilings = result["roofline"]
-    eager = {(r["op"], r["label"], r["batch"], r["dtype"]): r for r in records if r["backend"] == "eager" and r["status"] == "ok"}
+    eager = {
+        (r["op"], r["label"], r["batch"], r["dtype"]): r
+        for r in records
+        if r["backend"] == "eager" and r["status"] == "ok"
+    }
     for r in records:
         assert r["status"] in ("ok", "skipped", "error")
         assert r["bytes"] > 0 and r["flops"] > 0
@@ -75,7 +79,9 @@ def test_kernel_records_cover_every_op_and_ratios_follow_from_times(quick_run):
         assert r["reps"] >= 3 and r["min_s"] <= median <= r["p90_s"]
         assert _close(r["gbps"], r["bytes"] / median / 1e9)
         assert _close(r["tflops"], r["flops"] / median / 1e12)
-        bound = max(r["bytes"] / (ceilings["bandwidth_gbps"] * 1e9), r["flops"] / (ceilings["matmul_tflops"][r["dtype"]] * 1e12))
+        bound = max(
+            r["bytes"] / (ceilings["bandwidth_gbps"] * 1e9), r["flops"] / (ceilings["matmul_tflops"][r["dtype"]] * 1e12)
+        )
         assert _close(r["roofline_s"], bound) and _close(r["roofline_fraction"], bound / median)
         base = eager[(r["op"], r["label"], r["batch"], r["dtype"])]
         assert _close(r["speedup_vs_eager"], base["median_s"] / median)
@@ -136,12 +142,18 @@ def test_sites_follow_the_config():
         hook.remove()
     sites = cases.model_sites(config, num_samples)
     for part in ("enc", "dec"):
-        ours = {(s.params["channels"], s.params["frames"]) for s in sites if s.op == "residual_unit" and part in s.where}
+        ours = {
+            (s.params["channels"], s.params["frames"]) for s in sites if s.op == "residual_unit" and part in s.where
+        }
         assert ours == seen[part]
     assert latent.shape[-1] == num_samples // config.hop_length
 
     full = cases.model_sites(XcodecConfig(), 160_000, dilations=(1,))
-    enc = [(s.params["channels"], s.params["frames"]) for s in full if s.op == "residual_unit" and s.where.startswith("enc")]
+    enc = [
+        (s.params["channels"], s.params["frames"])
+        for s in full
+        if s.op == "residual_unit" and s.where.startswith("enc")
+    ]
     dec = [(s.params["channels"], s.params["frames"]) for s in full if s.op == "residual_unit" and "dec" in s.where]
     assert enc == [(64, 160_000), (128, 20_000), (256, 4_000), (512, 1_000)]
     assert sorted(dec, reverse=True) == [(512, 4_000), (256, 20_000), (128, 80_000), (64, 160_000)]
@@ -151,7 +163,15 @@ def test_sites_follow_the_config():
 def test_every_dispatch_op_is_benchmarked():
     from xcodec_fast import ops
 
-    selection = {"BACKENDS", "CHOICES", "BackendUnavailableError", "availability", "current_backend", "describe", "use_backend"}
+    selection = {
+        "BACKENDS",
+        "CHOICES",
+        "BackendUnavailableError",
+        "availability",
+        "current_backend",
+        "describe",
+        "use_backend",
+    }
     dispatched = set(ops.__all__) - selection  # a new op must get a site, a cost model and a call
     assert set(cases.OPS) == ALL_OPS == dispatched
 
@@ -160,9 +180,13 @@ def test_cost_model_counts_bytes_and_flops():
     site = cases.Site("snake", "x", dict(channels=8, frames=100))
     assert cases.cost(site, 2, torch.float32) == ((2 * 2 * 8 * 100 + 8) * 4, cases.SNAKE_FLOPS * 2 * 8 * 100)
     assert cases.cost(site, 2, torch.bfloat16)[0] == (2 * 2 * 8 * 100 + 8) * 2
-    conv = cases.Site("snake_conv1d", "x", dict(in_channels=4, out_channels=6, frames=40, kernel=4, stride=2, padding=1))
+    conv = cases.Site(
+        "snake_conv1d", "x", dict(in_channels=4, out_channels=6, frames=40, kernel=4, stride=2, padding=1)
+    )
     t_out = cases.conv_out_len(40, 4, 2, 1)
-    assert t_out == torch.nn.functional.conv1d(torch.zeros(1, 4, 40), torch.zeros(6, 4, 4), stride=2, padding=1).shape[-1]
+    assert (
+        t_out == torch.nn.functional.conv1d(torch.zeros(1, 4, 40), torch.zeros(6, 4, 4), stride=2, padding=1).shape[-1]
+    )
     assert cases.cost(conv, 1, torch.float32)[1] == 2 * t_out * 6 * 4 * 4 + cases.SNAKE_FLOPS * 4 * 40 + 6 * t_out
 
 

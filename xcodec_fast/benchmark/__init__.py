@@ -30,8 +30,18 @@ DEFAULT_PLOTS = _ROOT / "bench" / "out" if _IN_CHECKOUT else Path("xcodec-fast-b
 
 # Quick mode: < 2 minutes on a small CPU. Full mode: the real 10 s workload, for GPUs.
 MODES = {
-    "quick": dict(seconds=0.5, batches="1", dtypes="float32", dilations="1", e2e_config="tiny", e2e_seconds=2.0, compile=False),
-    "full": dict(seconds=10.0, batches="1,16", dtypes="float32,bfloat16,float16", dilations="1,3,9", e2e_config="full", e2e_seconds=10.0, compile=True),
+    "quick": dict(
+        seconds=0.5, batches="1", dtypes="float32", dilations="1", e2e_config="tiny", e2e_seconds=2.0, compile=False
+    ),
+    "full": dict(
+        seconds=10.0,
+        batches="1,16",
+        dtypes="float32,bfloat16,float16",
+        dilations="1,3,9",
+        e2e_config="full",
+        e2e_seconds=10.0,
+        compile=True,
+    ),
 }
 CONFIGS = {"full": XcodecConfig, "tiny": tiny_config}
 
@@ -44,29 +54,63 @@ def _csv(kind):
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--quick", action="store_true", help="small shapes, batch 1, fp32, tiny end-to-end model (< 2 min on CPU)")
+    parser.add_argument(
+        "--quick", action="store_true", help="small shapes, batch 1, fp32, tiny end-to-end model (< 2 min on CPU)"
+    )
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="auto: cuda when available")
-    parser.add_argument("--backends", type=_csv(str), default=list(ops.BACKENDS), help="comma list; eager always runs (the baseline)")
+    parser.add_argument(
+        "--backends", type=_csv(str), default=list(ops.BACKENDS), help="comma list; eager always runs (the baseline)"
+    )
     parser.add_argument("--ops", type=_csv(str), default=None, help="comma list of ops (default: all)")
     parser.add_argument("--dtypes", type=_csv(str), default=None, help="float32,bfloat16,float16 (quick: float32)")
-    parser.add_argument("--batches", type=_csv(int), default=None, help="kernel and end-to-end batch sizes (quick: 1; full: 1,16)")
-    parser.add_argument("--config", choices=tuple(CONFIGS), default="full", help="model whose shapes the kernel cases take")
-    parser.add_argument("--seconds", type=float, default=None, help="clip length that sets kernel shapes (quick: 0.5; full: 10)")
-    parser.add_argument("--dilations", type=_csv(int), default=None, help="residual-unit dilations to time (quick: 1; full: 1,3,9)")
-    parser.add_argument("--e2e-config", choices=tuple(CONFIGS), default=None, help="end-to-end model (quick: tiny; full: full)")
+    parser.add_argument(
+        "--batches", type=_csv(int), default=None, help="kernel and end-to-end batch sizes (quick: 1; full: 1,16)"
+    )
+    parser.add_argument(
+        "--config", choices=tuple(CONFIGS), default="full", help="model whose shapes the kernel cases take"
+    )
+    parser.add_argument(
+        "--seconds", type=float, default=None, help="clip length that sets kernel shapes (quick: 0.5; full: 10)"
+    )
+    parser.add_argument(
+        "--dilations", type=_csv(int), default=None, help="residual-unit dilations to time (quick: 1; full: 1,3,9)"
+    )
+    parser.add_argument(
+        "--e2e-config", choices=tuple(CONFIGS), default=None, help="end-to-end model (quick: tiny; full: full)"
+    )
     parser.add_argument("--e2e-seconds", type=float, default=None, help="end-to-end clip length (quick: 2; full: 10)")
     parser.add_argument("--e2e-batches", type=_csv(int), default=None, help="default: --batches")
-    parser.add_argument("--compile", dest="compile", action="store_true", default=None, help="also time torch.compile of transformers (default in full mode)")
+    parser.add_argument(
+        "--compile",
+        dest="compile",
+        action="store_true",
+        default=None,
+        help="also time torch.compile of transformers (default in full mode)",
+    )
     parser.add_argument("--no-compile", dest="compile", action="store_false")
     parser.add_argument("--no-kernels", action="store_true", help="skip the kernel micro-benchmarks")
     parser.add_argument("--no-e2e", action="store_true", help="skip the end-to-end comparison")
     parser.add_argument("--no-plots", action="store_true")
     parser.add_argument("--results-dir", type=Path, default=DEFAULT_RESULTS)
     parser.add_argument("--plots-dir", type=Path, default=DEFAULT_PLOTS)
-    parser.add_argument("--output", type=Path, default=None, help="JSON path (default: <results-dir>/<machine>[-quick].json)")
-    parser.add_argument("--copy-mb", type=int, default=None, help="bandwidth-ceiling copy size (default: several times the last-level cache)")
-    parser.add_argument("--matmul-n", type=int, default=None, help="compute-ceiling matmul size (default: 8192 GPU, 1024/2048 CPU)")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch and native kernels (default: torch's); 1 resists preemption on shared machines")
+    parser.add_argument(
+        "--output", type=Path, default=None, help="JSON path (default: <results-dir>/<machine>[-quick].json)"
+    )
+    parser.add_argument(
+        "--copy-mb",
+        type=int,
+        default=None,
+        help="bandwidth-ceiling copy size (default: several times the last-level cache)",
+    )
+    parser.add_argument(
+        "--matmul-n", type=int, default=None, help="compute-ceiling matmul size (default: 8192 GPU, 1024/2048 CPU)"
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads for torch and native kernels (default: torch's); 1 resists preemption on shared machines",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quiet", action="store_true", help="no per-case progress lines")
 
@@ -108,7 +152,9 @@ def run(args: argparse.Namespace) -> int:
     if unknown:
         raise ValueError(f"unknown backend(s) {unknown}; choose from {', '.join(ops.BACKENDS)}")
     if settings["ops"] and set(settings["ops"]) - set(cases.OPS):
-        raise ValueError(f"unknown op(s) {sorted(set(settings['ops']) - set(cases.OPS))}; choose from {', '.join(cases.OPS)}")
+        raise ValueError(
+            f"unknown op(s) {sorted(set(settings['ops']) - set(cases.OPS))}; choose from {', '.join(cases.OPS)}"
+        )
     device = _device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)  # before machine_info, which records it
@@ -142,8 +188,12 @@ def run(args: argparse.Namespace) -> int:
         log("roofline ceilings ...")
         copy_bytes, matmul_n = kernels.ceiling_sizes(device, quick)
         copy_bytes = args.copy_mb << 20 if args.copy_mb else copy_bytes
-        result["roofline"] = kernels.measure_ceilings(device, settings["dtypes"], copy_bytes, args.matmul_n or matmul_n, policy)
-        log(f"  copy {result['roofline']['bandwidth_gbps']:.1f} GB/s, matmul {result['roofline']['matmul_tflops']} TFLOP/s")
+        result["roofline"] = kernels.measure_ceilings(
+            device, settings["dtypes"], copy_bytes, args.matmul_n or matmul_n, policy
+        )
+        log(
+            f"  copy {result['roofline']['bandwidth_gbps']:.1f} GB/s, matmul {result['roofline']['matmul_tflops']} TFLOP/s"
+        )
         config = CONFIGS[settings["kernel_config"]]()
         num_samples = int(round(settings["kernel_seconds"] * config.sample_rate))
         sites = cases.model_sites(config, num_samples, dilations=settings["dilations"])
@@ -152,16 +202,42 @@ def run(args: argparse.Namespace) -> int:
         memory_budget = torch.cuda.get_device_properties(device).total_memory // 8 if device.type == "cuda" else 1 << 30
         log(f"kernels: {len(sites)} sites x batches {settings['batches']} x {settings['dtypes']} ...")
         result["kernels"] = kernels.run_kernels(
-            sites, settings["batches"], settings["dtypes"], backends, device, result["roofline"], policy,
-            info["cache_bytes"], memory_budget, seed=settings["seed"], log=log,
+            sites,
+            settings["batches"],
+            settings["dtypes"],
+            backends,
+            device,
+            result["roofline"],
+            policy,
+            info["cache_bytes"],
+            memory_budget,
+            seed=settings["seed"],
+            log=log,
         )
     if not args.no_e2e:
         config = CONFIGS[settings["e2e_config"]]()
-        log(f"end to end: {settings['e2e_config']} config, {settings['e2e_seconds']} s clips, batches {settings['e2e_batches']} ...")
-        e2e_policy = timing.Policy(warmup=1, min_reps=3, max_reps=5, budget_s=3.0) if quick else timing.Policy(warmup=2, min_reps=5, max_reps=20, budget_s=20.0)
+        log(
+            f"end to end: {settings['e2e_config']} config, {settings['e2e_seconds']} s clips, batches {settings['e2e_batches']} ..."
+        )
+        e2e_policy = (
+            timing.Policy(warmup=1, min_reps=3, max_reps=5, budget_s=3.0)
+            if quick
+            else timing.Policy(warmup=2, min_reps=5, max_reps=20, budget_s=20.0)
+        )
         result["end_to_end"] = e2e.run_end_to_end(
-            config, settings["e2e_config"], settings["e2e_seconds"], settings["e2e_batches"], backends, device,
-            e2e_policy, settings["compile"], seed=settings["seed"], log=log,
+            config,
+            settings["e2e_config"],
+            settings["e2e_seconds"],
+            settings["e2e_batches"],
+            backends,
+            device,
+            e2e_policy,
+            settings["compile"],
+            seed=settings["seed"],
+            log=log,
+            compile_skip_reason=(
+                "--no-compile given" if args.compile is False else "off by default in quick mode; --compile adds it"
+            ),
         )
 
     output = args.output or Path(args.results_dir) / f"{info['id']}{'-quick' if quick else ''}.json"

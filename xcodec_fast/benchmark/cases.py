@@ -17,7 +17,16 @@ from .. import ops
 from ..config import XcodecConfig
 
 # Every op of the dispatch point, each with a site generator, a cost model and a call below.
-OPS = ("snake", "add_snake", "residual_unit", "snake_conv1d", "snake_conv_transpose1d", "rvq_encode", "rvq_decode", "dequantize_project")
+OPS = (
+    "snake",
+    "add_snake",
+    "residual_unit",
+    "snake_conv1d",
+    "snake_conv_transpose1d",
+    "rvq_encode",
+    "rvq_decode",
+    "dequantize_project",
+)
 RESIDUAL_KERNEL = 7  # DAC residual units: Conv1d(k=7, dilation d) then Conv1d(k=1)
 RESIDUAL_DILATIONS = (1, 3, 9)
 SNAKE_FLOPS = 5  # alpha*x, sin, square, times 1/(alpha+eps), plus x
@@ -46,7 +55,9 @@ class Site:
         if self.op == "residual_unit":
             return f"{self.where} C={p['channels']} T={p['frames']} d={p['dilation']}"
         if self.op in ("snake_conv1d", "snake_conv_transpose1d"):
-            return f"{self.where} {p['in_channels']}->{p['out_channels']} T={p['frames']} k={p['kernel']} s={p['stride']}"
+            return (
+                f"{self.where} {p['in_channels']}->{p['out_channels']} T={p['frames']} k={p['kernel']} s={p['stride']}"
+            )
         return f"{self.where} Q={p['num_quantizers']} K={p['codebook_size']} D={p['dim']} T={p['frames']}"
 
 
@@ -71,7 +82,14 @@ def model_sites(config: XcodecConfig, num_samples: int, dilations=RESIDUAL_DILAT
             Site(
                 "snake_conv1d",
                 f"enc.block{index}",
-                dict(in_channels=channels, out_channels=2 * channels, frames=frames, kernel=kernel, stride=stride, padding=padding),
+                dict(
+                    in_channels=channels,
+                    out_channels=2 * channels,
+                    frames=frames,
+                    kernel=kernel,
+                    stride=stride,
+                    padding=padding,
+                ),
             )
         )
         frames, channels = conv_out_len(frames, kernel, stride, padding), 2 * channels
@@ -85,7 +103,12 @@ def model_sites(config: XcodecConfig, num_samples: int, dilations=RESIDUAL_DILAT
 
     # Quantizer, at the code frame rate.
     code_frames = frames
-    vq = dict(num_quantizers=config.num_quantizers, codebook_size=config.codebook_size, dim=config.codebook_dim, frames=code_frames)
+    vq = dict(
+        num_quantizers=config.num_quantizers,
+        codebook_size=config.codebook_size,
+        dim=config.codebook_dim,
+        frames=code_frames,
+    )
     sites.append(Site("rvq_encode", "quantizer", dict(vq)))
     sites.append(Site("rvq_decode", "quantizer", dict(vq)))
     sites.append(Site("dequantize_project", "quantizer", dict(vq, out_dim=acoustic.hidden_size)))
@@ -207,10 +230,18 @@ def make_params(site: Site, gen: torch.Generator) -> dict:
         }
     if site.op == "snake_conv1d":
         cin, cout, k = p["in_channels"], p["out_channels"], p["kernel"]
-        return {"alpha": _alpha(cin, gen), "weight": _weight(cout, cin, k, fan_in=cin * k, gen=gen), "bias": 0.01 * torch.randn(cout, generator=gen)}
+        return {
+            "alpha": _alpha(cin, gen),
+            "weight": _weight(cout, cin, k, fan_in=cin * k, gen=gen),
+            "bias": 0.01 * torch.randn(cout, generator=gen),
+        }
     if site.op == "snake_conv_transpose1d":
         cin, cout, k = p["in_channels"], p["out_channels"], p["kernel"]
-        return {"alpha": _alpha(cin, gen), "weight": _weight(cin, cout, k, fan_in=cin * k // p["stride"], gen=gen), "bias": 0.01 * torch.randn(cout, generator=gen)}
+        return {
+            "alpha": _alpha(cin, gen),
+            "weight": _weight(cin, cout, k, fan_in=cin * k // p["stride"], gen=gen),
+            "bias": 0.01 * torch.randn(cout, generator=gen),
+        }
     q, k, d = p["num_quantizers"], p["codebook_size"], p["dim"]
     # Codebooks shrink stage by stage, as the residual they quantize does.
     codebooks = torch.randn(q, k, d, generator=gen) * (0.5 ** torch.arange(q)).view(q, 1, 1)
@@ -229,7 +260,10 @@ def make_input(site: Site, batch: int, gen: torch.Generator) -> dict:
         return {"x": torch.randn(batch, p["channels"], p["frames"], generator=gen, device=device)}
     if site.op == "add_snake":
         shape = (batch, p["channels"], p["frames"])
-        return {"x": torch.randn(*shape, generator=gen, device=device), "h": torch.randn(*shape, generator=gen, device=device)}
+        return {
+            "x": torch.randn(*shape, generator=gen, device=device),
+            "h": torch.randn(*shape, generator=gen, device=device),
+        }
     if site.op in ("snake_conv1d", "snake_conv_transpose1d"):
         return {"x": torch.randn(batch, p["in_channels"], p["frames"], generator=gen, device=device)}
     if site.op == "rvq_encode":
@@ -240,7 +274,8 @@ def make_input(site: Site, batch: int, gen: torch.Generator) -> dict:
 
 def to_device(tensors: dict, device: torch.device, dtype: torch.dtype) -> dict:
     return {
-        name: t.to(device=device, dtype=dtype if t.is_floating_point() else t.dtype).contiguous() for name, t in tensors.items()
+        name: t.to(device=device, dtype=dtype if t.is_floating_point() else t.dtype).contiguous()
+        for name, t in tensors.items()
     }
 
 
@@ -262,17 +297,23 @@ def call(site: Site, params: dict, inputs: dict):
     if site.op == "add_snake":
         return ops.add_snake(x["x"], x["h"], a["alpha"])
     if site.op == "residual_unit":
-        return ops.residual_unit(x["x"], a["alpha1"], a["weight1"], a["bias1"], p["dilation"], a["alpha2"], a["weight2"], a["bias2"])
+        return ops.residual_unit(
+            x["x"], a["alpha1"], a["weight1"], a["bias1"], p["dilation"], a["alpha2"], a["weight2"], a["bias2"]
+        )
     if site.op == "snake_conv1d":
         return ops.snake_conv1d(x["x"], a["alpha"], a["weight"], a["bias"], p["stride"], p["padding"])
     if site.op == "snake_conv_transpose1d":
-        return ops.snake_conv_transpose1d(x["x"], a["alpha"], a["weight"], a["bias"], p["stride"], p["padding"], p["output_padding"])
+        return ops.snake_conv_transpose1d(
+            x["x"], a["alpha"], a["weight"], a["bias"], p["stride"], p["padding"], p["output_padding"]
+        )
     if site.op == "rvq_encode":
         return ops.rvq_encode(x["x"], a["codebooks"], a["codebook_sq_norms"], p["num_quantizers"])
     if site.op == "rvq_decode":
         return ops.rvq_decode(x["codes"], a["codebooks"])
     if site.op == "dequantize_project":
-        return ops.dequantize_project(x["codes"], a["codebooks"], a["proj_weight"], a["proj_bias"], a["projected_codebooks"])
+        return ops.dequantize_project(
+            x["codes"], a["codebooks"], a["proj_weight"], a["proj_bias"], a["projected_codebooks"]
+        )
     raise ValueError(f"unknown op {site.op!r}")
 
 

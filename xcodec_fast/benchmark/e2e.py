@@ -79,6 +79,7 @@ def run_end_to_end(
     policy: Policy,
     compile_reference: bool,
     seed: int = 0,
+    compile_skip_reason: str = "not requested",
     log: Callable[[str], None] = print,
 ) -> dict:
     num_samples = int(round(seconds * config.sample_rate))
@@ -108,7 +109,7 @@ def run_end_to_end(
             "decode": torch.compile(reference.decode, dynamic=False),
         }
     else:
-        section["skipped"].append({"impl": "transformers compile", "reason": "not requested (quick mode; pass --compile)"})
+        section["skipped"].append({"impl": "transformers compile", "reason": compile_skip_reason})
 
     from transformers.utils import logging as hf_logging
 
@@ -122,14 +123,19 @@ def run_end_to_end(
             ours = XcodecModel.from_pretrained(folder, device=device).eval()
         except Exception as exc:
             ours = None
-            section["skipped"].append({"impl": "xcodec_fast", "reason": f"cannot load: {type(exc).__name__}: {exc}"[:300]})
+            section["skipped"].append(
+                {"impl": "xcodec_fast", "reason": f"cannot load: {type(exc).__name__}: {exc}"[:300]}
+            )
             log(f"xcodec_fast skipped: {exc}")
     if ours is not None:
         for name, status in backends.items():
             if not status["available"]:
                 section["skipped"].append({"impl": f"xcodec_fast {name}", "reason": status["reason"]})
                 continue
-            impls[f"xcodec_fast {name}"] = {"encode": _with_backend(ours, name, "encode"), "decode": _with_backend(ours, name, "decode")}
+            impls[f"xcodec_fast {name}"] = {
+                "encode": _with_backend(ours, name, "encode"),
+                "decode": _with_backend(ours, name, "decode"),
+            }
 
     for batch in batches:
         inputs = [make_audio(batch, num_samples, config.sample_rate, gen).to(device) for _ in range(3)]
@@ -139,7 +145,18 @@ def run_end_to_end(
         for stage in ("encode", "decode"):
             arg_sets = [(x,) for x in inputs] if stage == "encode" else [(c,) for c in reference_codes]
             fns = {impl: _plain(stages[stage]) for impl, stages in impls.items()}
-            records = _time_stage(fns, stage, batch, arg_sets, reference_codes, reference_audio, device, policy, section["clip_seconds"], log)
+            records = _time_stage(
+                fns,
+                stage,
+                batch,
+                arg_sets,
+                reference_codes,
+                reference_audio,
+                device,
+                policy,
+                section["clip_seconds"],
+                log,
+            )
             section["results"].extend(records)
     _add_speedups(section["results"])
     return section
@@ -168,7 +185,9 @@ def _short(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
 
 
-def _time_stage(fns, stage, batch, arg_sets, reference_codes, reference_audio, device, policy, clip_seconds, log) -> list[dict]:
+def _time_stage(
+    fns, stage, batch, arg_sets, reference_codes, reference_audio, device, policy, clip_seconds, log
+) -> list[dict]:
     """Time every implementation of one stage, interleaved call by call (in a rotating order), so
     that drift in the machine's load falls on all of them alike."""
     records, ready, firsts = {}, {}, {}
@@ -194,9 +213,11 @@ def _time_stage(fns, stage, batch, arg_sets, reference_codes, reference_audio, d
         times = {impl: [] for impl in ready}
         order = list(ready)
         for rep in range(reps):
-            for impl in order[rep % len(order):] + order[: rep % len(order)]:
+            for impl in order[rep % len(order) :] + order[: rep % len(order)]:
                 times[impl].extend(measure_once(ready[impl], arg_sets[rep % len(arg_sets)], device))
-        memory = {impl: peak_memory(lambda fn=fn: fn(*arg_sets[1 % len(arg_sets)]), device) for impl, fn in ready.items()}
+        memory = {
+            impl: peak_memory(lambda fn=fn: fn(*arg_sets[1 % len(arg_sets)]), device) for impl, fn in ready.items()
+        }
 
     for impl in ready:
         record, stats = records[impl], summarize(times[impl])
@@ -223,7 +244,11 @@ def _time_stage(fns, stage, batch, arg_sets, reference_codes, reference_audio, d
 
 def _add_speedups(records: list[dict]) -> None:
     """Speedup of every implementation over transformers eager, per stage and batch."""
-    base = {(r["stage"], r["batch"]): r["median_s"] for r in records if r["impl"] == "transformers eager" and r.get("status") == "ok"}
+    base = {
+        (r["stage"], r["batch"]): r["median_s"]
+        for r in records
+        if r["impl"] == "transformers eager" and r.get("status") == "ok"
+    }
     for r in records:
         key = (r["stage"], r["batch"])
         if r.get("status") == "ok" and key in base:

@@ -83,7 +83,9 @@ def measure_ceilings(device: torch.device, dtypes: list[str], copy_bytes: int, m
             b = torch.randn(matmul_n, matmul_n, device=device).to(dtype)
             with _matmul_context(dtype, device):
                 times = measure(torch.matmul, [(a, b)], device, policy)
-                ceilings["matmul_tf32"][name] = bool(device.type == "cuda" and dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32)
+                ceilings["matmul_tf32"][name] = bool(
+                    device.type == "cuda" and dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32
+                )
         except RuntimeError as exc:
             ceilings["matmul_tflops"][name] = None
             ceilings.setdefault("errors", {})[name] = str(exc).splitlines()[0][:200]
@@ -118,7 +120,19 @@ def run_kernels(
         for batch in batches:
             for dtype_name in dtypes:
                 records.extend(
-                    _run_case(site, batch, dtype_name, backends, device, ceilings, policy, cache_bytes, memory_budget_bytes, seed, log)
+                    _run_case(
+                        site,
+                        batch,
+                        dtype_name,
+                        backends,
+                        device,
+                        ceilings,
+                        policy,
+                        cache_bytes,
+                        memory_budget_bytes,
+                        seed,
+                        log,
+                    )
                 )
     return records
 
@@ -142,7 +156,9 @@ def _run_case(site, batch, dtype_name, backends, device, ceilings, policy, cache
     first = cases.to_device(cases.make_input(site, batch, device_gen), device, dtype)
     input_bytes = sum(t.numel() * t.element_size() for t in first.values())
     count = rotation_count(input_bytes, cache_bytes, memory_budget_bytes)
-    arg_sets = [(first,)] + [(cases.to_device(cases.make_input(site, batch, device_gen), device, dtype),) for _ in range(count - 1)]
+    arg_sets = [(first,)] + [
+        (cases.to_device(cases.make_input(site, batch, device_gen), device, dtype),) for _ in range(count - 1)
+    ]
     base["input_sets"] = count
     # GPUs flush L2 before every call; a CPU cannot cheaply, so say when data may stay cached
     # (such cases can beat the DRAM-bandwidth ceiling: a roofline fraction above 1).
@@ -180,7 +196,11 @@ def _run_case(site, batch, dtype_name, backends, device, ceilings, policy, cache
             tflops=flops / median / 1e12,
             roofline_s=bound_s,
             roofline_fraction=bound_s / median,
-            bound="memory" if nbytes / ceilings["bandwidth_gbps"] / 1e9 >= (flops / (peak * 1e12) if peak else 0) else "compute",
+            bound=(
+                "memory"
+                if nbytes / ceilings["bandwidth_gbps"] / 1e9 >= (flops / (peak * 1e12) if peak else 0)
+                else "compute"
+            ),
         )
         if name == "eager":
             reference, eager_median = result, median

@@ -17,6 +17,7 @@ def _pyplot():
 def plot_result(result: dict, out_dir: Path) -> list[Path]:
     plt = _pyplot()
     from matplotlib import ticker
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = f"{result['machine']['id']}-{result['mode']}"
@@ -63,10 +64,23 @@ def plot_result(result: dict, out_dir: Path) -> list[Path]:
                 continue
             knee = peak * 1e12 / bandwidth
             xs = [lo, min(max(knee, lo), hi), hi]
-            ax.plot(xs, [min(x * bandwidth, peak * 1e12) / 1e12 for x in xs], linestyle="--", linewidth=1, label=f"ceiling {dtype}")
+            ax.plot(
+                xs,
+                [min(x * bandwidth, peak * 1e12) / 1e12 for x in xs],
+                linestyle="--",
+                linewidth=1,
+                label=f"ceiling {dtype}",
+            )
         for b in backends:
             mine = [r for r in ok if r["backend"] == b]
-            ax.scatter([r["flops"] / r["bytes"] for r in mine], [r["tflops"] for r in mine], s=14, color=colors[b], label=b, alpha=0.8)
+            ax.scatter(
+                [r["flops"] / r["bytes"] for r in mine],
+                [r["tflops"] for r in mine],
+                s=14,
+                color=colors[b],
+                label=b,
+                alpha=0.8,
+            )
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("arithmetic intensity (FLOP / byte)")

@@ -27,7 +27,11 @@ def machine_line(result: dict) -> str:
     commit = (g.get("commit") or "unknown")[:10] + ("+dirty" if g.get("dirty") else "")
     ceil = result.get("roofline") or {}
     peaks = ", ".join(f"{k} {_fmt(t, '.2f')} TFLOP/s" for k, t in (ceil.get("matmul_tflops") or {}).items())
-    roof = f" Roofline ceilings measured in the same run: copy {_fmt(ceil.get('bandwidth_gbps'), '.1f')} GB/s; matmul {peaks}." if ceil else ""
+    roof = (
+        f" Roofline ceilings measured in the same run: copy {_fmt(ceil.get('bandwidth_gbps'), '.1f')} GB/s; matmul {peaks}."
+        if ceil
+        else ""
+    )
     return (
         f"**{m['id']}** ({device}, {m['cpu_cores']} cores; {result['mode']} mode, {result['created'][:10]}, commit {commit}; "
         f"torch {v['torch']}, triton {v.get('triton')}, transformers {v.get('transformers')}).{roof}"
@@ -49,7 +53,13 @@ def kernel_summary(result: dict) -> str:
     rows = []
     for (op, dtype, batch), items in groups.items():
         eager = [r for r in items if r["backend"] == "eager"]
-        row = [op, dtype, str(batch), str(len({r["label"] for r in items})), _fmt(sum(r["median_s"] for r in eager) * 1e3 if eager else None, ".3f")]
+        row = [
+            op,
+            dtype,
+            str(batch),
+            str(len({r["label"] for r in items})),
+            _fmt(sum(r["median_s"] for r in eager) * 1e3 if eager else None, ".3f"),
+        ]
         for b in backends:
             mine = [r for r in items if r["backend"] == b]
             if b != "eager":
@@ -65,7 +75,21 @@ def kernel_detail(result: dict) -> str:
     rows = []
     for r in result.get("kernels", []):
         if r["status"] != "ok":
-            rows.append([r["op"], r["label"], str(r["batch"]), r["dtype"], r["backend"], r["status"] + ": " + r.get("reason", "")[:80], "", "", "", "", ""])
+            rows.append(
+                [
+                    r["op"],
+                    r["label"],
+                    str(r["batch"]),
+                    r["dtype"],
+                    r["backend"],
+                    r["status"] + ": " + r.get("reason", "")[:80],
+                    "",
+                    "",
+                    "",
+                    "",
+                    "",
+                ]
+            )
             continue
         agree = r.get("code_match", r.get("max_rel_err"))
         rows.append(
@@ -83,7 +107,19 @@ def kernel_detail(result: dict) -> str:
                 _fmt(agree, ".2e" if "max_rel_err" in r else ".4f"),
             ]
         )
-    header = ["op", "site", "batch", "dtype", "backend", "median ms", "GB/s", "TFLOP/s", "% roofline", "× eager", "vs eager"]
+    header = [
+        "op",
+        "site",
+        "batch",
+        "dtype",
+        "backend",
+        "median ms",
+        "GB/s",
+        "TFLOP/s",
+        "% roofline",
+        "× eager",
+        "vs eager",
+    ]
     return _table(header, rows)
 
 
@@ -94,7 +130,9 @@ def e2e_table(result: dict) -> str:
     rows = []
     for r in e2e["results"]:
         if r.get("status") != "ok":
-            rows.append([r["impl"], r["stage"], str(r["batch"]), r.get("status", "?"), "", "", "", "", r.get("reason", "")[:80]])
+            rows.append(
+                [r["impl"], r["stage"], str(r["batch"]), r.get("status", "?"), "", "", "", "", r.get("reason", "")[:80]]
+            )
             continue
         if r["stage"] == "encode":
             agree = f"codes {100 * r['code_match']:.2f}% equal" if "code_match" in r else ""
@@ -114,13 +152,29 @@ def e2e_table(result: dict) -> str:
             ]
         )
     title = f"End to end, {e2e['config']} config, {e2e['clip_seconds']:g} s clips, {e2e['dtype']}:"
-    table = _table(["implementation", "stage", "batch", "median ms", "× real time", "× transformers", "peak MB", "first call s", "agreement vs transformers"], rows)
+    table = _table(
+        [
+            "implementation",
+            "stage",
+            "batch",
+            "median ms",
+            "× real time",
+            "× transformers",
+            "peak MB",
+            "first call s",
+            "agreement vs transformers",
+        ],
+        rows,
+    )
     skipped = "".join(f"\n- skipped {s['impl']}: {s['reason']}" for s in e2e.get("skipped", []))
     return f"{title}\n\n{table}\n{skipped}".rstrip()
 
 
 def backend_notes(result: dict) -> str:
-    return "\n".join(f"- {name}: {'timed' if s['available'] else 'skipped'} ({s['reason']})" for name, s in result["backends"].items())
+    return "\n".join(
+        f"- {name}: {'timed' if s['available'] else 'skipped'} ({s['reason']})"
+        for name, s in result["backends"].items()
+    )
 
 
 def summary_markdown(result: dict) -> str:

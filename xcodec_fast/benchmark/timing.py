@@ -166,7 +166,9 @@ def _cpu_tensor_peak_bytes(fn: Callable[[], object]) -> int | None:
         with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
             fn()
         events = [
-            e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]" and str(e.device_type()).endswith("CPU")
+            e
+            for e in prof.profiler.kineto_results.events()
+            if e.name() == "[memory]" and str(e.device_type()).endswith("CPU")
         ]
     except Exception:  # profiler internals differ across torch versions: fall back to RSS
         return None
