@@ -46,6 +46,7 @@ def test_schema_and_machine(quick_run):
     result, _ = quick_run
     assert result["schema"] == benchmark.SCHEMA
     assert result["mode"] == "quick"
+    assert result["standard"] is False  # tiny shapes: never mistaken for a comparable quick run
     assert result["machine"]["kind"] == "cpu" and result["machine"]["id"].startswith("cpu-")
     assert result["machine"]["id"].endswith(f"-{result['machine']['cpu_cores']}c")
     assert {"torch", "triton", "transformers", "xcodec_fast"} <= set(result["versions"])
@@ -194,7 +195,9 @@ def test_render_writes_only_between_markers(quick_run, tmp_path):
     result, _ = quick_run
     results_dir = tmp_path / "results"
     results_dir.mkdir()
-    (results_dir / f"{result['machine']['id']}-quick.json").write_text(json.dumps(result))
+    (results_dir / f"{result['machine']['id']}-quick-custom.json").write_text(json.dumps(result))
+    assert report.load_results(results_dir) == []  # custom workloads stay out of the README
+    (results_dir / f"{result['machine']['id']}-quick.json").write_text(json.dumps(dict(result, standard=True)))
     readme = tmp_path / "README.md"
     readme.write_text(f"# Title\n\nbefore\n\n{report.START}\nstale\n{report.END}\n\nafter\n")
     written, section = report.render_readme(readme, results_dir)

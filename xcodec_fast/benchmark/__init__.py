@@ -135,6 +135,24 @@ def _settings(args: argparse.Namespace) -> dict:
     }
 
 
+def _is_standard(args: argparse.Namespace, settings: dict) -> bool:
+    """A run with the mode's own workload, comparable across machines: only those reach the README."""
+    defaults = MODES[settings["mode"]]
+    return (
+        not (args.no_kernels or args.no_e2e or settings["ops"])
+        and settings["kernel_config"] == "full"
+        and settings["kernel_seconds"] == defaults["seconds"]
+        and settings["batches"] == _csv(int)(defaults["batches"])
+        and settings["e2e_batches"] == settings["batches"]
+        and settings["dtypes"] == _csv(str)(defaults["dtypes"])
+        and settings["dilations"] == _csv(int)(defaults["dilations"])
+        and settings["e2e_config"] == defaults["e2e_config"]
+        and settings["e2e_seconds"] == defaults["e2e_seconds"]
+        and settings["compile"] == defaults["compile"]
+        and set(args.backends) == set(ops.BACKENDS)
+    )
+
+
 def _device(choice: str) -> torch.device:
     if choice == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -167,6 +185,7 @@ def run(args: argparse.Namespace) -> int:
     result = {
         "schema": SCHEMA,
         "mode": settings["mode"],
+        "standard": _is_standard(args, settings),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": info,
         "versions": machine.versions(),
@@ -240,7 +259,8 @@ def run(args: argparse.Namespace) -> int:
             ),
         )
 
-    output = args.output or Path(args.results_dir) / f"{info['id']}{'-quick' if quick else ''}.json"
+    suffix = ("-quick" if quick else "") + ("" if result["standard"] else "-custom")
+    output = args.output or Path(args.results_dir) / f"{info['id']}{suffix}.json"
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(result, indent=1, sort_keys=False) + "\n")
     log(f"wrote {output}")

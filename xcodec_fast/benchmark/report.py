@@ -185,7 +185,8 @@ def summary_markdown(result: dict) -> str:
 
 
 def load_results(results_dir: Path) -> list[dict]:
-    """One result per machine: the full-mode file when there is one, else the quick one."""
+    """One result per machine: the full-mode file when there is one, else the quick one. Runs with
+    a custom workload (fewer ops, other shapes...) are not comparable and stay out."""
     chosen: dict[str, dict] = {}
     for path in sorted(Path(results_dir).glob("*.json")):
         try:
@@ -193,7 +194,7 @@ def load_results(results_dir: Path) -> list[dict]:
         except (OSError, json.JSONDecodeError):
             continue
         machine = result.get("machine", {}).get("id")
-        if machine is None:
+        if machine is None or not result.get("standard", False):
             continue
         if machine not in chosen or (chosen[machine]["mode"] == "quick" and result["mode"] == "full"):
             chosen[machine] = result
