@@ -33,7 +33,7 @@ def machine_line(result: dict) -> str:
         else ""
     )
     return (
-        f"**{m['id']}** ({device}, {m['cpu_cores']} cores; {result['mode']} mode, {result['created'][:10]}, commit {commit}; "
+        f"**{m['id']}** ({device}, {m['cpu_cores']} cores, {m['torch_threads']} threads; {result['mode']} mode, {result['created'][:10]}, commit {commit}; "
         f"torch {v['torch']}, triton {v.get('triton')}, transformers {v.get('transformers')}).{roof}"
     )
 
