@@ -42,6 +42,16 @@ MODES = {
         e2e_seconds=10.0,
         compile=True,
     ),
+    # The same 10 s workload sized for a CPU: batch 16 x 10 s and fp16 convolutions are impractical there.
+    "full-cpu": dict(
+        seconds=10.0,
+        batches="1",
+        dtypes="float32,bfloat16",
+        dilations="1,3,9",
+        e2e_config="full",
+        e2e_seconds=10.0,
+        compile=True,
+    ),
 }
 CONFIGS = {"full": XcodecConfig, "tiny": tiny_config}
 
@@ -116,7 +126,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _settings(args: argparse.Namespace) -> dict:
-    mode = "quick" if args.quick else "full"
+    on_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+    mode = "quick" if args.quick else "full" if on_cuda else "full-cpu"
     defaults = MODES[mode]
     batches = args.batches or _csv(int)(defaults["batches"])
     return {

@@ -196,7 +196,7 @@ def load_results(results_dir: Path) -> list[dict]:
         machine = result.get("machine", {}).get("id")
         if machine is None or not result.get("standard", False):
             continue
-        if machine not in chosen or (chosen[machine]["mode"] == "quick" and result["mode"] == "full"):
+        if machine not in chosen or (chosen[machine]["mode"] == "quick" and result["mode"] != "quick"):
             chosen[machine] = result
     return [chosen[k] for k in sorted(chosen, key=lambda k: (not k.startswith("gpu"), k))]
 
