@@ -12,7 +12,8 @@ Command line (also ``xcodec-fast tokenize``)::
     python -m xcodec_fast.tokenize merge out/tokens
     python -m xcodec_fast.tokenize detokenize out/tokens -o out/audio [--ids a.wav b.wav]
 
-Rerunning a command resumes it. Layout and shard schema: ``writer``; inputs: ``sources``;
+Rerunning a command resumes it (on the same device, dtype, backend, --threads and torch, or with
+``--force-resume``); ``--retry-failed`` also encodes the items in errors.jsonl again. Layout and shard schema: ``writer``; inputs: ``sources``;
 long files: ``batching``.
 """
 
@@ -23,9 +24,9 @@ import json
 import sys
 from pathlib import Path
 
-from .engine import DEFAULT_MODEL, BatchEncoder, SettingsMismatch, load_model, merge, tokenize
+from .engine import DEFAULT_MODEL, BatchEncoder, RuntimeMismatch, SettingsMismatch, load_model, merge, tokenize
 from .sources import InputError, Item, list_items
-from .writer import read_codes, safe_relpath
+from .writer import atomic_write_json, read_codes, safe_relpath
 
 __all__ = [
     "tokenize",
@@ -38,6 +39,7 @@ __all__ = [
     "BatchEncoder",
     "InputError",
     "SettingsMismatch",
+    "RuntimeMismatch",
     "build_parser",
     "add_arguments",
     "add_detokenize_arguments",
@@ -75,6 +77,14 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--id-column", default=None, help="id column of Parquet/Arrow inputs (default: '<file>#<row>')")
     p.add_argument("--npy", action="store_true", help="also write npy/<id>.npy (quantizers x frames, int16) per item")
     p.add_argument("--overwrite", action="store_true", help="discard an existing run in --output-dir instead of resuming")
+    p.add_argument("--retry-failed", action="store_true",
+                   help="on resume, encode the items in errors.jsonl again (e.g. fixed files); their shards are rewritten")
+    p.add_argument("--force-resume", action="store_true",
+                   help="resume although device, dtype, backend, --threads or torch differ from the recorded run "
+                   "(shards written before and after may differ at float near-ties)")
+    p.add_argument("--json-summary", default=None, metavar="PATH",
+                   help="also write this run's summary (throughput, model busy vs wall, runtime) to PATH; "
+                   "ranks other than 0 write PATH with -rank-<r> before the suffix")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads for the model (default: torch's)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
@@ -121,10 +131,18 @@ def run(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
             overwrite=args.overwrite,
             threads=args.threads,
+            retry_failed=args.retry_failed,
+            force_resume=args.force_resume,
         )
     except (InputError, SettingsMismatch, ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.json_summary:
+        path = Path(args.json_summary)
+        if summary["rank"]:
+            path = path.with_name(f"{path.stem}-rank-{summary['rank']:05d}{path.suffix}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(path, summary)
     if summary.get("index"):
         index = json.loads(Path(summary["index"]).read_text())
         print(f"done: {index['num_ok']} items encoded, {index['num_failed']} failed (see "

@@ -5,7 +5,9 @@ Determinism: shard k always holds items [k * shard_size, (k + 1) * shard_size) o
 list, rows in item order; an item's codes do not depend on its batch (the model's padding-mask
 contract). So a resumed or multi-rank run writes exactly the shards of an uninterrupted one —
 on the same kind of device with the same torch thread count: other float reduction orders can
-flip a near-tie quantizer choice (measured: 8 of 240k codes, 1 vs 2 CPU threads).
+flip a near-tie quantizer choice (measured: 8 of 240k codes, 1 vs 2 CPU threads). So the run's
+runtime (device, dtype, backend, threads, torch version) is recorded too, and a resume under another
+one is refused unless forced.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from .writer import (
     Journal,
     atomic_write_json,
     completed_shards,
+    read_codes,
     safe_relpath,
     shard_name,
     write_index,
@@ -41,6 +44,37 @@ _OUTPUT_SETTINGS = ("model", "bandwidth", "num_quantizers", "window_samples", "s
 
 class SettingsMismatch(RuntimeError):
     """The output directory holds a run with other settings."""
+
+
+class RuntimeMismatch(SettingsMismatch):
+    """The output directory was written on another device / dtype / backend / thread count / torch."""
+
+
+def runtime_info(model) -> dict:
+    """What float reduction order depends on, so what a resume must repeat for identical codes."""
+    import torch
+
+    from ..ops.backend import current_backend, resolve_auto
+
+    device = model.device
+    backend = model.backend or current_backend()
+    if backend == "auto":
+        backend = resolve_auto(device)
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        from ..benchmark.machine import cpu_name
+
+        name = cpu_name()  # other SIMD kernels (AVX2 vs AVX-512) reduce in another order too
+    return {
+        "device": device.type,
+        "device_name": name,
+        "dtype": str(model.dtype).removeprefix("torch."),
+        "backend": backend,
+        # Threads only split CPU reductions; on a GPU they do not touch the codes.
+        "torch_threads": torch.get_num_threads() if device.type == "cpu" else None,
+        "torch_version": torch.__version__,
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -267,12 +301,18 @@ class _Group:
             dist.destroy_process_group()
 
 
-def _prepare(output_dir: Path, settings: dict, inputs, audio_column, id_column, overwrite: bool) -> list[Item]:
-    """Freeze the item list and settings on the first run; check them on a rerun."""
+def _prepare(output_dir: Path, settings: dict, inputs, audio_column, id_column, overwrite: bool,
+             force_resume: bool = False, owner: bool = True) -> list[Item]:
+    """Freeze the item list, settings and runtime on the first run; check them on a rerun.
+    ``owner``: this process is rank 0, the only writer of the top-level files."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     settings_path, items_path = output_dir / "tokenize.json", output_dir / "items.parquet"
+    if owner:
+        # Temp files of a killed run (tokenize.json, items.parquet, index.json, errors.jsonl: rank 0's).
+        for tmp in output_dir.glob(".*.tmp-*"):
+            tmp.unlink(missing_ok=True)
     if settings_path.exists() and not overwrite:
         saved = json.loads(settings_path.read_text(encoding="utf-8"))
         diff = [k for k in _OUTPUT_SETTINGS if saved.get(k) != settings.get(k)]
@@ -282,9 +322,23 @@ def _prepare(output_dir: Path, settings: dict, inputs, audio_column, id_column, 
                 f"{output_dir} holds a run with other settings ({details or 'model config differs'}); "
                 "rerun with the same settings to resume, or use a new --output-dir"
             )
+        was, now = saved.get("runtime") or {}, settings["runtime"]
+        changed = [k for k in now if was.get(k) != now[k]]
+        if changed and not force_resume:
+            details = "; ".join(f"{k}: was {was.get(k)!r}, now {now[k]!r}" for k in changed)
+            raise RuntimeMismatch(
+                f"{output_dir} was written with another runtime ({details}); codes can differ at float "
+                "near-ties between runtimes, so resuming would mix outputs. Rerun with the same --device, "
+                "--dtype, --backend, --threads and torch, use a new --output-dir, or pass --force-resume "
+                "(shards written before and after may differ at float near-ties)"
+            )
+        if changed and owner:
+            # Forced: keep the first runtime for later checks and record that the output is mixed.
+            resumed = saved.get("resumed_with_other_runtime", []) + [now]
+            atomic_write_json(settings_path, {**saved, "resumed_with_other_runtime": resumed})
         return _read_items(items_path)
     if overwrite:
-        for stale in ("journal", "shards"):
+        for stale in ("journal", "shards", ".tmp-npy"):
             for path in sorted((output_dir / stale).glob("*")) if (output_dir / stale).is_dir() else []:
                 path.unlink()
         for name in ("index.json", "errors.jsonl"):
@@ -337,6 +391,8 @@ def tokenize(
     world_size: int | None = None,
     merge: bool = True,
     threads: int | None = None,
+    retry_failed: bool = False,
+    force_resume: bool = False,
 ) -> dict:
     """Tokenize ``inputs`` (files, directories, manifests, tables: see ``sources``) into Parquet
     shards under ``output_dir`` (layout and schema: see ``writer``). Resumable: rerunning the same
@@ -347,6 +403,12 @@ def tokenize(
     long files (see ``batching``). ``max_file_seconds``: longer files are reported as errors.
     Under torchrun (RANK / WORLD_SIZE), rank r handles shards k with k % WORLD_SIZE == r; rank 0
     writes index.json once all ranks are done.
+
+    ``retry_failed``: on a resume, encode the items of finished shards that failed (listed in
+    errors.jsonl) again; their shards are rewritten with the items that now succeed, so the output
+    equals a fresh run over the fixed inputs. ``force_resume``: resume even though the device,
+    dtype, backend, torch thread count or torch version differ from the recorded run (shards
+    written before and after may differ at float near-ties).
     """
     import torch
 
@@ -384,19 +446,21 @@ def tokenize(
         "inputs": [str(Path(p).resolve()) for p in ([inputs] if isinstance(inputs, (str, os.PathLike)) else inputs)],
         "version": __version__,
         "model_config": cfg.to_dict(),
+        "runtime": runtime_info(model),
     }
     group = _Group(world_size)
     try:
         if rank == 0:
-            items = _prepare(output_dir, settings, inputs, audio_column, id_column, overwrite)
+            items = _prepare(output_dir, settings, inputs, audio_column, id_column, overwrite, force_resume)
         group.barrier()
         if rank != 0:
             if world_size > 1 and not group.active and not (output_dir / "tokenize.json").exists():
                 raise RuntimeError(f"rank {rank} without torchrun: run rank 0 first (it lists the inputs)")
-            items = _prepare(output_dir, settings, inputs, audio_column, id_column, overwrite=False)
+            items = _prepare(output_dir, settings, inputs, audio_column, id_column, overwrite=False,
+                             force_resume=force_resume, owner=False)
         summary = _run_rank(
             items, output_dir, settings, model, rank, world_size, window, batch_seconds, max_file_seconds,
-            num_workers, npy, audio_column, max_batch_items, sort_buffer, progress, bandwidth,
+            num_workers, npy, audio_column, max_batch_items, sort_buffer, progress, bandwidth, retry_failed,
         )
         group.barrier()
         if rank == 0 and merge:
@@ -421,24 +485,29 @@ def _say(msg: str) -> None:
 
 
 def _run_rank(items, output_dir, settings, model, rank, world_size, window, batch_seconds, max_file_seconds,
-              num_workers, npy, audio_column, max_batch_items, sort_buffer, progress, bandwidth) -> dict:
+              num_workers, npy, audio_column, max_batch_items, sort_buffer, progress, bandwidth, retry_failed) -> dict:
     from tqdm import tqdm
 
     shard_size = settings["shard_size"]
     num_shards = math.ceil(len(items) / shard_size)
     done = completed_shards(output_dir, num_shards)
     mine = [k for k in range(num_shards) if k % world_size == rank]
-    todo = [k for k in mine if k not in done]
-    skipped = sum(min(shard_size, len(items) - k * shard_size) for k in mine if k in done)
+    # Finished shards with failures: with --retry-failed only their failed items are encoded again,
+    # and the shard is rewritten (atomically) with the old rows plus the retried ones, in item order.
+    retry = {k: {e["id"] for e in done[k]["errors"]} for k in mine if k in done and done[k]["failed"]} if retry_failed else {}
+    todo = [k for k in mine if k not in done or k in retry]
+    skipped = sum(min(shard_size, len(items) - k * shard_size) - len(retry.get(k, ())) for k in mine if k in done)
     (output_dir / "shards").mkdir(exist_ok=True)
     journal = Journal(output_dir, rank)
+    npy_tmp = output_dir / ".tmp-npy"
     # Temp files of a killed run: remove this rank's (other ranks may be writing theirs right now).
-    for tmp in (output_dir / "shards").glob(".shard-*.parquet.tmp-*"):
-        if int(tmp.name.split("-")[1]) % world_size == rank:
+    for tmp in [*(output_dir / "shards").glob(".shard-*.parquet.tmp-*"), *npy_tmp.glob("*.npy.tmp")]:
+        if int(tmp.name.lstrip(".").split("-")[1 if tmp.name.startswith(".shard") else 0]) % world_size == rank:
             tmp.unlink(missing_ok=True)
 
-    pending = [_Pending(items[i], k) for k in todo for i in range(k * shard_size, min((k + 1) * shard_size, len(items)))]
-    shard_left = {k: min(shard_size, len(items) - k * shard_size) for k in todo}
+    ranges = {k: range(k * shard_size, min((k + 1) * shard_size, len(items))) for k in todo}
+    pending = [_Pending(items[i], k) for k in todo for i in ranges[k] if k not in retry or items[i].id in retry[k]]
+    shard_left = {k: len(retry[k]) if k in retry else len(ranges[k]) for k in todo}
     shard_meta_base = {key: settings[key] for key in ("model", "bandwidth", "num_quantizers", "sample_rate", "frame_rate",
                                                       "hop_length", "codebook_size", "window_samples", "version", "model_config")}
     sr, hop = settings["sample_rate"], settings["hop_length"]
@@ -482,7 +551,11 @@ def _run_rank(items, output_dir, settings, model, rank, world_size, window, batc
             p.codes = {}
         if npy:
             for r in rows:
-                write_npy(output_dir / "npy" / safe_relpath(r["id"], ".npy"), r["codes"])
+                write_npy(output_dir / "npy" / safe_relpath(r["id"], ".npy"), r["codes"],
+                          npy_tmp / f"{k:05d}-{os.getpid()}.npy.tmp")
+        if k in retry:
+            order = {items[i].id: i for i in ranges[k]}
+            rows = sorted(_shard_rows(output_dir / "shards" / done[k]["file"]) + rows, key=lambda r: order[r["id"]])
         name = shard_name(k, num_shards)
         write_shard(output_dir / "shards" / name, rows, {**shard_meta_base, "shard": k, "num_shards": num_shards})
         journal.append({"shard": k, "file": name, "rows": len(rows), "failed": len(errors), "errors": errors,
@@ -567,6 +640,8 @@ def _run_rank(items, output_dir, settings, model, rank, world_size, window, batc
         "oom_splits": encoder.oom_splits,
         "num_workers": num_workers,
         "device": str(model.device),
+        "retried": sum(len(v) for v in retry.values()),
+        "runtime": settings["runtime"],
     }
     logs = output_dir / "logs"
     logs.mkdir(exist_ok=True)
@@ -578,6 +653,17 @@ def _run_rank(items, output_dir, settings, model, rank, world_size, window, batc
         f"waiting for decode {load_wait:.1f} s; {encoder.calls} model calls, {encoder.oom_splits} OOM splits"
     )
     return summary
+
+
+def _shard_rows(path: Path) -> list[dict]:
+    """A written shard's rows in ``write_shard``'s form (codes as (n_q, T) arrays), to rewrite it."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    rows = table.drop_columns(["codes"]).to_pylist()
+    for row, codes in zip(rows, read_codes(table)):
+        row["codes"] = codes
+    return rows
 
 
 def merge(output_dir) -> dict:

@@ -2,14 +2,17 @@
 
 Layout of an output directory::
 
-    tokenize.json            the run's settings; a rerun must match them (resume) or is refused
+    tokenize.json            the run's settings and runtime (device, dtype, backend, torch threads
+                             and version); a rerun must match them (resume) or is refused
     items.parquet            the frozen item list (id, source, row): shard k holds items
                              [k * shard_size, (k + 1) * shard_size), whatever the number of ranks
     shards/shard-00000-of-00042.parquet ...
     journal/rank-00000.jsonl one line per finished shard: rows, audio seconds, the failed items
     npy/<id>.npy             with --npy: codes per item, (n_q, T) int16
+    .tmp-npy/                with --npy: .npy files being written (a resume removes a killed run's)
     index.json               written when every shard is done: shards, counts, model, settings
-    errors.jsonl             every failed item with its reason (in item order)
+    errors.jsonl             every failed item with its reason (in item order); --retry-failed
+                             encodes them again and rewrites their shards
     logs/summary-rank-*.json throughput of each run of each rank
 
 Shard schema (one row per successfully encoded item, in item order):
@@ -40,8 +43,9 @@ METADATA_KEY = b"xcodec_fast"
 FORMAT = "xcodec-fast-tokens/1"
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+def atomic_write_bytes(path: Path, data: bytes, tmp: Path | None = None) -> None:
+    """Write to ``tmp`` (default: a hidden file beside ``path``), then rename it over ``path``."""
+    tmp = tmp or path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with open(tmp, "wb") as fh:
         fh.write(data)
         fh.flush()
@@ -198,13 +202,17 @@ def safe_relpath(item_id: str, suffix: str) -> str:
     return "/".join(parts) + suffix
 
 
-def write_npy(path: Path, codes: np.ndarray) -> None:
+def write_npy(path: Path, codes: np.ndarray, tmp: Path | None = None) -> None:
+    """``tmp``: where the bytes go before the rename; the engine keeps its temps in one flat folder
+    (same file system), so a resume can find a killed run's strays without walking npy/."""
     import io
 
     path.parent.mkdir(parents=True, exist_ok=True)
+    if tmp is not None:
+        tmp.parent.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
     np.save(buf, codes.astype(np.int16), allow_pickle=False)
-    atomic_write_bytes(path, buf.getvalue())
+    atomic_write_bytes(path, buf.getvalue(), tmp)
 
 
 def write_index(output_dir: Path, settings: dict, num_shards: int, entries: dict[int, dict]) -> dict:
