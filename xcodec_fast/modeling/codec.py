@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +22,9 @@ from .adapter import SemanticDecoder, SemanticEncoder
 from .outputs import XcodecDecoderOutput, XcodecEncoderOutput, XcodecOutput
 from .quantizer import ResidualVectorQuantizer
 from .semantic import SemanticModel
+
+if TYPE_CHECKING:
+    from ..cuda_graphs import CudaGraphCodec
 
 __all__ = ["XcodecModel", "XcodecOutput", "XcodecEncoderOutput", "XcodecDecoderOutput"]
 
@@ -318,7 +321,8 @@ class XcodecModel(nn.Module):
         lengths = self._check_code_lengths(audio_code_lengths, codes)
         if lengths is not None and bool((lengths == codes.shape[-1]).all()):
             lengths = None
-        with self._running():
+        # _check_codes validated the code range: the op need not reduce and sync over it again.
+        with self._running(), ops.skip_value_checks():
             latent = self.quantizer.decode_project(codes, self.fc2.weight, self.fc2.bias)
             audio_values, _ = self.acoustic_decoder(latent, lengths)
         if not return_dict:
@@ -350,6 +354,15 @@ class XcodecModel(nn.Module):
         audio_values = zero_beyond(audio_values[..., :num_samples], sample_lengths)
         output = XcodecOutput(audio_codes=audio_codes, audio_values=audio_values)
         return output if return_dict else output.to_tuple()
+
+    def cuda_graph(
+        self, batch_size: int, num_samples: int, bandwidth: float | None = None, check_inputs: bool = True
+    ) -> "CudaGraphCodec":
+        """Fixed-shape ``encode(x)`` / ``decode(codes)`` replayed from CUDA graphs (captured on first
+        use) for a model on a CUDA device: see :class:`xcodec_fast.cuda_graphs.CudaGraphCodec`."""
+        from ..cuda_graphs import CudaGraphCodec
+
+        return CudaGraphCodec(self, batch_size, num_samples, bandwidth=bandwidth, check_inputs=check_inputs)
 
     # ---- construction ----------------------------------------------------------------------
     @classmethod

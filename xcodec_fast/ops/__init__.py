@@ -3,9 +3,20 @@
 Model modules call these functions and never know which backend runs them. Each function checks
 its inputs (so that a bad call is a clear error whatever the backend) and hands them to the
 implementation chosen by :mod:`xcodec_fast.ops.backend`.
+
+Shape, dtype and device checks are free and always run. The checks on *values* (finite inputs to
+``rvq_encode``, code range in ``rvq_decode`` / ``dequantize_project``) cost a reduction and a GPU->CPU
+sync, which CUDA-graph capture and ``torch.compile(fullgraph=True)`` cannot contain, so they are
+skipped while a graph is being captured or compiled, and inside :func:`skip_value_checks`, which
+callers that validated the same values already use (``XcodecModel.decode`` checks the codes at its
+entry).
 """
 
 from __future__ import annotations
+
+import contextlib
+import contextvars
+from typing import Iterator
 
 import torch
 
@@ -39,7 +50,31 @@ __all__ = [
     "rvq_encode",
     "rvq_decode",
     "dequantize_project",
+    "skip_value_checks",
 ]
+
+_values_trusted: contextvars.ContextVar[bool] = contextvars.ContextVar("xcodec_fast_values_trusted", default=False)
+
+
+@contextlib.contextmanager
+def skip_value_checks() -> Iterator[None]:
+    """Inside this block the ops skip their data-dependent value checks (NaN/inf, code range): for
+    callers that already validated those values, to save a reduction and a device sync per call.
+    Out-of-range codes are then undefined behaviour (an out-of-bounds gather on the GPU)."""
+    token = _values_trusted.set(True)
+    try:
+        yield
+    finally:
+        _values_trusted.reset(token)
+
+
+def _check_values(t: torch.Tensor) -> bool:
+    """Whether to run the value checks on ``t``: not when trusted, nor while torch.compile traces
+    or a CUDA graph captures (a sync is illegal there; the caller validates its inputs outside)."""
+    if torch.compiler.is_compiling() or _values_trusted.get():
+        return False
+    # is_current_stream_capturing raises on CPU-only builds; only CUDA tensors can be captured anyway.
+    return not (t.is_cuda and torch.cuda.is_current_stream_capturing())
 
 
 def _check_float(name: str, op: str, t: torch.Tensor, ndim: int | None = None) -> None:
@@ -181,7 +216,7 @@ def rvq_encode(
         raise ValueError(f"{op}: num_quantizers must be in 1..{codebooks.shape[0]}, got {num_quantizers}")
     if x.shape[2] == 0:
         return torch.empty(x.shape[0], int(num_quantizers), 0, dtype=torch.long, device=x.device)
-    if not torch.isfinite(x).all():
+    if _check_values(x) and not torch.isfinite(x).all():
         raise ValueError(f"{op}: x holds NaN or infinite values; codes would be meaningless")
     return _run(op, x.device, x, codebooks, codebook_sq_norms, int(num_quantizers))
 
@@ -196,7 +231,7 @@ def _check_codes(op: str, codes: torch.Tensor, codebooks: torch.Tensor) -> None:
         raise ValueError(f"{op}: codes are on {codes.device} but codebooks on {codebooks.device}")
     if not 1 <= codes.shape[1] <= codebooks.shape[0]:
         raise ValueError(f"{op}: codes have {codes.shape[1]} quantizers; this model has 1..{codebooks.shape[0]}")
-    if codes.numel():
+    if codes.numel() and _check_values(codes):
         low, high = int(codes.min()), int(codes.max())
         if low < 0 or high >= codebooks.shape[1]:
             raise ValueError(f"{op}: codes must lie in [0, {codebooks.shape[1] - 1}], got values in [{low}, {high}]")
