@@ -17,9 +17,10 @@ import torch
 from xcodec_fast.audio import load_audio
 from xcodec_fast.config import tiny_config
 from xcodec_fast.modeling.codec import XcodecModel
-from xcodec_fast.tokenize import detokenize, list_items, merge, read_codes, tokenize
+from xcodec_fast.tokenize import build_parser, detokenize, list_items, merge, read_codes, run, tokenize
 from xcodec_fast.tokenize.batching import Segment, pack_batches
 from xcodec_fast.tokenize.engine import SettingsMismatch
+from xcodec_fast.tokenize import writer
 from xcodec_fast.tokenize.ray import XcodecTokenizeBatch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -175,6 +176,92 @@ def test_rerun_resumes_and_refuses_other_settings(tmp_path, model):
     assert tokenize([data], out, model=model, shard_size=2, num_workers=0, progress=False, batch_seconds=2,
                     max_seconds=1)["items_this_run"] == 2
     assert merge(out)["num_ok"] == 5
+
+
+def test_resume_under_other_runtime_is_refused_unless_forced(tmp_path, capsys):
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(3):
+        sf.write(data / f"{i}.wav", _chirp(16000, 0.3, 1, i), 16000)
+    out, summary = tmp_path / "out", tmp_path / "bench" / "summary.json"
+    common = [data, "-o", out, "--model", "random-tiny", "--shard-size", "2", "--max-seconds", "1", "--batch-seconds", "2",
+              "--num-workers", "0", "--no-progress"]
+    cli = lambda *extra: run(build_parser().parse_args(list(map(str, [*common, *extra]))))  # noqa: E731
+    try:
+        assert cli("--threads", "1") == 0
+        runtime = json.loads((out / "tokenize.json").read_text())["runtime"]
+        assert runtime["device"] == "cpu" and runtime["dtype"] == "float32" and runtime["torch_threads"] == 1
+        assert runtime["torch_version"] == torch.__version__ and runtime["backend"] in ("eager", "native")
+        (out / "shards" / "shard-00001-of-00002.parquet").unlink()
+        capsys.readouterr()
+        assert cli("--threads", "2") == 2
+        err = capsys.readouterr().err
+        assert "torch_threads: was 1, now 2" in err and "--force-resume" in err and "near-ties" in err
+        assert not (out / "shards" / "shard-00001-of-00002.parquet").exists()
+        assert cli("--threads", "2", "--force-resume", "--json-summary", summary) == 0
+    finally:
+        torch.set_num_threads(1)
+    saved = json.loads((out / "tokenize.json").read_text())
+    assert saved["runtime"] == runtime and saved["resumed_with_other_runtime"][0]["torch_threads"] == 2
+    stats = json.loads(summary.read_text())
+    assert stats["ok"] == 1 and stats["skipped_already_done"] == 2 and stats["runtime"]["torch_threads"] == 2
+    assert 0 < stats["model_busy_seconds"] <= stats["wall_seconds"] < stats["wall_seconds_total"]
+    assert stats["audio_hours_per_hour"] == pytest.approx(0.3 / stats["wall_seconds"], rel=1e-6)
+    assert merge(out)["num_ok"] == 3
+
+
+def test_retry_failed_rewrites_shards_as_a_clean_run(tmp_path, model):
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("0", "1", "2", "3", "4"):
+        sf.write(data / f"{name}.wav", _chirp(16000, 0.2 + 0.1 * int(name), 1, int(name)), 16000)
+    (data / "0b.wav").write_bytes(b"RIFF not yet")  # fixed later; mid-shard, so the rewrite must keep item order
+    (data / "zz.wav").write_bytes(b"RIFF never")
+    kw = dict(model=model, shard_size=3, num_workers=0, progress=False, batch_seconds=2, max_seconds=1, npy=True)
+    out = tmp_path / "out"
+    tokenize([data], out, **kw)
+    assert tokenize([data], out, **kw)["items_this_run"] == 0  # a plain resume leaves failures alone
+    sf.write(data / "0b.wav", _chirp(22050, 0.7, 2, 9), 22050)
+    again = tokenize([data], out, retry_failed=True, **kw)
+    assert (again["items_this_run"], again["ok"], again["failed"], again["retried"]) == (2, 1, 1, 2)
+    assert again["skipped_already_done"] == 5
+
+    clean = tmp_path / "clean"
+    tokenize([data], clean, **kw)
+    assert list(_shard_tables(out)) == list(_shard_tables(clean))
+    for name, table in _shard_tables(clean).items():
+        assert _shard_tables(out)[name].equals(table, check_metadata=True), name
+    assert (out / "errors.jsonl").read_text() == (clean / "errors.jsonl").read_text()
+    assert [json.loads(line)["id"] for line in (out / "errors.jsonl").read_text().splitlines()] == ["zz.wav"]
+    assert json.loads((out / "index.json").read_text()) == json.loads((clean / "index.json").read_text())
+    assert sorted(p.name for p in (out / "npy").iterdir()) == sorted(p.name for p in (clean / "npy").iterdir())
+    np.testing.assert_array_equal(np.load(out / "npy" / "0b.wav.npy"), np.load(clean / "npy" / "0b.wav.npy"))
+
+
+def test_resume_removes_npy_temps_of_a_killed_run(tmp_path, model, monkeypatch):
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(4):
+        sf.write(data / f"{i}.wav", _chirp(16000, 0.3, 1, i), 16000)
+    kw = dict(model=model, shard_size=2, num_workers=0, progress=False, batch_seconds=2, max_seconds=1, npy=True)
+    real_replace = os.replace
+
+    def die_before_npy_rename(src, dst):
+        if str(dst).endswith("2.wav.npy"):
+            raise KeyboardInterrupt  # killed between writing the temp and renaming it
+        real_replace(src, dst)
+
+    out = tmp_path / "out"
+    monkeypatch.setattr(writer.os, "replace", die_before_npy_rename)
+    with pytest.raises(KeyboardInterrupt):
+        tokenize([data], out, **kw)
+    monkeypatch.setattr(writer.os, "replace", real_replace)
+    stray = out / ".tmp-npy" / f"00001-{os.getpid()}.npy.tmp"
+    assert list((out / ".tmp-npy").iterdir()) == [stray]
+    stray.rename(stray.with_name("00001-999999.npy.tmp"))  # a killed process's temp carries its own pid
+    assert tokenize([data], out, **kw)["ok"] == 2
+    assert not list((out / ".tmp-npy").iterdir())
+    assert sorted(p.name for p in (out / "npy").iterdir()) == [f"{i}.wav.npy" for i in range(4)]
 
 
 def test_oom_halves_the_batch_and_codes_stay_exact(tmp_path, model):
