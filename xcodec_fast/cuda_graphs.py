@@ -106,7 +106,8 @@ class CudaGraphCodec:
         self.num_frames = model._code_frames(num_samples)
         self.check_inputs = check_inputs
         device = model.device
-        self._encode = _Graph(self._encode_body, torch.zeros(batch_size, 1, num_samples, device=device, dtype=model.dtype))
+        audio = torch.zeros(batch_size, 1, num_samples, device=device, dtype=model.dtype)
+        self._encode = _Graph(self._encode_body, audio)
         codes = torch.zeros(batch_size, self.num_quantizers, self.num_frames, device=device, dtype=torch.long)
         self._decode = _Graph(self._decode_body, codes)
 
