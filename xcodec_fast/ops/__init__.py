@@ -29,6 +29,7 @@ from .backend import (
     current_backend,
     describe,
     implementation,
+    prepare,
     use_backend,
 )
 
@@ -41,6 +42,7 @@ __all__ = [
     "availability",
     "current_backend",
     "describe",
+    "prepare",
     "use_backend",
     "snake",
     "add_snake",

@@ -27,6 +27,8 @@ _registry: dict[str, dict[str, Callable]] = {}
 _backend_modules = {"triton": "xcodec_fast.ops.triton", "native": "xcodec_fast.ops.native"}
 _loaded: dict[str, object] = {}
 _load_errors: dict[str, str] = {}
+# (backend, device type, device index) -> (available, reason); fixed for the life of the process
+_availability: dict[tuple, tuple[bool, str]] = {}
 
 
 class BackendUnavailableError(RuntimeError):
@@ -48,6 +50,15 @@ def _initial_backend() -> str:
 
 
 _current: contextvars.ContextVar[str] = contextvars.ContextVar("xcodec_fast_backend", default=_initial_backend())
+# torch.compile cannot trace ContextVar.get; compiled code reads this mirror of the latest setting
+# instead (a plain global, so Dynamo guards on it and recompiles when it changes).
+_compiled_setting = _current.get()
+
+
+def _setting() -> str:
+    if torch.compiler.is_compiling():
+        return _compiled_setting
+    return _current.get()
 
 
 def register(op: str, backend: str) -> Callable[[Callable], Callable]:
@@ -86,10 +97,25 @@ def availability(backend: str, device: torch.device | str = "cpu") -> tuple[bool
         return True, f"auto -> {chosen}"
     if backend == "eager":
         return True, "plain PyTorch"
-    module = _load(backend)
-    if module is None:
-        return False, f"{backend} backend failed to load: {_load_errors[backend]}"
-    return module.availability(device)
+    key = (backend, device.type, device.index)
+    if key not in _availability:
+        if torch.compiler.is_compiling():
+            raise BackendUnavailableError(
+                f"backend {backend!r} on {device} was not set up before torch.compile; call "
+                f"xcodec_fast.ops.prepare({str(device)!r}) (or run the model once) before compiling"
+            )
+        module = _load(backend)
+        if module is None:
+            _availability[key] = (False, f"{backend} backend failed to load: {_load_errors[backend]}")
+        else:
+            _availability[key] = module.availability(device)
+    return _availability[key]
+
+
+def prepare(device: torch.device | str = "cpu") -> dict[str, tuple[bool, str]]:
+    """Load every backend for ``device`` now (a native build, Triton import), as torch.compile
+    cannot trace loading; returns each backend's availability."""
+    return {name: availability(name, device) for name in BACKENDS}
 
 
 def resolve_auto(device: torch.device) -> str:
@@ -101,7 +127,7 @@ def resolve_auto(device: torch.device) -> str:
 
 def current_backend() -> str:
     """The backend setting in force here (may be ``auto``)."""
-    return _current.get()
+    return _setting()
 
 
 class use_backend:
@@ -110,13 +136,17 @@ class use_backend:
 
     def __init__(self, name: str):
         self.name = _validate_choice(name)
+        global _compiled_setting
         self._token = _current.set(self.name)
+        _compiled_setting = self.name
 
     def __enter__(self) -> "use_backend":
         return self
 
     def __exit__(self, *exc) -> None:
+        global _compiled_setting
         _current.reset(self._token)
+        _compiled_setting = _current.get()
 
     def __repr__(self) -> str:
         return f"use_backend({self.name!r})"
@@ -124,7 +154,7 @@ class use_backend:
 
 def implementation(op: str, device: torch.device) -> tuple[str, Callable]:
     """The (backend name, function) that runs ``op`` for tensors on ``device`` right now."""
-    setting = _current.get()
+    setting = _setting()
     backend = resolve_auto(device) if setting == "auto" else setting
     if backend != "eager":
         ok, reason = availability(backend, device)

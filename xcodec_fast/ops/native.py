@@ -176,6 +176,12 @@ def availability(device: torch.device) -> tuple[bool, str]:
     return True, _description
 
 
+def _kernels():
+    """The C++ functions directly (no dispatcher overhead), or their torch.library ops while
+    torch.compile traces (it cannot trace pybind functions)."""
+    return torch.ops.xcodec_fast_native if torch.compiler.is_compiling() else extension()
+
+
 def _recording_autograd(*tensors) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
@@ -184,7 +190,7 @@ def _recording_autograd(*tensors) -> bool:
 def snake(x: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
     if _recording_autograd(x, alpha):
         return eager.snake(x, alpha)
-    return extension().snake(x, alpha)
+    return _kernels().snake(x, alpha)
 
 
 def snake_(x: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
@@ -198,28 +204,28 @@ def snake_(x: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
 def add_snake(x: torch.Tensor, h: torch.Tensor, alpha: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     if _recording_autograd(x, h, alpha):
         return eager.add_snake(x, h, alpha)
-    return tuple(extension().add_snake(x, h, alpha))
+    return tuple(_kernels().add_snake(x, h, alpha))
 
 
 @register("residual_unit", "native")
 def residual_unit(x, alpha1, weight1, bias1, dilation, alpha2, weight2, bias2) -> torch.Tensor:
     if _recording_autograd(x, alpha1, weight1, bias1, alpha2, weight2, bias2):
         return eager.residual_unit(x, alpha1, weight1, bias1, dilation, alpha2, weight2, bias2)
-    return extension().residual_unit(x, alpha1, weight1, bias1, dilation, alpha2, weight2, bias2)
+    return _kernels().residual_unit(x, alpha1, weight1, bias1, dilation, alpha2, weight2, bias2)
 
 
 @register("snake_conv1d", "native")
 def snake_conv1d(x, alpha, weight, bias, stride, padding) -> torch.Tensor:
     if _recording_autograd(x, alpha, weight, bias):
         return eager.snake_conv1d(x, alpha, weight, bias, stride, padding)
-    return extension().snake_conv1d(x, alpha, weight, bias, stride, padding)
+    return _kernels().snake_conv1d(x, alpha, weight, bias, stride, padding)
 
 
 @register("snake_conv_transpose1d", "native")
 def snake_conv_transpose1d(x, alpha, weight, bias, stride, padding, output_padding) -> torch.Tensor:
     if _recording_autograd(x, alpha, weight, bias):
         return eager.snake_conv_transpose1d(x, alpha, weight, bias, stride, padding, output_padding)
-    return extension().snake_conv_transpose1d(x, alpha, weight, bias, stride, padding, output_padding)
+    return _kernels().snake_conv_transpose1d(x, alpha, weight, bias, stride, padding, output_padding)
 
 
 # torch.library registrations, so that torch.compile / torch.export can treat the kernels as opaque
