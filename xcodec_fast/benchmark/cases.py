@@ -17,16 +17,7 @@ from .. import ops
 from ..config import XcodecConfig
 
 # Every op of the dispatch point, each with a site generator, a cost model and a call below.
-OPS = (
-    "snake",
-    "add_snake",
-    "residual_unit",
-    "snake_conv1d",
-    "snake_conv_transpose1d",
-    "rvq_encode",
-    "rvq_decode",
-    "dequantize_project",
-)
+OPS = ops.OPS
 RESIDUAL_KERNEL = 7  # DAC residual units: Conv1d(k=7, dilation d) then Conv1d(k=1)
 RESIDUAL_DILATIONS = (1, 3, 9)
 SNAKE_FLOPS = 5  # alpha*x, sin, square, times 1/(alpha+eps), plus x

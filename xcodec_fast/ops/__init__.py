@@ -35,15 +35,8 @@ from .backend import (
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
-__all__ = [
-    "BACKENDS",
-    "CHOICES",
-    "BackendUnavailableError",
-    "availability",
-    "current_backend",
-    "describe",
-    "prepare",
-    "use_backend",
+# Every op of the dispatch point; each backend implements some of them (eager all).
+OPS = (
     "snake",
     "add_snake",
     "residual_unit",
@@ -52,7 +45,20 @@ __all__ = [
     "rvq_encode",
     "rvq_decode",
     "dequantize_project",
+)
+
+__all__ = [
+    "OPS",
+    "BACKENDS",
+    "CHOICES",
+    "BackendUnavailableError",
+    "availability",
+    "current_backend",
+    "describe",
+    "prepare",
+    "use_backend",
     "skip_value_checks",
+    *OPS,
 ]
 
 _values_trusted: contextvars.ContextVar[bool] = contextvars.ContextVar("xcodec_fast_values_trusted", default=False)
