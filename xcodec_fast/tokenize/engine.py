@@ -223,6 +223,12 @@ def _single_thread(_worker_id: int) -> None:
     import torch
 
     torch.set_num_threads(1)
+    if sys.platform.startswith("linux"):
+        # A killed run's worker would otherwise block forever on its full result queue (orphaned).
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def _keep_as_is(sample):
