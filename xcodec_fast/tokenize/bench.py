@@ -54,6 +54,14 @@ def run_one(data: Path, work: Path, model: str, threads: int, extra: list[str]) 
     return json.loads(summary.read_text())
 
 
+def _load() -> list[float] | None:
+    """1/5/15-minute load averages: on a shared machine, how busy it was around a measurement."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
 def main(argv=None) -> int:
     from ..benchmark.machine import git_state, machine_info, versions
 
@@ -79,21 +87,19 @@ def main(argv=None) -> int:
             data = work / f"audio-{model}"
             audio_seconds = make_audio(data, seconds)
             for threads in args.threads:
+                load = _load()
                 s = run_one(data, work, model, threads, extra)
-                runs.append({"model": model, "threads": threads, "audio_seconds": audio_seconds, "summary": s})
+                runs.append({"model": model, "threads": threads, "audio_seconds": audio_seconds,
+                             "load_average_before": load, "summary": s})
                 print(f"{model:12s} threads {threads}: {s['audio_hours_per_hour']:8.1f} audio-h/h, model busy "
                       f"{s['model_busy_seconds']:.1f} s of {s['wall_seconds']:.1f} s wall "
                       f"({100 * s['model_busy_fraction']:.0f}%), {s['wall_seconds_total']:.1f} s with model load",
                       file=sys.stderr, flush=True)
-    try:
-        load = list(os.getloadavg())
-    except OSError:
-        load = None
     result = {
         "schema": SCHEMA,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": {k: machine[k] for k in ("id", "cpu", "cpu_cores", "os", "python")},
-        "load_average_after": load,  # a shared machine: how busy it was while measuring
+        "load_average_after": _load(),
         "versions": versions(),
         "git": git_state(),
         "workload": "16 kHz wav, 2-18 s per file, default --batch-seconds/--max-seconds; random weights",
