@@ -79,9 +79,22 @@ def test_demo_runs_offline_with_a_local_model(tiny_dir, tmp_path, capsys):
     assert "encode" in out and "x real time" in out
 
 
-def test_default_model_falls_back_to_random_weights_offline(monkeypatch, capsys):
+def test_only_demo_falls_back_to_random_weights_offline(monkeypatch, tmp_path, clip, capsys):
+    from xcodec_fast import loading
+
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(cli, "DEFAULT_MODEL", "hf-audio/not-cached-anywhere")
-    model, model_id = cli.load_model(None, fallback_config=tiny_config())
-    assert model_id == "random-weights"
+    monkeypatch.setattr(loading, "DEFAULT_MODEL", "hf-audio/not-cached-anywhere")
+    # encode must not write meaningless codes: it fails and says what to pass
+    assert cli.main(["encode", str(clip), "-o", str(tmp_path / "codes.npy")]) == 2
+    assert "--model" in capsys.readouterr().err
+    assert not (tmp_path / "codes.npy").exists()
+    # the demo falls back, loudly
+    model, model_id = loading.load_model(None, random_fallback=True, fallback_config=tiny_config())
+    assert model_id == "random-weights" and isinstance(model, XcodecModel)
     assert "RANDOM-WEIGHT" in capsys.readouterr().err
+
+
+def test_random_model_specs(tmp_path, clip):
+    codes_path = tmp_path / "codes.npy"
+    assert cli.main(["encode", str(clip), "-o", str(codes_path), "--model", "random-tiny"]) == 0
+    assert np.load(codes_path).shape[0] == 8

@@ -3,6 +3,7 @@ it has one), and the output objects behave like transformers' ModelOutput."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -67,6 +68,12 @@ def test_shortest_accepted_audio_encodes(model):
 def test_unsupported_bandwidth(model, bandwidth):
     with pytest.raises(ValueError, match=f"doesn't support the bandwidth {bandwidth}"):
         model.encode(random_audio(1, 1, 1600), bandwidth=bandwidth)
+
+
+@pytest.mark.parametrize("bandwidth", [np.float32(1.5), torch.tensor(1.5), 1.5])
+def test_bandwidth_as_numpy_or_tensor_scalar(model, bandwidth):
+    # transformers accepts any value comparing equal to a supported bandwidth
+    assert model.encode(random_audio(1, 1, 1600), bandwidth=bandwidth).audio_codes.shape[1] == 3
 
 
 @pytest.mark.parametrize(

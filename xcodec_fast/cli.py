@@ -3,70 +3,26 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
 
-DEFAULT_MODEL = "hf-audio/xcodec-hubert-librispeech"
+from .loading import DEFAULT_MODEL
+
 
 
 def _say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    """One quick TCP connect instead of huggingface_hub's minute of retries when offline."""
-    import socket
-    from urllib.parse import urlparse
+def _load(args, random_fallback: bool = False):
+    from .loading import load_model
 
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0"):
-        return False
-    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    try:
-        with socket.create_connection((url.hostname, url.port or 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def load_model(name: str | None, backend: str | None = None, device: str | None = None, dtype: str | None = None,
-               fallback_config=None):
-    """Load ``name``; with no name, the default checkpoint, or — when the hub cannot be reached and
-    it is not cached — a built-in random-weight model (said loudly: its codes mean nothing)."""
-    import torch
-
-    from .config import XcodecConfig
-    from .modeling.codec import XcodecModel
-
-    kwargs = dict(backend=backend, device=device, dtype=dtype)
-    if name is not None:
-        return XcodecModel.from_pretrained(name, **kwargs), name
-    try:
-        try:  # a cached copy needs no network
-            return XcodecModel.from_pretrained(DEFAULT_MODEL, local_files_only=True, **kwargs), DEFAULT_MODEL
-        except OSError:
-            if not _hub_reachable():
-                raise OSError("the Hugging Face hub cannot be reached and the model is not cached") from None
-            return XcodecModel.from_pretrained(DEFAULT_MODEL, **kwargs), DEFAULT_MODEL
-    except Exception as exc:  # any hub failure: fall back, and say why
-        _say(
-            f"note: could not load {DEFAULT_MODEL} ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}).\n"
-            "note: using the built-in RANDOM-WEIGHT model (full X-Codec architecture, seed 0): the pipeline runs "
-            "end to end, but codes and audio are meaningless. Pass --model ID_OR_DIR for a real checkpoint."
-        )
-        model = XcodecModel.from_random(fallback_config or XcodecConfig(), seed=0)
-        if backend is not None:
-            model.backend = backend
-        if device is not None:
-            model.to(device)
-        if dtype not in (None, "auto"):
-            model.to(getattr(torch, dtype))
-        return model, "random-weights"
+    return load_model(args.model, args.device, args.dtype, args.backend, random_fallback=random_fallback)
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=None, help=f"hub id or local directory (default: {DEFAULT_MODEL})")
+    p.add_argument("--model", default=None, help=f"hub id or local directory (default: {DEFAULT_MODEL}); 'random' / 'random-tiny': random weights")
     p.add_argument("--backend", default=None, choices=["auto", "eager", "triton", "native"], help="kernel backend")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cpu)")
     p.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16", "auto"])
@@ -87,7 +43,7 @@ def _encode_file(model, path: str, bandwidth: float | None):
 def cmd_encode(args) -> int:
     import numpy as np
 
-    model, model_id = load_model(args.model, args.backend, args.device, args.dtype)
+    model, model_id = _load(args)
     start = time.perf_counter()
     codes, n_samples = _encode_file(model, args.input, args.bandwidth)
     elapsed = time.perf_counter() - start
@@ -122,7 +78,7 @@ def _read_codes(path: str):
 def cmd_decode(args) -> int:
     from .audio import write_wav
 
-    model, model_id = load_model(args.model, args.backend, args.device, args.dtype)
+    model, model_id = _load(args)
     codes = _read_codes(args.input).to(next(model.parameters()).device)
     start = time.perf_counter()
     audio = model.decode(codes).audio_values
@@ -150,7 +106,7 @@ def cmd_demo(args) -> int:
 
     from .audio import demo_clip, write_wav
 
-    model, model_id = load_model(args.model, args.backend, args.device, args.dtype)
+    model, model_id = _load(args, random_fallback=True)
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     if args.input:
@@ -201,6 +157,8 @@ def cmd_info(args) -> int:
             print(f"  {name:7s} {line}")
     if args.model is None:
         return 0
+    from .loading import load_model
+
     model, model_id = load_model(args.model)
     cfg = model.config
     n_params = sum(p.numel() for p in model.parameters())

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import numbers
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -206,7 +207,9 @@ class XcodecConfig:
         """Quantizers used at ``bandwidth`` kbps (None: the highest). Rejects unsupported values."""
         if bandwidth is None:
             return self.num_quantizers
-        if isinstance(bandwidth, bool) or not isinstance(bandwidth, (int, float)) or bandwidth not in self.target_bandwidths:
+        if hasattr(bandwidth, "item") and getattr(bandwidth, "ndim", 0) == 0:
+            bandwidth = bandwidth.item()  # numpy scalars and 0-dim tensors, as transformers accepts
+        if isinstance(bandwidth, bool) or not isinstance(bandwidth, numbers.Real) or bandwidth not in self.target_bandwidths:
             raise ValueError(
                 f"This model doesn't support the bandwidth {bandwidth}. Select one of {self.target_bandwidths}."
             )

@@ -1,0 +1,78 @@
+"""One model loader for the command line and the tokenizer: a hub id or directory, an in-memory
+model, or deterministic random weights ('random', 'random-tiny')."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from urllib.parse import urlparse
+
+import torch
+
+from .config import XcodecConfig, tiny_config
+
+DEFAULT_MODEL = "hf-audio/xcodec-hubert-librispeech"
+RANDOM_MODELS = {"random": XcodecConfig, "random-tiny": tiny_config}
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """One quick TCP connect, instead of huggingface_hub's minute of retries when offline."""
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0"):
+        return False
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        with socket.create_connection((url.hostname, url.port or 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _load_default(**kwargs):
+    from .modeling.codec import XcodecModel
+
+    try:  # a cached copy needs no network
+        return XcodecModel.from_pretrained(DEFAULT_MODEL, local_files_only=True, **kwargs)
+    except OSError:
+        if not hub_reachable():
+            raise OSError(
+                f"{DEFAULT_MODEL} is not in the local Hugging Face cache and the hub cannot be reached; "
+                "pass --model with a local checkpoint directory"
+            ) from None
+        return XcodecModel.from_pretrained(DEFAULT_MODEL, **kwargs)
+
+
+def load_model(spec=None, device=None, dtype=None, backend=None, random_fallback: bool = False,
+               fallback_config: XcodecConfig | None = None):
+    """(model, model_id). ``spec``: None (the default checkpoint), a hub id or local directory, an
+    XcodecModel, or 'random' / 'random-tiny'. With ``random_fallback`` (the demo only), a default
+    checkpoint that cannot be had becomes a random-weight model of ``fallback_config``, said loudly."""
+    from .modeling.codec import XcodecModel
+
+    if isinstance(spec, torch.nn.Module):
+        model, model_id = spec, getattr(spec, "name_or_path", None) or "in-memory-model"
+    elif spec in RANDOM_MODELS:
+        model, model_id = XcodecModel.from_random(RANDOM_MODELS[spec](), seed=0), f"{spec} (seed 0)"
+    elif spec is not None:
+        return XcodecModel.from_pretrained(str(spec), dtype=dtype, device=device, backend=backend), str(spec)
+    else:
+        try:
+            return _load_default(dtype=dtype, device=device, backend=backend), DEFAULT_MODEL
+        except Exception as exc:
+            if not random_fallback:
+                raise
+            print(
+                f"note: could not load {DEFAULT_MODEL} ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}).\n"
+                "note: using the built-in RANDOM-WEIGHT model (full X-Codec architecture, seed 0): the pipeline "
+                "runs end to end, but codes and audio are meaningless. Pass --model ID_OR_DIR for a real checkpoint.",
+                file=sys.stderr,
+                flush=True,
+            )
+            model, model_id = XcodecModel.from_random(fallback_config or XcodecConfig(), seed=0), "random-weights"
+    if backend is not None:
+        model.backend = backend
+    if device is not None:
+        model = model.to(device)
+    if dtype not in (None, "auto"):
+        model = model.to(getattr(torch, dtype) if isinstance(dtype, str) else dtype)
+    return model, model_id
