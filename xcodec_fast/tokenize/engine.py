@@ -502,6 +502,10 @@ def _run_rank(items, output_dir, settings, model, rank, world_size, window, batc
     # and the shard is rewritten (atomically) with the old rows plus the retried ones, in item order.
     retry = {k: {e["id"] for e in done[k]["errors"]} for k in mine if k in done and done[k]["failed"]} if retry_failed else {}
     todo = [k for k in mine if k not in done or k in retry]
+    if retry:
+        # They would describe the shards before the rewrite; rank 0 writes both again at the end.
+        for name in ("index.json", "errors.jsonl"):
+            (output_dir / name).unlink(missing_ok=True)
     skipped = sum(min(shard_size, len(items) - k * shard_size) - len(retry.get(k, ())) for k in mine if k in done)
     (output_dir / "shards").mkdir(exist_ok=True)
     journal = Journal(output_dir, rank)
