@@ -17,8 +17,10 @@ import torch
 from xcodec_fast.audio import load_audio
 from xcodec_fast.config import tiny_config
 from xcodec_fast.modeling.codec import XcodecModel
-from xcodec_fast.tokenize import build_parser, detokenize, list_items, merge, read_codes, run, tokenize
-from xcodec_fast.tokenize.batching import Segment, pack_batches
+import xcodec_fast.loading
+import xcodec_fast.tokenize
+from xcodec_fast.tokenize import build_parser, detokenize, list_items, main, merge, read_codes, run, tokenize
+from xcodec_fast.tokenize.batching import Segment, pack_batches, split_windows
 from xcodec_fast.tokenize.engine import SettingsMismatch
 from xcodec_fast.tokenize import writer
 from xcodec_fast.tokenize.ray import XcodecTokenizeBatch
@@ -307,13 +309,105 @@ def test_pack_batches_respects_budget_and_is_order_independent():
 def test_detokenize_writes_original_lengths(tmp_path, model):
     data = tmp_path / "data"
     data.mkdir()
-    sf.write(data / "a.wav", _chirp(16000, 1.7, 1, 1), 16000)
-    sf.write(data / "b.flac", _chirp(22050, 0.4, 2, 2), 22050)
+    # Lengths off the 320-sample hop (and a windowed item): the decoder stops short, so the end is padded.
+    sf.write(data / "a.wav", _chirp(16000, 1.7, 1, 1)[:27277], 16000)
+    sf.write(data / "b.flac", _chirp(22050, 0.41, 2, 2), 22050)
     tokenize([data], tmp_path / "out", model=model, num_workers=0, progress=False, batch_seconds=2, max_seconds=1)
     written = detokenize(tmp_path / "out", tmp_path / "wav", model=model)
     assert sorted(p.relative_to(tmp_path / "wav").as_posix() for p in written) == ["a.wav", "b.flac.wav"]
     for src, dst in (("a.wav", "a.wav"), ("b.flac", "b.flac.wav")):
-        assert len(load_audio(tmp_path / "wav" / dst)[0]) == len(load_audio(data / src)[0])
+        n = len(load_audio(data / src)[0])
+        assert n % 320 and len(load_audio(tmp_path / "wav" / dst)[0]) == n, src
+
+
+def test_colliding_ids_get_distinct_files(tmp_path, model):
+    data = tmp_path / "data"
+    data.mkdir()
+    # Pairs that one sanitized name would merge: odd characters, case, an id vs its own .wav, file vs folder.
+    ids = ["x y.wav", "x_y.wav", "B.wav", "b.wav", "a", "a.wav", "d", "d.npy/e", "plain.wav"]
+    lines = []
+    for i, ident in enumerate(ids):
+        sf.write(data / f"{i}.wav", _chirp(16000, 0.2 + 0.02 * i, 1, i), 16000)
+        lines.append(f"{ident}\t{i}.wav")
+    (data / "list.txt").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "out"
+    tokenize([data / "list.txt"], out, model=model, num_workers=0, progress=False, batch_seconds=2, max_seconds=1,
+             npy=True, shard_size=4)
+    table = pa.concat_tables(_rows(out)[1])
+    by_id = dict(zip(table.column("id").to_pylist(), read_codes(table)))
+    assert sorted(by_id) == sorted(ids)
+
+    npy_paths = writer.unique_relpaths(ids, ".npy")
+    assert npy_paths["plain.wav"] == "plain.wav.npy" and npy_paths["a"] == "a.npy"  # no clash: name kept
+    assert npy_paths["d"] != "d.npy" and len({p.lower() for p in npy_paths.values()}) == len(ids)
+    files = [p for p in (out / "npy").rglob("*") if p.is_file()]
+    assert len(files) == len(ids)
+    for ident, rel in npy_paths.items():
+        np.testing.assert_array_equal(np.load(out / "npy" / rel), by_id[ident], err_msg=ident)
+
+    written = detokenize(out, tmp_path / "wav", model=model)
+    assert len(written) == len(set(written)) == len(ids) == len([p for p in (tmp_path / "wav").rglob("*") if p.is_file()])
+    names = writer.unique_relpaths(ids, ".wav", keep_own_suffix=True)
+    assert names["plain.wav"] == "plain.wav" and names["d"] == "d.wav" and names["a"] != names["a.wav"]
+    for ident in ids:
+        decoded = load_audio(tmp_path / "wav" / names[ident])[0]
+        assert len(decoded) == table.column("num_samples").to_pylist()[table.column("id").to_pylist().index(ident)]
+    # A subset is named as in the full output; a shard passed twice is written once.
+    some = detokenize([out, out / "shards" / "shard-00000-of-00003.parquet"], tmp_path / "some", model=model,
+                      ids=["a", "x y.wav"])
+    assert sorted(p.relative_to(tmp_path / "some").as_posix() for p in some) == sorted([names["a"], names["x y.wav"]])
+
+
+def test_model_that_cannot_load_is_a_clear_cli_error(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # an uncached hub id then fails at once, with an OSError
+    data = tmp_path / "data"
+    data.mkdir()
+    sf.write(data / "a.wav", _chirp(16000, 0.3, 1, 0), 16000)
+    assert main([str(data), "-o", str(tmp_path / "out"), "--model", "no-such-org/no-such-model", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "no-such-org/no-such-model" in err and "Traceback" not in err
+    tokenize([data], tmp_path / "tok", model="random-tiny", num_workers=0, progress=False, batch_seconds=2, max_seconds=1)
+    assert main(["detokenize", str(tmp_path / "tok"), "-o", str(tmp_path / "wav"), "--model", "no-such-org/no-such-model"]) == 2
+    assert "no-such-org/no-such-model" in capsys.readouterr().err and not (tmp_path / "wav").exists()
+
+
+def test_world_size_change_then_retry_failed_finishes(tmp_path, model, monkeypatch):
+    monkeypatch.delenv("MASTER_ADDR", raising=False)  # ranks run one after another, no process group
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(6):
+        sf.write(data / f"{i}.wav", _chirp(16000, 0.2 + 0.05 * i, 1, i), 16000)
+    (data / "3.wav").write_bytes(b"RIFF broken")  # shard 1: rank 1's in a 2-rank run
+    kw = dict(model=model, shard_size=2, num_workers=0, progress=False, batch_seconds=2, max_seconds=1)
+    out = tmp_path / "out"
+    tokenize([data], out, rank=0, world_size=2, **kw)
+    tokenize([data], out, rank=1, world_size=2, **kw)
+    assert merge(out)["num_failed"] == 1
+    sf.write(data / "3.wav", _chirp(16000, 0.35, 1, 3), 16000)
+    # One process now: shard 1's new entry lands in rank-00000.jsonl, its stale one stays in rank-00001.jsonl.
+    summary = tokenize([data], out, rank=0, world_size=1, retry_failed=True, **kw)
+    assert summary["retried"] == 1 and summary["index"] is not None
+    index = json.loads((out / "index.json").read_text())
+    assert (index["num_ok"], index["num_failed"]) == (6, 0) and (out / "errors.jsonl").read_text() == ""
+    assert tokenize([data], out, rank=0, world_size=1, **kw)["items_this_run"] == 0
+    clean = tmp_path / "clean"
+    tokenize([data], clean, **kw)
+    for name, table in _shard_tables(clean).items():
+        assert _shard_tables(out)[name].equals(table, check_metadata=True), name
+
+
+def test_tiny_tail_joins_the_previous_window():
+    audio = np.arange(2 * 1000 + 7, dtype=np.float32)
+    segments = split_windows(3, audio, 1000, min_samples=10)
+    assert [(s.key, s.index, s.length) for s in segments] == [(3, 0, 1000), (3, 1, 1007)]
+    np.testing.assert_array_equal(np.concatenate([s.audio for s in segments]), audio)
+    assert [s.length for s in split_windows(3, audio, 1000, min_samples=7)] == [1000, 1000, 7]
+    assert [s.length for s in split_windows(3, audio[:7], 1000, min_samples=10)] == [7]  # alone: fails later
+
+
+def test_tokenizer_uses_the_shared_loader():
+    assert xcodec_fast.tokenize.load_model is xcodec_fast.loading.load_model
+    assert xcodec_fast.tokenize.DEFAULT_MODEL == xcodec_fast.loading.DEFAULT_MODEL
 
 
 def test_ray_callable_without_ray(tmp_path, model):

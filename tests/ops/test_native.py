@@ -226,3 +226,35 @@ def test_end_to_end_model_matches_eager():
     audio_native = model.decode(codes_eager, return_dict=False)
     assert torch.equal(codes_native, codes_eager)
     torch.testing.assert_close(audio_native, audio_eager, rtol=1e-5, atol=1e-5 * audio_eager.abs().max().item())
+
+
+def test_only_a_completed_build_is_loaded(tmp_path, monkeypatch):
+    # Under torchrun another rank may still be linking the .so: without the marker written after a
+    # finished build, go through cpp_extension.load (its file lock waits for that rank) instead.
+    from torch.utils import cpp_extension
+
+    monkeypatch.setenv("XCODEC_FAST_NATIVE_CACHE", str(tmp_path))
+    config = native._build_config()
+    capability = config.target_capability()
+    key = config.cache_key(capability, native._kernel_dir())
+    built = tmp_path / key / f"xcodec_fast_native_{key.rsplit('-', 1)[-1]}.so"
+    built.parent.mkdir(parents=True)
+    built.write_bytes(b"\x7fELF half-linked")
+
+    locked_builds, opened = [], []
+
+    def locked_build(name, build_directory, **kwargs):  # stands in for the minute-long real build
+        Path(build_directory, f"{name}.so").write_bytes(b"\x7fELF linked in full")
+        locked_builds.append(name)
+        return "freshly built"
+
+    monkeypatch.setattr(cpp_extension, "load", locked_build)
+    monkeypatch.setattr(cpp_extension, "is_ninja_available", lambda: True)
+    monkeypatch.setattr(native.shutil, "which", lambda _: "/usr/bin/c++")
+    monkeypatch.setattr(native, "_load_module_from", lambda name, path: opened.append(path) or "from cache")
+
+    assert native._compile(config, capability) == "freshly built" and opened == []
+    assert built.with_suffix(".done").read_text() == str(built.stat().st_size)
+    assert native._compile(config, capability) == "from cache" and opened == [built] and len(locked_builds) == 1
+    built.write_bytes(b"\x7fELF relinked, still being written")  # size no longer the marker's
+    assert native._compile(config, capability) == "freshly built" and len(locked_builds) == 2 and len(opened) == 1

@@ -112,6 +112,15 @@ def cache_dir() -> Path:
     return Path(xdg) / "xcodec_fast" / "native"
 
 
+def _completed_build(built: Path) -> bool:
+    """Whether ``built`` is a finished build: its marker (written only after a build loaded) exists
+    and records the .so's current size. A .so alone may be one another process is still linking."""
+    try:
+        return int(built.with_suffix(".done").read_text()) == built.stat().st_size
+    except (OSError, ValueError):
+        return False
+
+
 def _compile(config, capability: str):
     """Load the cached JIT build for these sources, or build it (needs a C++ compiler and ninja)."""
     kernel_dir = _kernel_dir()
@@ -119,8 +128,11 @@ def _compile(config, capability: str):
     name = "xcodec_fast_native_" + key.rsplit("-", 1)[-1]
     build_dir = cache_dir() / key
     built = build_dir / f"{name}.so"
-    if built.is_file():  # skip cpp_extension's ninja round trip when nothing changed
-        return _load_module_from(name, built)
+    if _completed_build(built):  # skip cpp_extension's ninja round trip when nothing changed
+        try:
+            return _load_module_from(name, built)
+        except ImportError:
+            pass  # damaged since: rebuild below, under cpp_extension's lock
 
     from torch.utils import cpp_extension
 
@@ -130,7 +142,9 @@ def _compile(config, capability: str):
     if not cpp_extension.is_ninja_available():
         raise RuntimeError("ninja is not installed (pip install ninja)")
     build_dir.mkdir(parents=True, exist_ok=True)
-    return cpp_extension.load(
+    # cpp_extension.load builds under a file lock in build_dir (other ranks wait for it, then load
+    # the finished .so), so the .so is complete once it returns: only then is the marker written.
+    module = cpp_extension.load(
         name=name,
         sources=config.source_paths(kernel_dir),
         extra_cflags=config.compile_flags(capability),
@@ -138,6 +152,14 @@ def _compile(config, capability: str):
         with_cuda=False,
         verbose=os.environ.get("XCODEC_FAST_NATIVE_VERBOSE") == "1",
     )
+    marker = built.with_suffix(".done")
+    tmp = marker.with_name(f".{marker.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(str(built.stat().st_size))
+        os.replace(tmp, marker)  # atomic: a reader sees no marker or a whole one
+    except OSError:
+        pass  # the marker only saves the next process ninja's round trip
+    return module
 
 
 def extension():

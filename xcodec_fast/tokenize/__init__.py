@@ -24,9 +24,11 @@ import json
 import sys
 from pathlib import Path
 
-from .engine import DEFAULT_MODEL, BatchEncoder, RuntimeMismatch, SettingsMismatch, load_model, merge, tokenize
+from ..hub import CheckpointError
+from ..loading import DEFAULT_MODEL, load_model
+from .engine import BatchEncoder, RuntimeMismatch, SettingsMismatch, merge, tokenize
 from .sources import InputError, Item, list_items
-from .writer import atomic_write_json, read_codes, safe_relpath
+from .writer import atomic_write_json, read_codes, unique_relpaths
 
 __all__ = [
     "tokenize",
@@ -134,7 +136,8 @@ def run(args: argparse.Namespace) -> int:
             retry_failed=args.retry_failed,
             force_resume=args.force_resume,
         )
-    except (InputError, SettingsMismatch, ValueError, FileNotFoundError) as exc:
+    except (InputError, SettingsMismatch, ValueError, OSError, CheckpointError) as exc:
+        # OSError: a model that cannot be had (not cached while offline, no such repo) among others.
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.json_summary:
@@ -152,8 +155,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def detokenize(tokens, output_dir, model=None, ids=None, limit=None, device=None, dtype=None, backend=None) -> list[Path]:
-    """Decode tokenized items back to ``output_dir/<id>.wav`` (trimmed to the original length).
-    Items encoded in windows are decoded window by window, as they were encoded."""
+    """Decode tokenized items back to ``output_dir/<id>.wav``, exactly ``num_samples`` long (the
+    decoder's last frame may stop short of it: zero-padded). Items encoded in windows are decoded
+    window by window, as they were encoded. Ids that would share a file name get distinct names
+    (see ``writer.unique_relpaths``); an id found twice is written once. Returns the files written."""
     import pyarrow.parquet as pq
     import torch
 
@@ -175,15 +180,20 @@ def detokenize(tokens, output_dir, model=None, ids=None, limit=None, device=None
             raise FileNotFoundError(f"{t} does not exist")
     if not shards:
         raise FileNotFoundError(f"no token shards found in {', '.join(map(str, tokens))}")
+    shards = list(dict.fromkeys(s.resolve() for s in shards))  # a directory and one of its shards: read once
+    # Names from every id in the shards, not only the wanted ones: a subset gets the same names.
+    all_ids = [i for shard in shards for i in pq.read_table(shard, columns=["id"]).column("id").to_pylist()]
+    # "a/b.wav" -> a/b.wav; other ids get ".wav" appended ("a/b.flac" -> a/b.flac.wav).
+    names = unique_relpaths(all_ids, ".wav", keep_own_suffix=True)
     model, _ = load_model(model, device=device, dtype=dtype, backend=backend)
     wanted = None if ids is None else set(ids)
-    out_dir, written = Path(output_dir), []
+    out_dir, written, done = Path(output_dir), [], set()
     for shard in shards:
         meta = shard_metadata(shard)
         frames_per_window = meta["window_samples"] // meta["hop_length"]
         table = pq.read_table(shard)
         for row, codes in zip(table.select(["id", "num_samples"]).to_pylist(), read_codes(table)):
-            if wanted is not None and row["id"] not in wanted:
+            if (wanted is not None and row["id"] not in wanted) or row["id"] in done:
                 continue
             if limit is not None and len(written) >= limit:
                 return written
@@ -194,10 +204,11 @@ def detokenize(tokens, output_dir, model=None, ids=None, limit=None, device=None
                 chunk = torch.from_numpy(codes[:, start : start + frames_per_window].astype("int64"))[None].to(model.device)
                 pieces.append(model.decode(chunk).audio_values[0, 0].float().cpu())
             audio = torch.cat(pieces)[: row["num_samples"]]
-            # "a/b.wav" -> a/b.wav; other ids get ".wav" appended ("a/b.flac" -> a/b.flac.wav).
-            target = out_dir / safe_relpath(row["id"], "" if row["id"].lower().endswith(".wav") else ".wav")
+            audio = torch.nn.functional.pad(audio, (0, row["num_samples"] - len(audio)))
+            target = out_dir / names[row["id"]]
             write_wav(target, audio.numpy(), meta["sample_rate"])
             written.append(target)
+            done.add(row["id"])
     return written
 
 
@@ -205,7 +216,7 @@ def run_detokenize(args: argparse.Namespace) -> int:
     try:
         written = detokenize(args.tokens, args.output_dir, model=args.model, ids=args.ids, limit=args.limit,
                              device=args.device, dtype=args.dtype, backend=args.backend)
-    except (FileNotFoundError, ValueError) as exc:
+    except (InputError, ValueError, OSError, CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"wrote {len(written)} files under {args.output_dir}", file=sys.stderr)

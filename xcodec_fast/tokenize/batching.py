@@ -35,8 +35,14 @@ def window_samples(max_seconds: float, sample_rate: int, hop_length: int) -> int
     return samples
 
 
-def split_windows(key: int, audio: np.ndarray, window: int) -> list[Segment]:
-    return [Segment(key, i, audio[start : start + window]) for i, start in enumerate(range(0, len(audio), window))]
+def split_windows(key: int, audio: np.ndarray, window: int, min_samples: int = 1) -> list[Segment]:
+    """Consecutive windows of ``audio``; a last window shorter than ``min_samples`` (the model's
+    minimum input) joins the one before it instead of failing, so that one may exceed ``window``."""
+    segments = [Segment(key, i, audio[start : start + window]) for i, start in enumerate(range(0, len(audio), window))]
+    if len(segments) > 1 and segments[-1].length < min_samples:
+        segments.pop()
+        segments[-1] = Segment(key, segments[-1].index, audio[segments[-1].index * window :])
+    return segments
 
 
 def padded_length(length: int, hop_length: int) -> int:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..loading import load_model
 from .batching import Segment, collate, pack_batches, split_windows, window_samples
 from .sources import InputError, Item, ItemLoader, list_items
 from .writer import (
@@ -29,14 +30,13 @@ from .writer import (
     atomic_write_json,
     completed_shards,
     read_codes,
-    safe_relpath,
     shard_name,
+    unique_relpaths,
     write_index,
     write_npy,
     write_shard,
 )
 
-DEFAULT_MODEL = "hf-audio/xcodec-hubert-librispeech"
 # Settings that shape the output: a rerun into the same directory must repeat them exactly.
 _OUTPUT_SETTINGS = ("model", "bandwidth", "num_quantizers", "window_samples", "shard_size", "audio_column",
                     "id_column", "max_file_seconds", "inputs", "version", "model_config")
@@ -75,34 +75,6 @@ def runtime_info(model) -> dict:
         "torch_threads": torch.get_num_threads() if device.type == "cpu" else None,
         "torch_version": torch.__version__,
     }
-
-
-# ---------------------------------------------------------------------------------------------
-# model
-# ---------------------------------------------------------------------------------------------
-def load_model(spec=None, device=None, dtype=None, backend=None):
-    """(model, model_id) from a hub id / directory, an XcodecModel, or 'random' / 'random-tiny'
-    (deterministic random weights, full-size or tiny config: for tests and throughput checks)."""
-    import torch
-
-    from ..modeling.codec import XcodecModel
-
-    if isinstance(spec, torch.nn.Module):
-        model, model_id = spec, getattr(spec, "name_or_path", None) or "in-memory-model"
-    elif spec in ("random", "random-tiny"):
-        from ..config import XcodecConfig, tiny_config
-
-        model = XcodecModel.from_random(tiny_config() if spec == "random-tiny" else XcodecConfig(), seed=0, backend=backend)
-        model_id = f"{spec} (seed 0)"
-    else:
-        spec = spec or DEFAULT_MODEL
-        model = XcodecModel.from_pretrained(str(spec), dtype=dtype, device=device, backend=backend)
-        return model, str(spec)
-    if device is not None:
-        model = model.to(device)
-    if dtype not in (None, "auto"):
-        model = model.to(getattr(torch, dtype) if isinstance(dtype, str) else dtype)
-    return model, model_id
 
 
 def _is_oom(exc: BaseException) -> bool:
@@ -510,6 +482,8 @@ def _run_rank(items, output_dir, settings, model, rank, world_size, window, batc
     (output_dir / "shards").mkdir(exist_ok=True)
     journal = Journal(output_dir, rank)
     npy_tmp = output_dir / ".tmp-npy"
+    # From the whole frozen item list: every rank and resume names an id's file alike.
+    npy_paths = unique_relpaths([i.id for i in items], ".npy") if npy else {}
     # Temp files of a killed run: remove this rank's (other ranks may be writing theirs right now).
     for tmp in [*(output_dir / "shards").glob(".shard-*.parquet.tmp-*"), *npy_tmp.glob("*.npy.tmp")]:
         if int(tmp.name.lstrip(".").split("-")[1 if tmp.name.startswith(".shard") else 0]) % world_size == rank:
@@ -561,7 +535,7 @@ def _run_rank(items, output_dir, settings, model, rank, world_size, window, batc
             p.codes = {}
         if npy:
             for r in rows:
-                write_npy(output_dir / "npy" / safe_relpath(r["id"], ".npy"), r["codes"],
+                write_npy(output_dir / "npy" / npy_paths[r["id"]], r["codes"],
                           npy_tmp / f"{k:05d}-{os.getpid()}.npy.tmp")
         if k in retry:
             order = {items[i].id: i for i in ranges[k]}
@@ -610,12 +584,7 @@ def _run_rank(items, output_dir, settings, model, rank, world_size, window, batc
             finish_item(p)
         else:
             p.num_samples = len(audio)
-            segments = split_windows(position, audio, window)
-            # A tail shorter than the model's minimum joins the previous window instead of failing.
-            if len(segments) > 1 and segments[-1].length < encoder.min_samples:
-                tail = segments.pop()
-                segments[-1] = Segment(position, segments[-1].index, audio[segments[-1].index * window :])
-                del tail
+            segments = split_windows(position, audio, window, encoder.min_samples)
             p.windows = len(segments)
             buffer.extend(segments)
             buffered += sum(s.length for s in segments)

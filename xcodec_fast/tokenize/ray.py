@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..loading import load_model
 from .batching import split_windows, window_samples
-from .engine import BatchEncoder, load_model
+from .engine import BatchEncoder
 from .sources import ItemLoader
 
 
@@ -74,10 +75,7 @@ class XcodecTokenizeBatch:
                 errors[row] = str(exc) or type(exc).__name__
                 continue
             lengths[row] = len(audio)
-            parts = split_windows(row, audio, self.window)
-            if len(parts) > 1 and parts[-1].length < self.encoder.min_samples:  # as the engine: join a tiny tail
-                parts.pop()
-                parts[-1].audio = audio[parts[-1].index * self.window :]
+            parts = split_windows(row, audio, self.window, self.encoder.min_samples)
             windows[row] = len(parts)
             segments.extend(parts)
         pieces: dict[int, dict[int, np.ndarray]] = {}

@@ -7,8 +7,10 @@ Layout of an output directory::
     items.parquet            the frozen item list (id, source, row): shard k holds items
                              [k * shard_size, (k + 1) * shard_size), whatever the number of ranks
     shards/shard-00000-of-00042.parquet ...
-    journal/rank-00000.jsonl one line per finished shard: rows, audio seconds, the failed items
-    npy/<id>.npy             with --npy: codes per item, (n_q, T) int16
+    journal/rank-00000.jsonl one line per finished shard: rows, audio seconds, the failed items,
+                             seq (the highest seq of a shard, in any rank's journal, is its current entry)
+    npy/<id>.npy             with --npy: codes per item, (n_q, T) int16 (ids that would share a
+                             file name get '~<hash of the id>' before .npy: see unique_relpaths)
     .tmp-npy/                with --npy: .npy files being written (a resume removes a killed run's)
     index.json               written when every shard is done: shards, counts, model, settings
     errors.jsonl             every failed item with its reason (in item order); --retry-failed
@@ -33,11 +35,14 @@ config, shard number. ``datasets.load_dataset("parquet", data_files=...)`` reads
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 from pathlib import Path
 import numpy as np
+
+from .sources import InputError
 
 METADATA_KEY = b"xcodec_fast"
 FORMAT = "xcodec-fast-tokens/1"
@@ -137,15 +142,22 @@ def shard_metadata(path: Path) -> dict:
 
 class Journal:
     """Append-only record of finished shards, one file per rank; a shard counts as done when its
-    journal line exists and its file is present with the journaled row count."""
+    journal line exists and its file is present with the journaled row count.
+
+    Every entry carries ``seq``, higher than every entry in any journal when this Journal opened:
+    the newest entry of a shard wins whichever rank's file holds it (runs with another world size
+    write a shard's newer entry into another rank's journal)."""
 
     def __init__(self, output_dir: Path, rank: int):
         self.dir = output_dir / "journal"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.path = self.dir / f"rank-{rank:05d}.jsonl"
+        # Ranks of one run write disjoint shards, so only earlier runs' entries need to be outranked.
+        self._next_seq = 1 + max((e.get("seq", -1) for e in _journal_entries(output_dir)), default=-1)
 
     def append(self, entry: dict) -> None:
-        line = json.dumps(entry, sort_keys=True) + "\n"
+        line = json.dumps({**entry, "seq": self._next_seq}, sort_keys=True) + "\n"
+        self._next_seq += 1
         with open(self.path, "a+b") as fh:
             # A kill mid-write leaves a partial last line: end it so this entry stays parseable.
             fh.seek(0, os.SEEK_END)
@@ -159,20 +171,29 @@ class Journal:
 
     @staticmethod
     def read_all(output_dir: Path) -> dict[int, dict]:
-        """Finished shards by number (the last entry wins), from every rank's journal."""
+        """Finished shards by number, from every rank's journal: the entry with the highest ``seq``
+        wins (entries of older versions have none: they rank below, in file and line order)."""
         entries: dict[int, dict] = {}
-        journal_dir = output_dir / "journal"
-        if not journal_dir.is_dir():
-            return entries
-        for path in sorted(journal_dir.glob("rank-*.jsonl")):
-            for line in path.read_text(encoding="utf-8").splitlines():
-                try:
-                    entry = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # the torn tail of a killed run: that shard is simply redone
-                if isinstance(entry, dict) and isinstance(entry.get("shard"), int):
-                    entries[entry["shard"]] = entry
+        for entry in sorted(_journal_entries(output_dir), key=lambda e: e.get("seq", -1)):  # stable
+            entries[entry["shard"]] = entry
         return entries
+
+
+def _journal_entries(output_dir: Path) -> list[dict]:
+    """Every parseable entry of every rank's journal, in file then line order."""
+    journal_dir = output_dir / "journal"
+    out = []
+    for path in sorted(journal_dir.glob("rank-*.jsonl")) if journal_dir.is_dir() else []:
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # the torn tail of a killed run: that shard is simply redone
+            if isinstance(entry, dict) and isinstance(entry.get("shard"), int):
+                if not isinstance(entry.get("seq", -1), int):
+                    entry.pop("seq")
+                out.append(entry)
+    return out
 
 
 def completed_shards(output_dir: Path, num_shards: int) -> dict[int, dict]:
@@ -195,11 +216,47 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._/+=@,-]")
 
 
 def safe_relpath(item_id: str, suffix: str) -> str:
-    """A relative file path for an item id: no absolute paths, no '..', odd characters -> '_'."""
+    """A relative file path for an item id: no absolute paths, no '..', odd characters -> '_'.
+    Not one-to-one ('x y' and 'x_y' give the same path): name files with ``unique_relpaths``."""
     parts = [p for p in _UNSAFE.sub("_", item_id).split("/") if p not in ("", ".", "..")]
     if not parts:
         parts = ["_"]
     return "/".join(parts) + suffix
+
+
+def _id_tag(item_id: str) -> str:
+    # '~' never survives safe_relpath, so a tagged name cannot equal an untagged one.
+    return "~" + hashlib.sha256(item_id.encode("utf-8", "surrogatepass")).hexdigest()[:12]
+
+
+def unique_relpaths(ids, suffix: str, keep_own_suffix: bool = False) -> dict[str, str]:
+    """id -> relative path ending in ``suffix``, a different file for every id, also on
+    case-insensitive file systems. A path is ``safe_relpath(id, suffix)`` unless another id maps to
+    the same path (ignoring case), or the path is another id's folder: then every id involved gets
+    ``~`` and a hash of the id before the suffix. Depends only on the set of ids, so every rank and
+    every resume of a run picks the same names. ``keep_own_suffix``: an id that already ends in
+    ``suffix`` (any case) keeps its ending instead of getting a second one ('a.wav' -> 'a.wav')."""
+    stems = {}
+    for item_id in ids:
+        own = keep_own_suffix and item_id.lower().endswith(suffix.lower())
+        stem, end = (item_id[: len(item_id) - len(suffix)], item_id[len(item_id) - len(suffix) :]) if own else (item_id, suffix)
+        stems[item_id] = (safe_relpath(stem, ""), end)
+    paths = {item_id: stem + end for item_id, (stem, end) in stems.items()}
+    by_key: dict[str, list[str]] = {}
+    for item_id, path in paths.items():
+        by_key.setdefault(path.casefold(), []).append(item_id)
+    folders = {path.casefold().rsplit("/", i)[0] for path in paths.values() for i in range(1, path.count("/") + 1)}
+    for key, members in by_key.items():
+        if len(members) > 1 or key in folders:
+            for item_id in members:
+                stem, end = stems[item_id]
+                paths[item_id] = stem + _id_tag(item_id) + end
+    seen: dict[str, str] = {}
+    for item_id, path in paths.items():
+        other = seen.setdefault(path.casefold(), item_id)
+        if other != item_id:  # a 48-bit hash collision: not worth a scheme of its own
+            raise InputError(f"ids {other!r} and {item_id!r} map to the same file name {path!r}; rename one")
+    return paths
 
 
 def write_npy(path: Path, codes: np.ndarray, tmp: Path | None = None) -> None:
