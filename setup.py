@@ -1,10 +1,12 @@
-"""Packaging. The native CPU kernels (kernels/) ship as package data and are compiled on first use
-(see xcodec_fast/ops/native.py). To compile them at install time instead, into ``xcodec_fast._C``:
+"""Packaging. The native CPU kernels (kernels/) ship as package data. Whenever the build can import
+torch they are compiled at install time into ``xcodec_fast._C``:
 
-    XCODEC_FAST_BUILD_NATIVE=1 pip install --no-build-isolation .
+    pip install --no-build-isolation .        # torch already installed: builds the extension
 
-(``--no-build-isolation`` so that the build sees the installed torch; the build requirements stay
-torch-free on purpose.) Without torch or without the variable, the install is pure Python.
+A plain ``pip install .`` builds in isolation without torch (the build requirements stay torch-free
+on purpose: a build-time torch would fetch a multi-GB CUDA wheel), installs pure Python, and the
+kernels compile on first use instead (see xcodec_fast/ops/native.py). XCODEC_FAST_BUILD_NATIVE=0
+skips the install-time build.
 """
 
 import importlib.util
@@ -43,14 +45,14 @@ class sdist_with_kernels(sdist):
 
 
 def native_extension():
-    """The prebuilt extension when asked for and torch is importable; else nothing."""
-    if os.environ.get("XCODEC_FAST_BUILD_NATIVE") != "1":
+    """The prebuilt extension when torch is importable (and not switched off); else nothing."""
+    if os.environ.get("XCODEC_FAST_BUILD_NATIVE") == "0":
         return [], {}
     try:
         from torch.utils.cpp_extension import BuildExtension, CppExtension
     except ImportError:
-        print("XCODEC_FAST_BUILD_NATIVE=1 but torch is not importable: skipping the native extension "
-              "(use pip install --no-build-isolation with torch installed)")
+        print("torch is not importable at build time: the native kernels will compile on first use "
+              "(pip install --no-build-isolation . with torch installed prebuilds them)")
         return [], {}
     spec = importlib.util.spec_from_file_location("xcodec_fast_kernels_build_config", KERNELS / "build_config.py")
     config = importlib.util.module_from_spec(spec)
