@@ -114,6 +114,11 @@ def test_outputs_markdown_and_plots(quick_run, capsys):
     result, folder = quick_run
     text = report.summary_markdown(result)
     assert "| op | dtype | batch |" in text and "| implementation | stage |" in text
+    for stages in result["end_to_end"]["flops"].values():
+        # the floor: convolutions are most of both stages' FLOPs, and the line cites the measured rate
+        assert 0 < stages["decode"]["convolution"] <= stages["decode"]["total"]
+        assert 0 < stages["encode"]["convolution"] <= stages["encode"]["total"]
+    assert "floor, decode batch 1" in text and "TFLOP/s fp32 matmul rate" in text
     pngs = sorted(p.name for p in (folder / "out").glob("*.png"))
     assert any(name.endswith("-roofline.png") for name in pngs) and any(name.endswith("-e2e.png") for name in pngs)
 

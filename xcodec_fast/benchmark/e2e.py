@@ -137,11 +137,17 @@ def run_end_to_end(
                 "decode": _with_backend(ours, name, "decode"),
             }
 
+    section["flops"] = {}
     for batch in batches:
         inputs = [make_audio(batch, num_samples, config.sample_rate, gen).to(device) for _ in range(3)]
         with torch.inference_mode():
             reference_codes = [reference.encode(x, return_dict=False) for x in inputs]
             reference_audio = [reference.decode(c, return_dict=False) for c in reference_codes]
+        if ours is not None:  # counted on our eager model: same math, and no weight-norm parametrizations
+            section["flops"][str(batch)] = {
+                "encode": count_flops(_with_backend(ours, "eager", "encode"), inputs[0]),
+                "decode": count_flops(_with_backend(ours, "eager", "decode"), reference_codes[0]),
+            }
         for stage in ("encode", "decode"):
             arg_sets = [(x,) for x in inputs] if stage == "encode" else [(c,) for c in reference_codes]
             fns = {impl: _plain(stages[stage]) for impl, stages in impls.items()}
@@ -160,6 +166,19 @@ def run_end_to_end(
             section["results"].extend(records)
     _add_speedups(section["results"])
     return section
+
+
+def count_flops(fn, *args) -> dict:
+    """FLOPs of one call, split into convolutions and the rest (matmuls, attention): the floor of a
+    stage is its FLOPs at the measured matmul rate."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        fn(*args)
+    by_op = {str(op): int(n) for op, n in counter.get_flop_counts().get("Global", {}).items()}
+    conv = sum(n for op, n in by_op.items() if "convolution" in op)
+    return {"total": int(counter.get_total_flops()), "convolution": conv}
 
 
 def _with_backend(model, backend: str, stage: str):

@@ -167,7 +167,24 @@ def e2e_table(result: dict) -> str:
         rows,
     )
     skipped = "".join(f"\n- skipped {s['impl']}: {s['reason']}" for s in e2e.get("skipped", []))
-    return f"{title}\n\n{table}\n{skipped}".rstrip()
+    return f"{title}\n\n{table}\n{floor_lines(result)}{skipped}".rstrip()
+
+
+def floor_lines(result: dict) -> str:
+    """Each stage's FLOPs at the matmul rate measured in the same run: no implementation beats it."""
+    flops = result.get("end_to_end", {}).get("flops")
+    rate = result.get("roofline", {}).get("matmul_tflops", {}).get("float32")
+    if not flops or not rate:
+        return ""
+    lines = []
+    for batch, stages in flops.items():
+        for stage, count in stages.items():
+            lines.append(
+                f"\n- floor, {stage} batch {batch}: {count['total'] / 1e9:.1f} GFLOP "
+                f"({count['convolution'] / 1e9:.1f} in convolutions) at the measured {rate:.2f} TFLOP/s fp32 matmul rate "
+                f"= {count['total'] / (rate * 1e12) * 1e3:.0f} ms"
+            )
+    return "".join(lines)
 
 
 def backend_notes(result: dict) -> str:
