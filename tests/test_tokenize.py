@@ -310,7 +310,7 @@ def test_detokenize_writes_original_lengths(tmp_path, model):
     data = tmp_path / "data"
     data.mkdir()
     # Lengths off the 320-sample hop (and a windowed item): the decoder stops short, so the end is padded.
-    sf.write(data / "a.wav", _chirp(16000, 1.7, 1, 1)[:27277], 16000)
+    sf.write(data / "a.wav", _chirp(16000, 1.8, 1, 1)[:27277], 16000)
     sf.write(data / "b.flac", _chirp(22050, 0.41, 2, 2), 22050)
     tokenize([data], tmp_path / "out", model=model, num_workers=0, progress=False, batch_seconds=2, max_seconds=1)
     written = detokenize(tmp_path / "out", tmp_path / "wav", model=model)
