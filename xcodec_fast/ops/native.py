@@ -15,8 +15,8 @@ What it does
       input or a tensor that autograd saved.
 
 Build
-    ``xcodec_fast._C`` if it was prebuilt (``XCODEC_FAST_BUILD_NATIVE=1 pip install
-    --no-build-isolation .``) for this torch and SIMD level; otherwise compiled on first use with
+    ``xcodec_fast._C`` if it was prebuilt (``pip install --no-build-isolation .`` with torch
+    installed) for this torch and SIMD level; otherwise compiled on first use with
     ``torch.utils.cpp_extension`` + ninja (about a minute, once per machine) into
     ``$XCODEC_FAST_NATIVE_CACHE`` or ``~/.cache/xcodec_fast/native/<torch-python-simd-sourcehash>``.
     No compiler or ninja: :func:`availability` says why and ``auto`` runs eager.
