@@ -40,7 +40,11 @@ def target_capability() -> str:
 
 def compile_flags(capability: str) -> list[str]:
     # -ffp-contract=off: no fused multiply-add, so every rounding matches eager torch's separate ops.
-    flags = ["-O3", "-ffp-contract=off", "-fno-math-errno", *_ISA_FLAGS[capability]]
+    # -fopenmp: ATen's at::parallel_for is a header template that is only parallel when the including
+    # code is compiled with OpenMP (torch's build is AT_PARALLEL_OPENMP); without it every kernel ran
+    # on one thread. Compile flag only: the GOMP symbols resolve to the libgomp libtorch_cpu loads, so
+    # there is one OpenMP runtime and thread pool in the process.
+    flags = ["-O3", "-ffp-contract=off", "-fno-math-errno", "-fopenmp", *_ISA_FLAGS[capability]]
     if capability != "DEFAULT":
         flags += [f"-DCPU_CAPABILITY={capability}", f"-DCPU_CAPABILITY_{capability}"]
     return flags

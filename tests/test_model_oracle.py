@@ -22,6 +22,26 @@ def assert_audio_close(ours: torch.Tensor, reference: torch.Tensor, rel: float =
     assert error <= rel * scale, f"max error {error.item():.3g} > {rel} x scale {scale.item():.3g}"
 
 
+def assert_decode_close(ours: torch.Tensor, hf_model, codes: torch.Tensor, reference: torch.Tensor) -> None:
+    """Our decode vs transformers': within 1e-5 of the scale (eager runs the same ops in the same
+    order: ~0). The native backend's residual units are chunked GEMMs that sum in another order;
+    on these random decoders fp32 itself is ~1.6-1.8e-5 of the scale off (transformers vs an fp64
+    decode), so a reordered decode may land ~1.2e-5 off transformers. Then it must stay within
+    twice transformers' own distance from the fp64 decode: as accurate as fp32 allows, checked."""
+    scale = reference.abs().max().clamp_min(1e-3)
+    error = (ours - reference).abs().max()
+    if error <= 1e-5 * scale:
+        return
+    import copy
+
+    exact = hf_decode(copy.deepcopy(hf_model).double(), codes)
+    fp32_error = (reference.double() - exact).abs().max()
+    assert error <= 2 * fp32_error, (
+        f"max error {error.item():.3g} > 1e-5 x scale {scale.item():.3g} and > 2 x transformers' own "
+        f"fp32 error {fp32_error.item():.3g}"
+    )
+
+
 @pytest.fixture(scope="module", params=SEMANTIC_VARIANTS, ids=VARIANT_IDS)
 def pair(request, tmp_path_factory):
     """(transformers model, our model loaded from its save_pretrained directory)."""
@@ -61,7 +81,7 @@ def test_decode_matches_transformers(pair):
         codes = torch.randint(0, model.config.codebook_size, (2, num_quantizers, 37), generator=generator)
         audio = model.decode(codes).audio_values
         assert audio.shape == (2, 1, 37 * model.config.hop_length)
-        assert_audio_close(audio, hf_decode(hf_model, codes))
+        assert_decode_close(audio, hf_model, codes, hf_decode(hf_model, codes))
 
 
 def test_forward_is_trimmed_decode_of_encode(pair):
@@ -169,7 +189,7 @@ def test_weight_normed_checkpoints_load_and_match(spelling, tmp_path):
     save_file(state, str(tmp_path / "model.safetensors"))
     model = XcodecModel.from_pretrained(tmp_path)
     assert torch.equal(model.encode(audio).audio_codes, codes)
-    assert_audio_close(model.decode(codes).audio_values, reference_audio)
+    assert_decode_close(model.decode(codes).audio_values, hf_model, codes, reference_audio)
 
 
 @pytest.mark.slow

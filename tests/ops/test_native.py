@@ -113,17 +113,44 @@ def dac_weights(in_channels, out_channels, kernel, seed=0, transpose=False):
     return weight, bias
 
 
-@pytest.mark.parametrize("dilation", (1, 3, 9))
-@pytest.mark.parametrize("batch,channels,frames", [(1, 1, 1), (2, 3, 7), (1, 64, 321), (2, 96, 1601)])
-def test_residual_unit_matches_eager(batch, channels, frames, dilation):
+def residual_args(batch, channels, frames, dilation, dtype=torch.float32):
     x, alpha1 = make_input(batch, channels, frames)
     _, alpha2 = make_input(1, channels, 1, seed=2)
     w1, b1 = dac_weights(channels, channels, 7, seed=3)
     w2, b2 = dac_weights(channels, channels, 1, seed=4)
-    args = (x, alpha1, w1, b1, dilation, alpha2, w2, b2)
+    return tuple(a.to(dtype) if isinstance(a, torch.Tensor) else a for a in (x, alpha1, w1, b1, dilation, alpha2, w2, b2))
+
+
+# Up to 256 channels the residual unit is a chunked implicit GEMM (see kernels/xcodec_native.cpp):
+# same math as eager in another summation order, so within 1e-6 of the output scale, not bit-equal.
+# 16001 frames span many chunks (halos at chunk edges); 300 channels take the oneDNN path.
+@pytest.mark.parametrize("dilation", (1, 3, 9))
+@pytest.mark.parametrize(
+    "batch,channels,frames",
+    [(1, 1, 1), (2, 3, 7), (1, 64, 321), (2, 96, 1601), (2, 64, 16001), (1, 3, 16001), (2, 1, 321), (1, 300, 40)],
+)
+def test_residual_unit_matches_eager(batch, channels, frames, dilation):
+    x, alpha1, w1, b1, _, alpha2, w2, b2 = args = residual_args(batch, channels, frames, dilation)
     assert_fp32_close(native.residual_unit(*args), eager.residual_unit(*args))
     assert_fp32_close(native.residual_unit(x, alpha1, w1, None, dilation, alpha2, w2, None),
                       eager.residual_unit(x, alpha1, w1, None, dilation, alpha2, w2, None))
+
+
+def test_residual_unit_non_contiguous_and_reduced_precision():
+    x, alpha1, w1, b1, d, alpha2, w2, b2 = residual_args(2, 64, 1000, 3)
+    rest = (alpha1, w1, b1, d, alpha2, w2, b2)
+    sliced = torch.randn(2, 64, 1200)[..., 100:1100]
+    strided = torch.randn(2, 1000, 64).transpose(1, 2)
+    for t in (sliced, strided, torch.randn(2, 64, 2000)[..., ::2]):
+        assert_fp32_close(native.residual_unit(t, *rest), eager.residual_unit(t, *rest))
+    for dtype in (torch.bfloat16, torch.float16):
+        xr, *rest_r = residual_args(2, 64, 1000, 3, dtype)
+        got = native.residual_unit(xr, *rest_r)
+        assert got.dtype == dtype
+        # fp32 compute on the reduced inputs, one rounding at the end: within an ulp of that result.
+        exact = eager.residual_unit(xr.float(), *(a.float() if isinstance(a, torch.Tensor) else a for a in rest_r))
+        eps = torch.finfo(dtype).eps
+        torch.testing.assert_close(got.float(), exact, rtol=eps, atol=eps * exact.abs().max().item())
 
 
 @pytest.mark.parametrize("stride", (2, 4, 5, 8))
