@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from oracle import make_hf_model, random_audio, tiny_variant
-from xcodec_fast import XcodecModel
+from xcodec_fast import XcodecModel, ops
 from xcodec_fast.modeling.outputs import XcodecEncoderOutput
 
 
@@ -128,7 +128,12 @@ def test_backend_choice(model, codes):
     audio = model.decode(codes).audio_values
     try:
         model.backend = "eager"
-        assert torch.equal(model.decode(codes).audio_values, audio)
+        eager_audio = model.decode(codes).audio_values
+        if ops.backend.resolve_auto(audio.device) == "eager":
+            assert torch.equal(eager_audio, audio)
+        else:  # native: GEMM residual units sum in another order (tests/ops/test_native.py's bound)
+            scale = eager_audio.abs().max().item()
+            torch.testing.assert_close(audio, eager_audio, rtol=1e-5, atol=1e-5 * scale)
         with pytest.raises(ValueError, match="unknown backend"):
             model.backend = "fast"
     finally:
