@@ -44,7 +44,9 @@ def compile_flags(capability: str) -> list[str]:
     # code is compiled with OpenMP (torch's build is AT_PARALLEL_OPENMP); without it every kernel ran
     # on one thread. Compile flag only: the GOMP symbols resolve to the libgomp libtorch_cpu loads, so
     # there is one OpenMP runtime and thread pool in the process.
-    flags = ["-O3", "-ffp-contract=off", "-fno-math-errno", "-fopenmp", *_ISA_FLAGS[capability]]
+    # (Linux only: Apple clang rejects -fopenmp; there the kernels stay serial but still build.)
+    openmp = ["-fopenmp"] if sys.platform.startswith("linux") else []
+    flags = ["-O3", "-ffp-contract=off", "-fno-math-errno", *openmp, *_ISA_FLAGS[capability]]
     if capability != "DEFAULT":
         flags += [f"-DCPU_CAPABILITY={capability}", f"-DCPU_CAPABILITY_{capability}"]
     return flags
