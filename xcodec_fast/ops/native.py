@@ -27,24 +27,9 @@ Build
 Inference only: with autograd recording (grad enabled and an input requiring grad) every op
 runs the eager implementation instead.
 
-Timings, eager -> native, fp32, batch 1, torch 2.13 CPU on a 2-core AVX-512 VM shared with other
-jobs (load average 4-6, so only single-thread medians of 21 interleaved runs are trustworthy;
-2-thread runs under that load were dominated by preemption). Decoder shapes per second of audio:
-
-    ==========  ==========  ===============  ===============  ==================
-    C x T       snake       add_snake        residual_unit    (d=1 / d=9)
-    ==========  ==========  ===============  ===============  ==================
-    512 x 400   0.31->0.14  0.40->0.21 ms    12.7->12.4       12.7->12.1 ms
-    256 x 2000  1.00->0.41  1.24->0.62 ms    16.5->15.0       16.2->14.6 ms
-    128 x 8000  1.96->0.85  2.42->1.26 ms    24.0->17.0       23.5->16.4 ms
-    64 x 16000  1.97->0.83  2.43->1.21 ms    13.9->9.6        16.5->9.9 ms
-    ==========  ==========  ===============  ===============  ==================
-
-Snake is ~2.3x (of the remaining 0.83 ms per 1M values, 0.53 ms is MKL's sin itself and the rest
-one read + one write: near the floor while sin stays bit-exact). The residual unit gains 1.0-1.65x:
-its convolutions (oneDNN) are >80 % of it. Full-size model, 10 s of audio, 2 threads, median of 3:
-decode 9.0 s -> 4.1 s; encode (HuBERT included, untouched here) 8.9 s -> 6.1 s. After this backend,
-decode time is ~97 % oneDNN convolution (1x1 convs at 64/128 channels alone ~15 %).
+Speed: measured by the benchmark suite (``xcodec-fast bench``), stored per machine in
+bench/results/ and rendered into the README; per-shape crossover numbers for the GEMM residual
+unit are in kernels/xcodec_native.cpp.
 """
 
 from __future__ import annotations
