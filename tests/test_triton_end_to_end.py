@@ -17,6 +17,7 @@ import xcodec_fast.ops as ops
 from xcodec_fast.config import XcodecConfig, tiny_config
 from xcodec_fast.modeling import XcodecModel
 from xcodec_fast.ops import backend
+from near_ties import check_near_ties
 
 CUDA = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if CUDA else "cpu")
@@ -72,28 +73,7 @@ def _assert_all_triton(calls):
 
 
 def _check_near_ties(codes, ref, x, codebooks):
-    """Frames where our codes differ from eager's must part at a near tie of our own residual
-    (float64), and every code we pick must be a near-argmax of that residual."""
-    nq = codes.shape[1]
-    cb = codebooks.double().cpu()
-    ours = codes.permute(0, 2, 1).reshape(-1, nq).cpu()
-    theirs = ref.permute(0, 2, 1).reshape(-1, nq).cpu()
-    r = x.double().cpu().permute(0, 2, 1).reshape(-1, x.shape[1])
-    parted = torch.zeros(ours.shape[0], dtype=torch.bool)
-    for q in range(nq):
-        norms = (cb[q] * cb[q]).sum(-1)
-        scores = 2 * r @ cb[q].T - norms
-        scale = (r * r).sum(-1) + norms.max()
-        picked = scores.gather(1, ours[:, q : q + 1]).squeeze(1)
-        slack = (scores.max(-1).values - picked) / scale
-        assert slack.max().item() <= TIE_TOL, f"stage {q}: a code is {slack.max().item():.3g} below the best score"
-        differ = (ours[:, q] != theirs[:, q]) & ~parted
-        if differ.any():
-            gap = ((picked - scores.gather(1, theirs[:, q : q + 1]).squeeze(1)).abs() / scale)[differ]
-            assert gap.max().item() <= TIE_TOL, f"stage {q}: eager's code differs by a gap of {gap.max().item():.3g}"
-        parted |= differ
-        r = r - cb[q][ours[:, q]]
-    return int(parted.sum()), parted.numel()
+    return check_near_ties(codes, ref, x, codebooks, TIE_TOL)
 
 
 def _snr_db(ref, test):
