@@ -337,20 +337,26 @@ def save_pretrained(model, save_directory) -> None:
 
 
 # ---- original X-Codec checkpoints -------------------------------------------------------------
+# A DAC residual unit's Sequential (Snake, conv k=7, Snake, conv 1x1) in transformers' names.
+_UNIT_LAYERS = ("snake1", "conv1", "snake2", "conv2")
+
+
+def _outer_layer(index: int, tail: str, blocks: int) -> str | None:
+    """The DAC encoder's and decoder's first conv, final Snake and last conv around the blocks."""
+    return {0: f"conv1.{tail}", blocks + 1: f"snake1.{tail}", blocks + 2: f"conv2.{tail}"}.get(index)
+
+
 def _acoustic_encoder_key(rest: str, blocks: int) -> str | None:
     match = re.match(r"block\.(\d+)\.(.*)", rest)
     if match is None:
         return None
     index, tail = int(match.group(1)), match.group(2)
-    if index == 0:
-        return f"conv1.{tail}"
-    if index == blocks + 1:
-        return f"snake1.{tail}"
-    if index == blocks + 2:
-        return f"conv2.{tail}"
+    outer = _outer_layer(index, tail, blocks)
+    if outer is not None:
+        return outer
     unit = re.match(r"block\.(\d+)\.block\.([0-3])\.(.*)", tail)
     if unit is not None:
-        layer = ("snake1", "conv1", "snake2", "conv2")[int(unit.group(2))]
+        layer = _UNIT_LAYERS[int(unit.group(2))]
         return f"block.{index - 1}.res_unit{int(unit.group(1)) + 1}.{layer}.{unit.group(3)}"
     tail_match = re.match(r"block\.([34])\.(.*)", tail)
     if tail_match is not None:
@@ -364,15 +370,12 @@ def _acoustic_decoder_key(rest: str, blocks: int) -> str | None:
     if match is None:
         return None
     index, tail = int(match.group(1)), match.group(2)
-    if index == 0:
-        return f"conv1.{tail}"
-    if index == blocks + 1:
-        return f"snake1.{tail}"
-    if index == blocks + 2:
-        return f"conv2.{tail}"
+    outer = _outer_layer(index, tail, blocks)
+    if outer is not None:
+        return outer
     unit = re.match(r"block\.([2-4])\.block\.([0-3])\.(.*)", tail)
     if unit is not None:
-        layer = ("snake1", "conv1", "snake2", "conv2")[int(unit.group(2))]
+        layer = _UNIT_LAYERS[int(unit.group(2))]
         return f"block.{index - 1}.res_unit{int(unit.group(1)) - 1}.{layer}.{unit.group(3)}"
     head = re.match(r"block\.([01])\.(.*)", tail)
     if head is not None:
