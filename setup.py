@@ -62,7 +62,7 @@ def native_extension():
         "xcodec_fast._C",
         # setuptools wants sources relative to setup.py
         sources=[os.path.relpath(p, ROOT) for p in config.source_paths()],
-        extra_compile_args=config.compile_flags(capability),
+        extra_compile_args=config.build_flags(capability),
     )
     return [extension], {"build_ext": BuildExtension.with_options(use_ninja=True)}
 

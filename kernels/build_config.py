@@ -56,6 +56,20 @@ def source_paths(kernel_dir: Path = KERNEL_DIR) -> list[str]:
     return [str(kernel_dir / name) for name in SOURCES]
 
 
+def source_digest(kernel_dir: Path = KERNEL_DIR) -> str:
+    """Hash of the files that decide the binary; compiled into it (build_info's ``source``), so that
+    a prebuilt ``_C`` older than the sources beside it is never loaded."""
+    digest = hashlib.sha256()
+    for name in HASHED_FILES:
+        digest.update((kernel_dir / name).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def build_flags(capability: str, kernel_dir: Path = KERNEL_DIR) -> list[str]:
+    """compile_flags plus the source digest define: what setup.py and the first-use build pass."""
+    return [*compile_flags(capability), f"-DXCODEC_SOURCE_DIGEST={source_digest(kernel_dir)}"]
+
+
 def cache_key(capability: str, kernel_dir: Path = KERNEL_DIR) -> str:
     """Changes with the sources, the flags, torch, Python and the SIMD level."""
     import torch

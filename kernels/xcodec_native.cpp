@@ -6,8 +6,9 @@
 // -ffp-contract=off, and the same sin as torch.sin: MKL VML in HA mode on x86 builds, otherwise
 // ATen's Vectorized::sin), so fp32 results are bit-identical to the eager reference.
 // bf16/fp16 are stored reduced and computed in fp32 (one rounding at the end, unlike eager).
-// The residual unit at C <= 256 is a chunked implicit GEMM (see residual_unit_gemm; not bit-identical
-// to eager, within ~1e-6 of the output scale); other convolutions stay on ATen (oneDNN).
+// The residual unit at C <= 256, snake + strided conv at C_in <= 256 and snake + transposed conv are
+// chunked implicit GEMMs on MKL sgemm (not bit-identical to eager, within ~1e-6 of the output scale);
+// the other convolutions stay on ATen (oneDNN).
 // Built with -fopenmp (build_config.py): at::parallel_for is serial without it.
 
 #include <torch/extension.h>
@@ -36,6 +37,9 @@ extern "C" int MKL_Set_Num_Threads_Local(int nt) __attribute__((weak));
 
 #define XCODEC_STRINGIFY_(x) #x
 #define XCODEC_STRINGIFY(x) XCODEC_STRINGIFY_(x)
+#ifndef XCODEC_SOURCE_DIGEST
+#define XCODEC_SOURCE_DIGEST unknown
+#endif
 #if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
 #define XCODEC_CPU_CAPABILITY XCODEC_STRINGIFY(CPU_CAPABILITY)
 #else
@@ -126,6 +130,27 @@ inline void store_floats(const float* src, scalar_t* dst, int64_t n) {
   for (; i < n; ++i) dst[i] = static_cast<scalar_t>(src[i]);
 }
 
+// dst[0, n) = snake(x[lo, lo + n)) for one row of `frames` samples, zeros outside [0, frames)
+// (the convolutions' zero padding: snake(0) = 0). scratch holds n floats.
+template <typename scalar_t>
+void snake_window(const scalar_t* xs, int64_t frames, int64_t lo, int64_t n, float a, float inv, float* dst,
+                  float* scratch) {
+  const int64_t v0 = std::clamp<int64_t>(lo, 0, frames), v1 = std::clamp<int64_t>(lo + n, 0, frames);
+  if (v1 <= v0) {
+    std::fill(dst, dst + n, 0.0f);
+    return;
+  }
+  std::fill(dst, dst + (v0 - lo), 0.0f);
+  std::fill(dst + (v1 - lo), dst + n, 0.0f);
+  float* dv = dst + (v0 - lo);
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    snake_floats(xs + v0, dv, scratch, v1 - v0, a, inv);
+  } else {
+    load_floats(xs + v0, dv, v1 - v0);
+    snake_floats(dv, dv, scratch, v1 - v0, a, inv);
+  }
+}
+
 // A (B, C, T) tensor whose time axis is unit-stride, addressed row by row.
 template <typename T>
 struct Rows {
@@ -146,6 +171,16 @@ std::pair<std::vector<float>, std::vector<float>> snake_coefficients(const at::T
   std::vector<float> inverse(values.size());
   for (size_t c = 0; c < values.size(); ++c) inverse[c] = 1.0f / (values[c] + 1e-9f);
   return {std::move(values), std::move(inverse)};
+}
+
+// A bias as n fp32 values (zeros when there is none).
+std::vector<float> bias_values(const std::optional<at::Tensor>& bias, int64_t n) {
+  std::vector<float> values(n, 0.0f);
+  if (bias && bias->defined()) {
+    auto b = bias->detach().to(at::kFloat).contiguous();
+    std::copy(b.data_ptr<float>(), b.data_ptr<float>() + n, values.begin());
+  }
+  return values;
 }
 
 // Runs body(row, t0, n) over every (row, chunk of ≤ kChunk frames) in parallel.
@@ -307,6 +342,26 @@ void gemm_rm(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const
   at::addmm_out(C, C, A, B, beta, 1.0);
 }
 
+// Row-major c (m × n, ldc) = aᵀ · b, a stored as (k × m, lda) row-major, b as (k × n, ldb).
+void gemm_rm_at(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb, float* c,
+                int64_t ldc) {
+#if AT_MKL_ENABLED()
+  if (sgemm_) {
+    // Column-major: cᵀ (n × m) = bᵀ (n × k) · a (k × m), where the stored a reads as aᵀ: transpose it.
+    const int mi = static_cast<int>(n), ni = static_cast<int>(m), ki = static_cast<int>(k);
+    const int la = static_cast<int>(ldb), lb = static_cast<int>(lda), lc = static_cast<int>(ldc);
+    const float one = 1.0f, zero = 0.0f;
+    sgemm_("N", "T", &mi, &ni, &ki, &one, b, &la, a, &lb, &zero, c, &lc);
+    return;
+  }
+#endif
+  auto opts = at::TensorOptions().dtype(at::kFloat);
+  auto A = at::from_blob(const_cast<float*>(a), {k, m}, {lda, 1}, opts);
+  auto B = at::from_blob(const_cast<float*>(b), {k, n}, {ldb, 1}, opts);
+  auto C = at::from_blob(c, {m, n}, {ldc, 1}, opts);
+  at::mm_out(C, A.t(), B);
+}
+
 // Frames per task: the im2col tile (7·C × L floats) stays under ~1 MB, within this Xeon's 2 MB L2.
 // Measured best (2 threads, ms at 64×160000 / 128×80000 / 256×20000): L=256-512 / 512 / 128.
 int64_t residual_chunk_frames(int64_t channels) {
@@ -341,15 +396,7 @@ at::Tensor residual_unit_gemm(const at::Tensor& x, const at::Tensor& alpha1, con
   // W1 as (c_out, k · c_in), matching the im2col rows; W2 as (c_out, c_in).
   const at::Tensor w1 = weight1.detach().to(at::kFloat).permute({0, 2, 1}).contiguous();
   const at::Tensor w2 = weight2.detach().to(at::kFloat).reshape({channels, channels}).contiguous();
-  std::vector<float> b1(channels, 0.0f), b2(channels, 0.0f);
-  if (bias1 && bias1->defined()) {
-    auto b = bias1->detach().to(at::kFloat).contiguous();
-    std::copy(b.data_ptr<float>(), b.data_ptr<float>() + channels, b1.begin());
-  }
-  if (bias2 && bias2->defined()) {
-    auto b = bias2->detach().to(at::kFloat).contiguous();
-    std::copy(b.data_ptr<float>(), b.data_ptr<float>() + channels, b2.begin());
-  }
+  const std::vector<float> b1 = bias_values(bias1, channels), b2 = bias_values(bias2, channels);
   const float* w1p = w1.data_ptr<float>();
   const float* w2p = w2.data_ptr<float>();
   if (chunk <= 0) chunk = residual_chunk_frames(channels);
@@ -370,22 +417,10 @@ at::Tensor residual_unit_gemm(const at::Tensor& x, const at::Tensor& alpha1, con
         const int64_t b = task / chunks, t0 = (task % chunks) * chunk;
         const int64_t n = std::min(chunk, frames - t0);
         const int64_t lo = t0 - pad, width = n + 2 * pad;  // S covers [lo, lo + width)
-        const int64_t v0 = std::max<int64_t>(lo, 0), v1 = std::min(lo + width, frames);
         // S = snake(x) over the chunk and its halo; zero padding outside the signal.
         for (int64_t c = 0; c < channels; ++c) {
-          float* s = s_buf.data() + c * span;
-          const scalar_t* xs = xr.row(b * channels + c);
-          if (v0 > lo) std::fill(s, s + (v0 - lo), 0.0f);
-          if (v1 < lo + width) std::fill(s + (v1 - lo), s + width, 0.0f);
-          if (v1 > v0) {
-            float* sv = s + (v0 - lo);
-            if constexpr (kFloatOut) {
-              snake_floats(xs + v0, sv, scratch.data(), v1 - v0, a1[c], inv1[c]);
-            } else {
-              load_floats(xs + v0, sv, v1 - v0);
-              snake_floats(sv, sv, scratch.data(), v1 - v0, a1[c], inv1[c]);
-            }
-          }
+          snake_window(xr.row(b * channels + c), frames, lo, width, a1[c], inv1[c], s_buf.data() + c * span,
+                       scratch.data());
         }
         // H = b1 + Σ_k W1_k · S shifted by k·d.
         float* h = h_buf.data();
@@ -460,19 +495,231 @@ at::Tensor residual_unit(const at::Tensor& x_in, const at::Tensor& alpha1, const
   return out;
 }
 
+// ---- Strided and transposed convolutions as chunked implicit GEMMs --------------------------------
+//
+// Both are rewritten over phases (time index mod stride) so that every im2col row is a contiguous
+// copy, then each (batch, chunk of output frames) task runs snake -> im2col -> one MKL sgemm per
+// phase group, single-threaded inside at::parallel_for, with every buffer sized for L2. fp32 results
+// differ from eager (oneDNN) in summation order only.
+
+// Output frames per task, so that the im2col tile (rows × frames floats) stays near 1 MB.
+int64_t conv_chunk_frames(int64_t im2col_rows) {
+  return std::clamp<int64_t>((int64_t{1} << 18) / std::max<int64_t>(im2col_rows, 1), 64, 512);
+}
+
+void check_conv_args(const at::Tensor& x, const at::Tensor& alpha, const at::Tensor& weight, int64_t in_channels,
+                     int64_t stride, int64_t padding, const char* op) {
+  check_input(x, alpha, op);
+  TORCH_CHECK(weight.dim() == 3 && in_channels == x.size(1), op, ": weight does not match x's ", x.size(1),
+              " channels");
+  TORCH_CHECK(stride >= 1 && padding >= 0, op, ": stride must be >= 1 and padding >= 0");
+}
+
+// y = conv1d(snake(x), W, b, stride s, padding p). With k = m·s + r and P[(c, r)][u] = snake(x)[c, u·s + r - p]:
+//   y[o, t] = b[o] + Σ_m Σ_(c, r) W[o, c, m·s + r] · P[(c, r)][t + m]
+// so the im2col rows (m, c, r) are P's rows shifted by m, and the GEMM's K is ⌈k/s⌉·s·C_in.
+at::Tensor snake_conv1d_gemm(const at::Tensor& x_in, const at::Tensor& alpha, const at::Tensor& weight,
+                             const std::optional<at::Tensor>& bias, int64_t stride, int64_t padding, int64_t chunk) {
+  const at::Tensor x = unit_stride_time(x_in);
+  check_conv_args(x, alpha, weight, weight.size(1), stride, padding, "snake_conv1d");
+  const int64_t batch = x.size(0), in_channels = x.size(1), frames = x.size(2);
+  const int64_t out_channels = weight.size(0), kernel = weight.size(2);
+  const int64_t out_frames = (frames + 2 * padding - kernel) / stride + 1;
+  TORCH_CHECK(frames + 2 * padding >= kernel, "snake_conv1d: ", frames, " frames (padded by ", padding,
+              ") are fewer than the kernel's ", kernel);
+  auto out = at::empty({batch, out_channels, out_frames}, x.options().memory_format(at::MemoryFormat::Contiguous));
+  if (out.numel() == 0) return out;
+  const int64_t taps = (kernel + stride - 1) / stride, phase_rows = in_channels * stride, rows = taps * phase_rows;
+  // W as (C_out, taps, C_in, s) with zeros for k >= kernel, matching the im2col rows.
+  const at::Tensor w = at::constant_pad_nd(weight.detach().to(at::kFloat), {0, taps * stride - kernel})
+                           .view({out_channels, in_channels, taps, stride})
+                           .permute({0, 2, 1, 3})
+                           .contiguous();
+  const float* wp = w.data_ptr<float>();
+  const std::vector<float> b = bias_values(bias, out_channels);
+  const auto [a, inv] = snake_coefficients(alpha);
+  if (chunk <= 0) chunk = conv_chunk_frames(rows);
+  chunk = std::min(chunk, out_frames);
+  const int64_t chunks = (out_frames + chunk - 1) / chunk;
+  const int64_t span = chunk + taps - 1;  // P row length
+
+  dispatch_storage_type(x.scalar_type(), "snake_conv1d", [&](auto tag) {
+    using scalar_t = decltype(tag);
+    constexpr bool kFloatOut = std::is_same_v<scalar_t, float>;
+    const auto xr = rows_of<scalar_t>(x);
+    scalar_t* outp = out.data_ptr<scalar_t>();
+    at::parallel_for(0, batch * chunks, 1, [&](int64_t begin, int64_t end) {
+      const SequentialMkl sequential;
+      std::vector<float> line(span * stride), scratch(span * stride), p_buf(phase_rows * span), i_buf(rows * chunk);
+      std::vector<float> o_buf(kFloatOut ? 0 : out_channels * chunk);
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t bi = task / chunks, t0 = (task % chunks) * chunk;
+        const int64_t n = std::min(chunk, out_frames - t0), width = n + taps - 1;
+        for (int64_t c = 0; c < in_channels; ++c) {
+          snake_window(xr.row(bi * in_channels + c), frames, t0 * stride - padding, width * stride, a[c], inv[c],
+                       stride == 1 ? p_buf.data() + c * span : line.data(), scratch.data());
+          if (stride > 1) {
+            for (int64_t r = 0; r < stride; ++r) {
+              float* pr = p_buf.data() + (c * stride + r) * span;
+              for (int64_t u = 0; u < width; ++u) pr[u] = line[u * stride + r];
+            }
+          }
+        }
+        float* im = i_buf.data();
+        for (int64_t m = 0; m < taps; ++m) {
+          for (int64_t row = 0; row < phase_rows; ++row) {
+            std::memcpy(im + (m * phase_rows + row) * n, p_buf.data() + row * span + m, n * sizeof(float));
+          }
+        }
+        float* o;
+        int64_t ldo;
+        if constexpr (kFloatOut) {
+          o = outp + bi * out_channels * out_frames + t0;
+          ldo = out_frames;
+        } else {
+          o = o_buf.data();
+          ldo = n;
+        }
+        for (int64_t oc = 0; oc < out_channels; ++oc) std::fill(o + oc * ldo, o + oc * ldo + n, b[oc]);
+        gemm_rm(out_channels, n, rows, wp, rows, im, n, 1.0f, o, ldo);
+        if constexpr (!kFloatOut) {
+          for (int64_t oc = 0; oc < out_channels; ++oc) {
+            store_floats(o + oc * ldo, outp + (bi * out_channels + oc) * out_frames + t0, n);
+          }
+        }
+      }
+    });
+  });
+  return out;
+}
+
+// Floor division for possibly negative numerators.
+inline int64_t floor_div(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
+
+// y = conv_transpose1d(snake(x), W (C_in, C_out, k), b, stride s, padding p, output_padding): input frame t
+// adds W[:, o, k]·snake(x)[:, t] to output frame t·s + k - p. Per task (a chunk of output frames):
+//   S = snake(x) over the input frames that reach the chunk        (C_in × width)
+//   Z = Wᵀ · S, W viewed as (C_in, C_out·k) as it is stored       (C_out·k × width: one GEMM, no repacking)
+//   y[o, f] = b[o] + Σ_{k ≡ f + p (mod s)} Z[(o, k), (f + p - k)/s]  (each output gathers ⌈k/s⌉ rows)
+// Repacking W per phase instead cost more than the convolution for 1024 × 512 × 16 weights.
+at::Tensor snake_conv_transpose1d_gemm(const at::Tensor& x_in, const at::Tensor& alpha, const at::Tensor& weight,
+                                       const std::optional<at::Tensor>& bias, int64_t stride, int64_t padding,
+                                       int64_t output_padding, int64_t chunk) {
+  const at::Tensor x = unit_stride_time(x_in);
+  check_conv_args(x, alpha, weight, weight.size(0), stride, padding, "snake_conv_transpose1d");
+  const int64_t batch = x.size(0), in_channels = x.size(1), frames = x.size(2);
+  const int64_t out_channels = weight.size(1), kernel = weight.size(2);
+  const int64_t out_frames = (frames - 1) * stride - 2 * padding + kernel + output_padding;
+  TORCH_CHECK(out_frames > 0 || frames == 0, "snake_conv_transpose1d: ", frames, " frames give no output frames");
+  auto out = at::empty({batch, out_channels, std::max<int64_t>(out_frames, 0)},
+                       x.options().memory_format(at::MemoryFormat::Contiguous));
+  if (out.numel() == 0) return out;
+  const std::vector<float> b = bias_values(bias, out_channels);
+  const at::Tensor wf = weight.detach().to(at::kFloat).contiguous();
+  const float* wp = wf.data_ptr<float>();
+  const int64_t z_rows = out_channels * kernel;
+  const auto [a, inv] = snake_coefficients(alpha);
+  // Chunks of q (output frames q·s .. q·s + s - 1); input frames reaching q0..q1 are
+  // floor_div(q0·s + p - k + 1 + s - 1, s) .. floor_div(q1·s + s - 1 + p, s).
+  const int64_t steps = (out_frames + stride - 1) / stride;
+  const int64_t reach = (kernel + stride - 1) / stride + 1;  // input frames per q beyond one, at most
+  // Larger chunks run the GEMM faster (2 threads, ms at 512-step vs 128-step chunks: 256 -> 128 channels
+  // × 20000 frames 58 vs 63, 512 -> 256 × 4000 41 vs 48), as long as every thread gets a task.
+  if (chunk <= 0) {
+    const int64_t threads = std::max<int64_t>(at::get_num_threads(), 1);
+    chunk = std::clamp<int64_t>((batch * steps + threads - 1) / threads, 64, 512);
+  }
+  chunk = std::min(chunk, steps);
+  const int64_t chunks = (steps + chunk - 1) / chunk;
+  const int64_t span = chunk + reach;
+
+  dispatch_storage_type(x.scalar_type(), "snake_conv_transpose1d", [&](auto tag) {
+    using scalar_t = decltype(tag);
+    constexpr bool kFloatOut = std::is_same_v<scalar_t, float>;
+    const auto xr = rows_of<scalar_t>(x);
+    scalar_t* outp = out.data_ptr<scalar_t>();
+    at::parallel_for(0, batch * chunks, 1, [&](int64_t begin, int64_t end) {
+      const SequentialMkl sequential;
+      std::vector<float> s_buf(in_channels * span), scratch(span), z_buf(z_rows * span), phase(chunk);
+      std::vector<float> line(kFloatOut ? 0 : chunk * stride);
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t bi = task / chunks, q0 = (task % chunks) * chunk;
+        const int64_t n = std::min(chunk, steps - q0);
+        const int64_t first = q0 * stride, len = std::min((q0 + n) * stride, out_frames) - first;
+        const int64_t t_first = floor_div(first + padding - kernel + stride, stride);
+        const int64_t t_last = floor_div(first + len - 1 + padding, stride);
+        const int64_t width = t_last - t_first + 1;
+        for (int64_t c = 0; c < in_channels; ++c) {
+          snake_window(xr.row(bi * in_channels + c), frames, t_first, width, a[c], inv[c], s_buf.data() + c * width,
+                       scratch.data());
+        }
+        float* z = z_buf.data();
+        gemm_rm_at(z_rows, width, in_channels, wp, z_rows, s_buf.data(), width, z, width);
+        for (int64_t o = 0; o < out_channels; ++o) {
+          scalar_t* yrow = outp + (bi * out_channels + o) * out_frames + first;
+          float* dst;
+          if constexpr (kFloatOut) {
+            dst = yrow;
+          } else {
+            dst = line.data();
+          }
+          // Phase r (frames first + q·s + r) takes taps k = β + j·s from input frames q0 + q + α - j,
+          // where r + p = α·s + β: summed contiguously per phase, then interleaved.
+          for (int64_t r = 0; r < std::min(stride, len); ++r) {
+            const int64_t count = (len - r + stride - 1) / stride;
+            const int64_t al = (r + padding) / stride, be = (r + padding) % stride;
+            const fVec vb(b[o]);
+            int64_t q = 0;
+            for (; q + fVec::size() <= count; q += fVec::size()) vb.store(phase.data() + q);
+            for (; q < count; ++q) phase[q] = b[o];
+            for (int64_t k = be, j = 0; k < kernel; k += stride, ++j) {
+              const float* zk = z + (o * kernel + k) * width + (q0 + al - j - t_first);
+              add_floats(phase.data(), zk, phase.data(), count);
+            }
+            for (q = 0; q < count; ++q) dst[q * stride + r] = phase[q];
+          }
+          if constexpr (!kFloatOut) store_floats(line.data(), yrow, len);
+        }
+      }
+    });
+  });
+  return out;
+}
+
+// Where the GEMM path beats snake + oneDNN (fp32, 2 threads, 2-core AVX-512 Xeon, torch 2.13, ms):
+//   C_in -> C_out, frames, kernel/stride   oneDNN   GEMM
+//   64 -> 128, 160000, 16/8                  64      27
+//   128 -> 256, 20000, 10/5                  16      12
+//   256 -> 512, 4000, 8/4                    9.5     8.7
+//   512 -> 1024, 1000, 4/2                   8.5     10.4
+//   1024 -> 256, 500, 3/1                    3.1     3.5
+//   64 -> 1, 160000, 7/1                     39      13
+constexpr int64_t kConvGemmMaxInChannels = 256;
+
 at::Tensor snake_conv1d(const at::Tensor& x, const at::Tensor& alpha, const at::Tensor& weight,
                         const std::optional<at::Tensor>& bias, int64_t stride, int64_t padding) {
+  if (x.scalar_type() == weight.scalar_type() && weight.dim() == 3 && weight.size(1) == x.size(1) &&
+      x.size(1) <= kConvGemmMaxInChannels) {
+    return snake_conv1d_gemm(x, alpha, weight, bias, stride, padding, 0);
+  }
   return at::conv1d(snake(x, alpha), weight, bias, {stride}, {padding});
 }
 
+// The GEMM path wins at every decoder site (same machine, ms, oneDNN vs GEMM): 1024 -> 512 × 500
+// frames ×8: 48 vs 39; 512 -> 256 × 4000 ×5: 76 vs 41; 256 -> 128 × 20000 ×4: 132 vs 58;
+// 128 -> 64 × 80000 ×2: 124 vs 40.
 at::Tensor snake_conv_transpose1d(const at::Tensor& x, const at::Tensor& alpha, const at::Tensor& weight,
                                   const std::optional<at::Tensor>& bias, int64_t stride, int64_t padding,
                                   int64_t output_padding) {
+  if (x.scalar_type() == weight.scalar_type() && weight.dim() == 3 && weight.size(0) == x.size(1)) {
+    return snake_conv_transpose1d_gemm(x, alpha, weight, bias, stride, padding, output_padding, 0);
+  }
   return at::conv_transpose1d(snake(x, alpha), weight, bias, {stride}, {padding}, {output_padding});
 }
 
 std::string build_info() {
-  return std::string("capability=") + XCODEC_CPU_CAPABILITY + ";sin=" + (XCODEC_SIN_MKL ? "mkl-vml-ha" : "aten-vec") +
+  return std::string("capability=") + XCODEC_CPU_CAPABILITY + ";source=" + XCODEC_STRINGIFY(XCODEC_SOURCE_DIGEST) +
+         ";sin=" + (XCODEC_SIN_MKL ? "mkl-vml-ha" : "aten-vec") +
          ";torch=" + std::to_string(TORCH_VERSION_MAJOR) + "." + std::to_string(TORCH_VERSION_MINOR) + "." +
          std::to_string(TORCH_VERSION_PATCH);
 }
@@ -490,5 +737,17 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   }, "residual unit as chunked implicit GEMM (chunk <= 0: default); for tuning");
   m.def("snake_conv1d", &snake_conv1d, "conv1d(snake(x))");
   m.def("snake_conv_transpose1d", &snake_conv_transpose1d, "conv_transpose1d(snake(x))");
+  m.def("snake_conv1d_gemm", &snake_conv1d_gemm, "snake_conv1d as chunked implicit GEMM (chunk <= 0: default)");
+  m.def("snake_conv_transpose1d_gemm", &snake_conv_transpose1d_gemm,
+        "snake_conv_transpose1d as chunked implicit GEMM (chunk <= 0: default)");
+  m.def("snake_conv1d_onednn", [](const at::Tensor& x, const at::Tensor& alpha, const at::Tensor& weight,
+                                  const std::optional<at::Tensor>& bias, int64_t stride, int64_t padding) {
+    return at::conv1d(snake(x, alpha), weight, bias, {stride}, {padding});
+  }, "snake then ATen conv1d; for tuning");
+  m.def("snake_conv_transpose1d_onednn", [](const at::Tensor& x, const at::Tensor& alpha, const at::Tensor& weight,
+                                            const std::optional<at::Tensor>& bias, int64_t stride, int64_t padding,
+                                            int64_t output_padding) {
+    return at::conv_transpose1d(snake(x, alpha), weight, bias, {stride}, {padding}, {output_padding});
+  }, "snake then ATen conv_transpose1d; for tuning");
   m.def("build_info", &build_info, "how this binary was built");
 }

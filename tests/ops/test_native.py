@@ -167,6 +167,100 @@ def test_snake_conv1d_and_transpose_match_eager(batch, channels, frames, stride)
     assert_fp32_close(native.snake_conv_transpose1d(*args), eager.snake_conv_transpose1d(*args))
 
 
+# Snake + strided conv (C_in <= 256) and snake + transposed conv are chunked implicit GEMMs: phases of
+# the stride, im2col, MKL sgemm. Shapes cover kernels that are not multiples of the stride, every
+# output_padding below the stride, padding beyond the kernel's reach, one frame, and chunk sizes of
+# 1 and 3 frames so that every chunk edge is crossed.
+TRANSPOSE_CASES = [  # in, out, frames, kernel, stride, padding, output_padding
+    (3, 2, 7, 4, 2, 1, 0), (5, 3, 11, 10, 5, 3, 1), (4, 4, 9, 16, 8, 4, 0), (3, 5, 6, 3, 2, 0, 1),
+    (2, 3, 5, 7, 3, 2, 2), (6, 2, 13, 5, 4, 1, 3), (1, 1, 1, 4, 2, 1, 0), (3, 2, 4, 1, 3, 0, 0),
+    (2, 2, 8, 6, 2, 2, 1), (2, 3, 9, 5, 1, 2, 0), (64, 32, 321, 16, 8, 4, 0),
+]
+CONV_CASES = [  # in, out, frames, kernel, stride, padding
+    (3, 6, 64, 16, 8, 4), (5, 3, 11, 10, 5, 3), (4, 4, 9, 4, 2, 1), (3, 1, 100, 7, 1, 3), (2, 3, 5, 3, 2, 0),
+    (6, 2, 13, 5, 4, 2), (1, 1, 1, 1, 1, 0), (3, 2, 20, 7, 3, 5), (64, 128, 321, 16, 8, 4),
+]
+
+
+@pytest.mark.parametrize("case", TRANSPOSE_CASES, ids=str)
+def test_snake_conv_transpose1d_gemm_matches_eager(case):
+    in_channels, out_channels, frames, kernel, stride, padding, output_padding = case
+    x, alpha = make_input(2, in_channels, frames, seed=frames)
+    w, b = dac_weights(in_channels, out_channels, kernel, seed=kernel, transpose=True)
+    for bias in (b, None):
+        expected = eager.snake_conv_transpose1d(x, alpha, w, bias, stride, padding, output_padding)
+        for chunk in (0, 1, 3):
+            got = native.extension().snake_conv_transpose1d_gemm(x, alpha, w, bias, stride, padding, output_padding, chunk)
+            assert got.shape == expected.shape
+            assert_fp32_close(got, expected)
+        assert_fp32_close(native.snake_conv_transpose1d(x, alpha, w, bias, stride, padding, output_padding), expected)
+
+
+@pytest.mark.parametrize("case", CONV_CASES, ids=str)
+def test_snake_conv1d_gemm_matches_eager(case):
+    in_channels, out_channels, frames, kernel, stride, padding = case
+    x, alpha = make_input(2, in_channels, frames, seed=frames)
+    w, b = dac_weights(in_channels, out_channels, kernel, seed=kernel)
+    for bias in (b, None):
+        expected = eager.snake_conv1d(x, alpha, w, bias, stride, padding)
+        for chunk in (0, 1, 3):
+            got = native.extension().snake_conv1d_gemm(x, alpha, w, bias, stride, padding, chunk)
+            assert got.shape == expected.shape
+            assert_fp32_close(got, expected)
+        assert_fp32_close(native.snake_conv1d(x, alpha, w, bias, stride, padding), expected)
+
+
+def test_conv_dispatch_takes_the_measured_path():
+    # C_in <= 256 strided convs and all transposed convs take the GEMM path, wider strided convs oneDNN
+    # (crossover tables in kernels/xcodec_native.cpp): the dispatched result is that path's, bit for bit.
+    ext = native.extension()
+    x, alpha = make_input(1, 256, 40)
+    w, b = dac_weights(256, 8, 4)
+    assert torch.equal(native.snake_conv1d(x, alpha, w, b, 2, 1), ext.snake_conv1d_gemm(x, alpha, w, b, 2, 1, 0))
+    x, alpha = make_input(1, 300, 40)
+    w, b = dac_weights(300, 8, 4)
+    assert torch.equal(native.snake_conv1d(x, alpha, w, b, 2, 1), ext.snake_conv1d_onednn(x, alpha, w, b, 2, 1))
+    wt, bt = dac_weights(300, 8, 4, transpose=True)
+    assert torch.equal(native.snake_conv_transpose1d(x, alpha, wt, bt, 2, 1, 0),
+                       ext.snake_conv_transpose1d_gemm(x, alpha, wt, bt, 2, 1, 0, 0))
+
+
+def test_conv_gemm_layouts_and_reduced_precision():
+    w, b = dac_weights(16, 8, 10)
+    wt, bt = dac_weights(16, 8, 10, transpose=True)
+    base = torch.randn(2, 16, 140)
+    alpha = torch.rand(16) + 0.1
+    for x in (base[..., 20:120], torch.randn(2, 100, 16).transpose(1, 2), base[..., ::2]):
+        assert_fp32_close(native.snake_conv1d(x, alpha, w, b, 5, 3), eager.snake_conv1d(x, alpha, w, b, 5, 3))
+        assert_fp32_close(native.snake_conv_transpose1d(x, alpha, wt, bt, 5, 3, 1),
+                          eager.snake_conv_transpose1d(x, alpha, wt, bt, 5, 3, 1))
+    x = base[..., :100]
+    for dtype in (torch.bfloat16, torch.float16):
+        xr, ar = x.to(dtype), alpha.to(dtype)
+        eps = torch.finfo(dtype).eps
+        for got, exact in (
+            (native.snake_conv1d(xr, ar, w.to(dtype), b.to(dtype), 5, 3),
+             eager.snake_conv1d(xr.float(), ar.float(), w.to(dtype).float(), b.to(dtype).float(), 5, 3)),
+            (native.snake_conv_transpose1d(xr, ar, wt.to(dtype), bt.to(dtype), 5, 3, 1),
+             eager.snake_conv_transpose1d(xr.float(), ar.float(), wt.to(dtype).float(), bt.to(dtype).float(), 5, 3, 1)),
+        ):
+            assert got.dtype == dtype
+            # fp32 compute on the reduced inputs, one rounding at the end: within an ulp of that result.
+            torch.testing.assert_close(got.float(), exact, rtol=eps, atol=eps * exact.abs().max().item())
+
+
+def test_conv_gemm_rejects_impossible_shapes():
+    ext = native.extension()
+    x, alpha = make_input(1, 3, 4)
+    w, b = dac_weights(3, 2, 9)
+    with pytest.raises(RuntimeError, match="fewer than the kernel"):
+        ext.snake_conv1d_gemm(x, alpha, w, b, 1, 0, 0)
+    with pytest.raises(RuntimeError, match="stride must be >= 1"):
+        ext.snake_conv1d_gemm(x, alpha, w, b, 0, 0, 0)
+    with pytest.raises(RuntimeError, match="weight does not match"):
+        ext.snake_conv_transpose1d_gemm(x, alpha, torch.randn(4, 2, 3), None, 2, 0, 0, 0)
+
+
 def test_dispatch_uses_native():
     x, alpha = make_input(2, 3, 321)
     with ops.use_backend("native"):
@@ -223,6 +317,8 @@ def test_missing_compiler_means_unavailable_and_auto_falls_back(tmp_path):
     # Fresh cache and no compiler: a clear reason, eager under auto, and `import xcodec_fast` works.
     script = textwrap.dedent(
         """
+        import sys
+        sys.modules["xcodec_fast._C"] = None  # a prebuilt extension (--no-build-isolation install) is not loaded
         import torch, xcodec_fast
         from xcodec_fast import ops
         ok, reason = ops.availability("native")
@@ -285,3 +381,31 @@ def test_only_a_completed_build_is_loaded(tmp_path, monkeypatch):
     assert native._compile(config, capability) == "from cache" and opened == [built] and len(locked_builds) == 1
     built.write_bytes(b"\x7fELF relinked, still being written")  # size no longer the marker's
     assert native._compile(config, capability) == "freshly built" and len(locked_builds) == 2 and len(opened) == 1
+
+
+def test_a_prebuilt_extension_from_other_sources_is_not_loaded(monkeypatch):
+    # An editable install's _C goes stale when kernels/ changes: only a digest match loads it.
+    config = native._build_config()
+    capability = config.target_capability()
+    digest = config.source_digest(native._kernel_dir())
+    torch_version = torch.__version__.split("+")[0]
+
+    class Prebuilt:
+        def __init__(self, source):
+            self.info = f"capability={capability};source={source};sin=x;torch={torch_version}"
+
+        def build_info(self):
+            return self.info
+
+    import xcodec_fast
+
+    def install(module):
+        monkeypatch.setitem(sys.modules, "xcodec_fast._C", module)
+        monkeypatch.setattr(xcodec_fast, "_C", module, raising=False)
+
+    current = Prebuilt(digest)
+    install(current)
+    assert native._prebuilt(config, capability) is current
+    install(Prebuilt("0" * 16))
+    assert native._prebuilt(config, capability) is None
+    assert native.extension().build_info().split(";")[1] == f"source={digest}"

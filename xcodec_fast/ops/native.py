@@ -80,14 +80,19 @@ def _info(module) -> dict[str, str]:
     return dict(item.split("=", 1) for item in module.build_info().split(";"))
 
 
-def _prebuilt(capability: str):
-    """xcodec_fast._C when it exists and was built for this torch and SIMD level, else None."""
+def _prebuilt(config, capability: str):
+    """xcodec_fast._C when it exists and was built from the kernel sources found now, for this torch
+    and SIMD level, else None (in a checkout whose kernels changed since install, say)."""
     try:
         from .. import _C  # type: ignore[attr-defined]
     except ImportError:
         return None
     info = _info(_C)
-    if info.get("capability") != capability or info.get("torch") != torch.__version__.split("+")[0]:
+    if (
+        info.get("capability") != capability
+        or info.get("torch") != torch.__version__.split("+")[0]
+        or info.get("source") != config.source_digest(_kernel_dir())
+    ):
         return None
     return _C
 
@@ -135,7 +140,7 @@ def _compile(config, capability: str):
     module = cpp_extension.load(
         name=name,
         sources=config.source_paths(kernel_dir),
-        extra_cflags=config.compile_flags(capability),
+        extra_cflags=config.build_flags(capability, kernel_dir),
         build_directory=str(build_dir),
         with_cuda=False,
         verbose=os.environ.get("XCODEC_FAST_NATIVE_VERBOSE") == "1",
@@ -160,7 +165,7 @@ def extension():
             try:
                 config = _build_config()
                 capability = config.target_capability()
-                module = _prebuilt(capability)
+                module = _prebuilt(config, capability)
                 origin = "prebuilt xcodec_fast._C"
                 if module is None:
                     module = _compile(config, capability)
