@@ -6,6 +6,10 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+# In-process CLI tests must not switch this process's malloc (tests/test_cpu_malloc.py checks that
+# the command line does, in subprocesses).
+os.environ.setdefault("XCODEC_FAST_CPU_MALLOC", "default")
+
 import pytest  # noqa: E402
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -149,6 +150,10 @@ def cmd_info(args) -> int:
     from .ops import describe
 
     print(f"xcodec_fast {__version__}, torch {torch.__version__}")
+    from . import cpu_malloc
+
+    choice = os.environ.get(cpu_malloc.ENV, "reuse")
+    print(f"CPU malloc for demo/encode/decode/tokenize: {choice} ({cpu_malloc.ENV}; see xcodec_fast/cpu_malloc.py)")
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     for device in devices:
         report = describe(device)
@@ -227,9 +232,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Commands that run the model: they keep freed CPU memory mapped for reuse (xcodec_fast.cpu_malloc;
+# XCODEC_FAST_CPU_MALLOC=default opts out). bench chooses its own modes (--cpu-malloc).
+MODEL_COMMANDS = ("demo", "encode", "decode", "tokenize", "detokenize")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command in MODEL_COMMANDS:
+            from . import cpu_malloc
+
+            cpu_malloc.apply_from_environment()
         return int(args.func(args) or 0)
     except (ValueError, TypeError, FileNotFoundError, OSError) as exc:
         _say(f"error: {exc}")

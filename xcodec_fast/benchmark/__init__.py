@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from .. import ops
+from .. import cpu_malloc, ops
 from ..config import XcodecConfig, tiny_config
 from . import cases, e2e, kernels, machine, report, timing
 
@@ -121,6 +121,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="CPU threads for torch and native kernels (default: torch's); 1 resists preemption on shared machines",
     )
+    parser.add_argument(
+        "--cpu-malloc",
+        choices=("both", "reuse", "default"),
+        default="both",
+        help="glibc malloc mode on CPU (xcodec_fast.cpu_malloc): 'both' times end to end first in the "
+        "process's default mode, then switches to reuse for the kernels and a second end-to-end pass",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quiet", action="store_true", help="no per-case progress lines")
 
@@ -142,6 +149,7 @@ def _settings(args: argparse.Namespace) -> dict:
         "e2e_seconds": args.e2e_seconds if args.e2e_seconds is not None else defaults["e2e_seconds"],
         "e2e_batches": args.e2e_batches or batches,
         "compile": defaults["compile"] if args.compile is None else args.compile,
+        "cpu_malloc": args.cpu_malloc,
         "seed": args.seed,
     }
 
@@ -160,6 +168,7 @@ def _is_standard(args: argparse.Namespace, settings: dict) -> bool:
         and settings["e2e_config"] == defaults["e2e_config"]
         and settings["e2e_seconds"] == defaults["e2e_seconds"]
         and settings["compile"] == defaults["compile"]
+        and settings["cpu_malloc"] == "both"
         and set(args.backends) == set(ops.BACKENDS)
     )
 
@@ -214,6 +223,47 @@ def run(args: argparse.Namespace) -> int:
     for name, status in backends.items():
         log(f"backend {name}: {'yes' if status['available'] else 'no'} ({status['reason']})")
 
+    def end_to_end(cpu_malloc: str | None) -> dict:
+        config = CONFIGS[settings["e2e_config"]]()
+        log(
+            f"end to end: {settings['e2e_config']} config, {settings['e2e_seconds']} s clips, batches {settings['e2e_batches']}"
+            + (f", CPU malloc {cpu_malloc}" if cpu_malloc else "")
+            + " ..."
+        )
+        e2e_policy = (
+            timing.Policy(warmup=1, min_reps=3, max_reps=5, budget_s=3.0)
+            if quick
+            else timing.Policy(warmup=2, min_reps=5, max_reps=20, budget_s=20.0)
+        )
+        return e2e.run_end_to_end(
+            config,
+            settings["e2e_config"],
+            settings["e2e_seconds"],
+            settings["e2e_batches"],
+            backends,
+            device,
+            e2e_policy,
+            settings["compile"],
+            seed=settings["seed"],
+            log=log,
+            compile_skip_reason=(
+                "--no-compile given" if args.compile is False else "off by default in quick mode; --compile adds it"
+            ),
+            cpu_malloc=cpu_malloc,
+        )
+
+    # The default mode can only be measured before the switch to reuse (which cannot be undone
+    # exactly): on CPU its end-to-end pass runs first, in the process as it started.
+    sections = []
+    on_cpu = device.type == "cpu"
+    if on_cpu and args.cpu_malloc in ("both", "default") and cpu_malloc.mode() != "default":
+        raise ValueError("--cpu-malloc default/both needs a process whose malloc is still in its default mode")
+    if not args.no_e2e and on_cpu and args.cpu_malloc in ("both", "default"):
+        sections.append(end_to_end("default"))
+    if on_cpu and args.cpu_malloc in ("both", "reuse") and not cpu_malloc.reuse_freed_memory():
+        log(f"CPU malloc stays in its default mode: {cpu_malloc.mode()}")
+    result["settings"]["cpu_malloc_kernels"] = cpu_malloc.mode() if on_cpu else None
+
     if not args.no_kernels:
         log("roofline ceilings ...")
         copy_bytes, matmul_n = kernels.ceiling_sizes(device, quick)
@@ -244,31 +294,14 @@ def run(args: argparse.Namespace) -> int:
             seed=settings["seed"],
             log=log,
         )
-    if not args.no_e2e:
-        config = CONFIGS[settings["e2e_config"]]()
-        log(
-            f"end to end: {settings['e2e_config']} config, {settings['e2e_seconds']} s clips, batches {settings['e2e_batches']} ..."
-        )
-        e2e_policy = (
-            timing.Policy(warmup=1, min_reps=3, max_reps=5, budget_s=3.0)
-            if quick
-            else timing.Policy(warmup=2, min_reps=5, max_reps=20, budget_s=20.0)
-        )
-        result["end_to_end"] = e2e.run_end_to_end(
-            config,
-            settings["e2e_config"],
-            settings["e2e_seconds"],
-            settings["e2e_batches"],
-            backends,
-            device,
-            e2e_policy,
-            settings["compile"],
-            seed=settings["seed"],
-            log=log,
-            compile_skip_reason=(
-                "--no-compile given" if args.compile is False else "off by default in quick mode; --compile adds it"
-            ),
-        )
+    if not args.no_e2e and (not on_cpu or args.cpu_malloc != "default"):
+        sections.append(end_to_end(cpu_malloc.mode() if on_cpu else None))
+    if sections:
+        merged = sections[0]
+        for extra in sections[1:]:
+            merged["results"] += extra["results"]
+            merged["skipped"] += [s for s in extra["skipped"] if s not in merged["skipped"]]
+        result["end_to_end"] = merged
 
     suffix = ("-quick" if quick else "") + ("" if result["standard"] else "-custom")
     output = args.output or Path(args.results_dir) / f"{info['id']}{suffix}.json"

@@ -81,7 +81,9 @@ def run_end_to_end(
     seed: int = 0,
     compile_skip_reason: str = "not requested",
     log: Callable[[str], None] = print,
+    cpu_malloc: str | None = None,
 ) -> dict:
+    """cpu_malloc: the malloc mode in effect (xcodec_fast.cpu_malloc), recorded on every row."""
     num_samples = int(round(seconds * config.sample_rate))
     section = {
         "config": config_name,
@@ -163,6 +165,9 @@ def run_end_to_end(
                 section["clip_seconds"],
                 log,
             )
+            if cpu_malloc is not None:
+                for record in records:
+                    record["cpu_malloc"] = cpu_malloc
             section["results"].extend(records)
     _add_speedups(section["results"])
     return section
@@ -262,13 +267,13 @@ def _time_stage(
 
 
 def _add_speedups(records: list[dict]) -> None:
-    """Speedup of every implementation over transformers eager, per stage and batch."""
+    """Speedup of every implementation over transformers eager, per stage, batch and malloc mode."""
     base = {
-        (r["stage"], r["batch"]): r["median_s"]
+        (r["stage"], r["batch"], r.get("cpu_malloc")): r["median_s"]
         for r in records
         if r["impl"] == "transformers eager" and r.get("status") == "ok"
     }
     for r in records:
-        key = (r["stage"], r["batch"])
+        key = (r["stage"], r["batch"], r.get("cpu_malloc"))
         if r.get("status") == "ok" and key in base:
             r["speedup_vs_transformers"] = base[key] / r["median_s"]

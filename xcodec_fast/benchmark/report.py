@@ -32,10 +32,20 @@ def machine_line(result: dict) -> str:
         if ceil
         else ""
     )
+    malloc_mode = result.get("settings", {}).get("cpu_malloc_kernels")
+    malloc = f" Kernels timed with CPU malloc in {malloc_mode} mode." if malloc_mode and result.get("kernels") else ""
     return (
         f"**{m['id']}** ({device}, {m['cpu_cores']} cores, {m['torch_threads']} threads; {result['mode']} mode, {result['created'][:10]}, commit {commit}; "
-        f"torch {v['torch']}, triton {v.get('triton')}, transformers {v.get('transformers')}).{roof}"
+        f"torch {v['torch']}, triton {v.get('triton')}, transformers {v.get('transformers')}).{roof}{malloc}"
     )
+
+
+MALLOC_NOTE = (
+    "CPU malloc: `default` is glibc as a process starts (blocks above its mmap threshold get fresh pages, "
+    "page-faulted on first write, and are unmapped on free); `reuse` keeps freed memory mapped "
+    "(`xcodec_fast.cpu_malloc.reuse_freed_memory()`, which the command line applies). Both rows of a pair "
+    "ran in the same process, reuse second."
+)
 
 
 def kernel_summary(result: dict) -> str:
@@ -128,10 +138,14 @@ def e2e_table(result: dict) -> str:
     if not e2e or not e2e.get("results"):
         return "_No end-to-end measurements._"
     rows = []
-    for r in e2e["results"]:
+    with_malloc = any("cpu_malloc" in r for r in e2e["results"])
+    ordered = sorted(e2e["results"], key=lambda r: (r["stage"] != "encode", r["batch"], r.get("cpu_malloc") or ""))
+    for r in ordered:
+        malloc = [r.get("cpu_malloc", "–")] if with_malloc else []
         if r.get("status") != "ok":
             rows.append(
-                [r["impl"], r["stage"], str(r["batch"]), r.get("status", "?"), "", "", "", "", r.get("reason", "")[:80]]
+                [r["impl"], r["stage"], str(r["batch"]), *malloc, r.get("status", "?"), "", "", "", "",
+                 r.get("reason", "")[:80]]
             )
             continue
         if r["stage"] == "encode":
@@ -143,6 +157,7 @@ def e2e_table(result: dict) -> str:
                 r["impl"],
                 r["stage"],
                 str(r["batch"]),
+                *malloc,
                 f"{r['median_s'] * 1e3:.1f}",
                 f"{r['realtime_factor']:.1f}",
                 _fmt(r.get("speedup_vs_transformers"), ".2f"),
@@ -157,6 +172,7 @@ def e2e_table(result: dict) -> str:
             "implementation",
             "stage",
             "batch",
+            *(["CPU malloc"] if with_malloc else []),
             "median ms",
             "× real time",
             "× transformers",
@@ -167,7 +183,8 @@ def e2e_table(result: dict) -> str:
         rows,
     )
     skipped = "".join(f"\n- skipped {s['impl']}: {s['reason']}" for s in e2e.get("skipped", []))
-    return f"{title}\n\n{table}\n{floor_lines(result)}{skipped}".rstrip()
+    note = f"\n- {MALLOC_NOTE}" if with_malloc else ""
+    return f"{title}\n\n{table}\n{floor_lines(result)}{note}{skipped}".rstrip()
 
 
 def floor_lines(result: dict) -> str:
