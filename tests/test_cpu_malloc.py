@@ -81,6 +81,13 @@ def test_command_line_applies_it_unless_told_not_to(tmp_path):
         """
     assert run(code).splitlines()[-1] == "reuse"
     assert run(code, {"XCODEC_FAST_CPU_MALLOC": "default"}).splitlines()[-1] == "default"
+    # The tokenizer's own entry point (python -m xcodec_fast.tokenize) too.
+    tokenizer = """
+        from xcodec_fast import cpu_malloc, tokenize
+        tokenize.main(["/nonexistent-input-dir", "-o", "unused", "--model", "random-tiny"])
+        print(cpu_malloc.mode())
+        """
+    assert run(tokenizer).splitlines()[-1] == "reuse"
 
 
 def test_unknown_setting_is_an_error_that_names_it(monkeypatch):

@@ -232,9 +232,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# Commands that run the model: they keep freed CPU memory mapped for reuse (xcodec_fast.cpu_malloc;
-# XCODEC_FAST_CPU_MALLOC=default opts out). bench chooses its own modes (--cpu-malloc).
-MODEL_COMMANDS = ("demo", "encode", "decode", "tokenize", "detokenize")
+# Commands that run the model keep freed CPU memory mapped for reuse (xcodec_fast.cpu_malloc;
+# XCODEC_FAST_CPU_MALLOC=default opts out). tokenize/detokenize do it in their own entry points
+# (also reached as python -m xcodec_fast.tokenize); bench chooses its own modes (--cpu-malloc).
+MODEL_COMMANDS = ("demo", "encode", "decode")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,6 +24,7 @@ import json
 import sys
 from pathlib import Path
 
+from .. import cpu_malloc
 from ..hub import CheckpointError
 from ..loading import DEFAULT_MODEL, load_model
 from .engine import BatchEncoder, RuntimeMismatch, SettingsMismatch, merge, tokenize
@@ -112,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     try:
+        cpu_malloc.apply_from_environment()  # the command line keeps freed memory mapped (cpu_malloc.py)
         summary = tokenize(
             args.inputs,
             args.output_dir,
@@ -214,6 +216,7 @@ def detokenize(tokens, output_dir, model=None, ids=None, limit=None, device=None
 
 def run_detokenize(args: argparse.Namespace) -> int:
     try:
+        cpu_malloc.apply_from_environment()
         written = detokenize(args.tokens, args.output_dir, model=args.model, ids=args.ids, limit=args.limit,
                              device=args.device, dtype=args.dtype, backend=args.backend)
     except (InputError, ValueError, OSError, CheckpointError) as exc:
