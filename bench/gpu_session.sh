@@ -129,7 +129,7 @@ if eparts:
         e2e["results"] += section.get("results", [])
         e2e["skipped"] += [s for s in section.get("skipped", []) if s not in e2e["skipped"]]
         e2e["flops"].update(section.get("flops", {}))
-    keys = [(x["impl"], x["stage"], x["batch"]) for x in e2e["results"]]
+    keys = [(x["impl"], x["stage"], x["batch"], x.get("cpu_malloc")) for x in e2e["results"]]
     if len(set(keys)) < len(keys):
         sys.exit("merge: two parts time the same end-to-end case")
     for k in ("e2e_config", "e2e_seconds", "compile"):

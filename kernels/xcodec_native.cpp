@@ -322,44 +322,26 @@ extern "C" void sgemm_(const char* transa, const char* transb, const int* m, con
                        const float* beta, float* c, const int* ldc) __attribute__((weak));
 #endif
 
-// Row-major c (m × n, ldc) = a (m × k, lda) · b (k × n, ldb) + beta · c.
-void gemm_rm(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb, float beta,
-             float* c, int64_t ldc) {
+// Row-major c (m × n, ldc) = op(a) · b + beta · c, b stored as (k × n, ldb); op(a) = a stored as
+// (m × k, lda), or with a_transposed = aᵀ for a stored as (k × m, lda).
+void gemm_rm(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, bool a_transposed, const float* b,
+             int64_t ldb, float beta, float* c, int64_t ldc) {
 #if AT_MKL_ENABLED()
   if (sgemm_) {
-    // Column-major view: cᵀ (n × m) = bᵀ (n × k) · aᵀ (k × m).
+    // Column-major view: cᵀ (n × m) = bᵀ (n × k) · op(a)ᵀ (k × m).
     const int mi = static_cast<int>(n), ni = static_cast<int>(m), ki = static_cast<int>(k);
-  const int la = static_cast<int>(ldb), lb = static_cast<int>(lda), lc = static_cast<int>(ldc);
-  const float one = 1.0f;
-    sgemm_("N", "N", &mi, &ni, &ki, &one, b, &la, a, &lb, &beta, c, &lc);
+    const int la = static_cast<int>(ldb), lb = static_cast<int>(lda), lc = static_cast<int>(ldc);
+    const float one = 1.0f;
+    sgemm_("N", a_transposed ? "T" : "N", &mi, &ni, &ki, &one, b, &la, a, &lb, &beta, c, &lc);
     return;
   }
 #endif
   auto opts = at::TensorOptions().dtype(at::kFloat);
-  auto A = at::from_blob(const_cast<float*>(a), {m, k}, {lda, 1}, opts);
+  auto A = a_transposed ? at::from_blob(const_cast<float*>(a), {k, m}, {lda, 1}, opts).t()
+                        : at::from_blob(const_cast<float*>(a), {m, k}, {lda, 1}, opts);
   auto B = at::from_blob(const_cast<float*>(b), {k, n}, {ldb, 1}, opts);
   auto C = at::from_blob(c, {m, n}, {ldc, 1}, opts);
   at::addmm_out(C, C, A, B, beta, 1.0);
-}
-
-// Row-major c (m × n, ldc) = aᵀ · b, a stored as (k × m, lda) row-major, b as (k × n, ldb).
-void gemm_rm_at(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb, float* c,
-                int64_t ldc) {
-#if AT_MKL_ENABLED()
-  if (sgemm_) {
-    // Column-major: cᵀ (n × m) = bᵀ (n × k) · a (k × m), where the stored a reads as aᵀ: transpose it.
-    const int mi = static_cast<int>(n), ni = static_cast<int>(m), ki = static_cast<int>(k);
-    const int la = static_cast<int>(ldb), lb = static_cast<int>(lda), lc = static_cast<int>(ldc);
-    const float one = 1.0f, zero = 0.0f;
-    sgemm_("N", "T", &mi, &ni, &ki, &one, b, &la, a, &lb, &zero, c, &lc);
-    return;
-  }
-#endif
-  auto opts = at::TensorOptions().dtype(at::kFloat);
-  auto A = at::from_blob(const_cast<float*>(a), {k, m}, {lda, 1}, opts);
-  auto B = at::from_blob(const_cast<float*>(b), {k, n}, {ldb, 1}, opts);
-  auto C = at::from_blob(c, {m, n}, {ldc, 1}, opts);
-  at::mm_out(C, A.t(), B);
 }
 
 // Frames per task: the im2col tile (7·C × L floats) stays under ~1 MB, within this Xeon's 2 MB L2.
@@ -433,7 +415,7 @@ at::Tensor residual_unit_gemm(const at::Tensor& x, const at::Tensor& alpha1, con
             std::memcpy(im + (k * channels + c) * n, s_buf.data() + c * span + k * dilation, n * sizeof(float));
           }
         }
-        gemm_rm(channels, n, kernel * channels, w1p, kernel * channels, im, n, 1.0f, h, n);
+        gemm_rm(channels, n, kernel * channels, w1p, kernel * channels, false, im, n, 1.0f, h, n);
         for (int64_t c = 0; c < channels; ++c) snake_floats(h + c * n, h + c * n, scratch.data(), n, a2[c], inv2[c]);
         // out = (x + b2) + W2 · H, written straight into the output for fp32.
         float* o;
@@ -463,7 +445,7 @@ at::Tensor residual_unit_gemm(const at::Tensor& x, const at::Tensor& alpha1, con
             if (i < n) (fVec::loadu(oc + i, n - i) + vb).store(oc + i, n - i);
           }
         }
-        gemm_rm(channels, n, channels, w2p, channels, h, n, 1.0f, o, ldo);
+        gemm_rm(channels, n, channels, w2p, channels, false, h, n, 1.0f, o, ldo);
         if constexpr (!kFloatOut) {
           for (int64_t c = 0; c < channels; ++c) store_floats(o + c * ldo, outp + (b * channels + c) * frames + t0, n);
         }
@@ -581,7 +563,7 @@ at::Tensor snake_conv1d_gemm(const at::Tensor& x_in, const at::Tensor& alpha, co
           ldo = n;
         }
         for (int64_t oc = 0; oc < out_channels; ++oc) std::fill(o + oc * ldo, o + oc * ldo + n, b[oc]);
-        gemm_rm(out_channels, n, rows, wp, rows, im, n, 1.0f, o, ldo);
+        gemm_rm(out_channels, n, rows, wp, rows, false, im, n, 1.0f, o, ldo);
         if constexpr (!kFloatOut) {
           for (int64_t oc = 0; oc < out_channels; ++oc) {
             store_floats(o + oc * ldo, outp + (bi * out_channels + oc) * out_frames + t0, n);
@@ -654,7 +636,7 @@ at::Tensor snake_conv_transpose1d_gemm(const at::Tensor& x_in, const at::Tensor&
                        scratch.data());
         }
         float* z = z_buf.data();
-        gemm_rm_at(z_rows, width, in_channels, wp, z_rows, s_buf.data(), width, z, width);
+        gemm_rm(z_rows, width, in_channels, wp, z_rows, true, s_buf.data(), width, 0.0f, z, width);
         for (int64_t o = 0; o < out_channels; ++o) {
           scalar_t* yrow = outp + (bi * out_channels + o) * out_frames + first;
           float* dst;

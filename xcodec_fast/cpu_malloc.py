@@ -3,7 +3,8 @@
 Why: glibc serves every block above its mmap threshold (32 MB at most) with freshly mapped pages and
 unmaps them again on free, so each such tensor pays one page fault per 4 KiB page on first write.
 The codec's activations are that large (64 channels × 160000 frames is 41 MB for 10 s), and on the
-project's 2-core Xeon VM allocating and filling one took 11.3 ms against 1.1 ms for filling it again;
+project's 2-core Xeon VM allocating and filling one took 11.3 ms against 1.1 ms for filling it again
+(ad hoc timing);
 the end-to-end effect is in the README's performance section (benchmark rows per malloc mode).
 
 :func:`reuse_freed_memory` switches glibc to serve large blocks from its heap and never to trim it,

@@ -243,7 +243,8 @@ def readme_section(results: list[dict]) -> str:
         "Speedups are geometric means over the model's real (channels, frames) sites, computed from "
         "measured medians; % roofline = max(bytes / copy bandwidth, FLOPs / matmul peak) / measured time. "
         "GPUs flush L2 before every timed call; on CPUs, cases whose working set fits in the last-level "
-        "cache can exceed 100% of the DRAM-bandwidth ceiling."
+        "cache can exceed 100% of the DRAM-bandwidth ceiling, and the native backend, which computes "
+        "bf16/fp16 in fp32, can exceed the (slower) bf16 matmul ceiling."
     ]
     parts += [summary_markdown(r) for r in results]
     return "\n\n".join(parts)

@@ -12,11 +12,10 @@ What it does
       scale from eager, not bit-equal; 2.2x over the oneDNN version at 64 x 160000, crossover
       table in kernels/xcodec_native.cpp); wider units: fused snake + oneDNN convolutions.
     * ``snake_conv1d``: at C_in <= 256 a chunked implicit GEMM over the stride's phases (snake ->
-      de-interleave -> im2col -> sgemm per time chunk; 2.4x over snake + oneDNN at the encoder's
-      64 -> 128 ×8 site, 3x at the decoder's 64 -> 1 output conv); wider inputs: snake + oneDNN.
+      de-interleave -> im2col -> sgemm per time chunk); wider inputs: snake + oneDNN.
     * ``snake_conv_transpose1d``: chunked GEMM Z = Wᵀ·snake(x) on W as stored (no per-call weight
-      repacking), then each output frame gathers its taps from Z; 1.2-3x over snake + oneDNN at
-      the decoder's four upsampling sites. Crossover tables in kernels/xcodec_native.cpp.
+      repacking), then each output frame gathers its taps from Z. Crossover tables (GEMM path vs
+      snake + oneDNN per model site) in kernels/xcodec_native.cpp.
     * :func:`snake_` (not a dispatched op): snake in place. A model may use it only on a tensor it
       owns and will not read again, e.g. a conv output about to be activated, never on a module
       input or a tensor that autograd saved.
