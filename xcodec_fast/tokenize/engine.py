@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import cpu_malloc
 from ..loading import load_model
 from .batching import Segment, collate, pack_batches, split_windows, window_samples
 from .sources import InputError, Item, ItemLoader, list_items
@@ -619,6 +620,7 @@ def _run_rank(items, output_dir, settings, model, rank, world_size, window, batc
         "oom_splits": encoder.oom_splits,
         "num_workers": num_workers,
         "device": str(model.device),
+        "cpu_malloc": cpu_malloc.mode(),  # speed only; codes do not depend on it
         "retried": sum(len(v) for v in retry.values()),
         "runtime": settings["runtime"],
     }
