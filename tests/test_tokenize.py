@@ -110,6 +110,30 @@ def test_codes_equal_alone_errors_reported_schema(tmp_path, model):
     assert table.to_pylist()[ids.index("long.wav")]["num_windows"] == 3
 
 
+def test_window_longer_than_the_batch_is_encoded_alone(tmp_path, model):
+    # --batch-seconds below --max-seconds: every 1 s window exceeds the 0.5 s budget and forms its own
+    # batch; codes are still each item's codes alone, window by window.
+    data = tmp_path / "data"
+    data.mkdir()
+    for i, seconds in enumerate((0.2, 1.7, 0.9)):
+        sf.write(data / f"{i}.wav", _chirp(16000, seconds, 1, i), 16000)
+    out = tmp_path / "out"
+    summary = tokenize([data], out, model=model, num_workers=0, progress=False, batch_seconds=0.5, max_seconds=1)
+    assert summary["ok"] == 3 and summary["model_calls"] >= 3
+    for row, codes in zip(pa.concat_tables(_rows(out)[1]).to_pylist(), read_codes(pa.concat_tables(_rows(out)[1]))):
+        audio, _ = load_audio(row["source"])
+        np.testing.assert_array_equal(codes, _alone(model, audio, 16000), err_msg=row["id"])
+    with pytest.raises(ValueError, match="--batch-seconds must be positive, got 0"):
+        tokenize([data], tmp_path / "bad", model=model, num_workers=0, progress=False, batch_seconds=0)
+
+
+def test_default_batch_follows_the_device():
+    from xcodec_fast.tokenize.engine import default_batch_seconds
+
+    assert default_batch_seconds(torch.device("cuda", 0)) == 120.0
+    assert default_batch_seconds(torch.device("cpu")) == 20.0
+
+
 def test_shards_load_with_datasets(tmp_path, model):
     datasets = pytest.importorskip("datasets")
     data = tmp_path / "data"

@@ -7,7 +7,7 @@ Library::
 
 Command line (also ``xcodec-fast tokenize``)::
 
-    python -m xcodec_fast.tokenize data/wavs -o out/tokens [--model ID] [--batch-seconds 120]
+    python -m xcodec_fast.tokenize data/wavs -o out/tokens [--model ID] [--batch-seconds 20]
     torchrun --nnodes N --nproc-per-node G -m xcodec_fast.tokenize data/wavs -o out/tokens
     python -m xcodec_fast.tokenize merge out/tokens
     python -m xcodec_fast.tokenize detokenize out/tokens -o out/audio [--ids a.wav b.wav]
@@ -66,7 +66,8 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("-o", "--output-dir", required=True, help="where shards, index.json and errors.jsonl go")
     _add_model_arguments(p)
     p.add_argument("--bandwidth", type=float, default=None, help="kbps (0.5, 1, 1.5, 2, 4); default: the highest")
-    p.add_argument("--batch-seconds", type=float, default=120.0, help="audio per model call, padding included (default 120)")
+    p.add_argument("--batch-seconds", type=float, default=None,
+                   help="audio per model call, padding included (default: 120 on a GPU, 20 on a CPU); a longer window is encoded alone")
     p.add_argument("--max-seconds", type=float, default=60.0,
                    help="longer files are encoded in independent windows of this length (default 60)")
     p.add_argument("--max-file-seconds", type=float, default=4 * 3600.0,

@@ -20,7 +20,7 @@ import numpy as np
 
 from ..loading import load_model
 from .batching import split_windows, window_samples
-from .engine import BatchEncoder
+from .engine import BatchEncoder, default_batch_seconds
 from .sources import ItemLoader
 
 
@@ -28,7 +28,7 @@ class XcodecTokenizeBatch:
     """Stateful ``map_batches`` callable: loads the model once per worker, encodes every batch."""
 
     def __init__(self, model=None, bandwidth=None, audio_column: str = "audio", device=None, dtype=None,
-                 backend=None, batch_seconds: float = 120.0, max_seconds: float = 60.0,
+                 backend=None, batch_seconds: float | None = None, max_seconds: float = 60.0,
                  max_file_seconds: float = 4 * 3600.0, sampling_rate_column: str | None = None):
         import torch
 
@@ -39,6 +39,8 @@ class XcodecTokenizeBatch:
         self.audio_column = audio_column
         self.sampling_rate_column = sampling_rate_column
         self.window = window_samples(max_seconds, cfg.sample_rate, cfg.hop_length)
+        if batch_seconds is None:
+            batch_seconds = default_batch_seconds(self.model.device)
         self.encoder = BatchEncoder(self.model, bandwidth, int(batch_seconds * cfg.sample_rate) // cfg.hop_length * cfg.hop_length)
         self.loader = ItemLoader(cfg.sample_rate, audio_column, max_file_seconds)
         self.sample_rate = cfg.sample_rate
