@@ -382,9 +382,12 @@ at::Tensor residual_unit_gemm(const at::Tensor& x, const at::Tensor& alpha1, con
   const float* w1p = w1.data_ptr<float>();
   const float* w2p = w2.data_ptr<float>();
   if (chunk <= 0) chunk = residual_chunk_frames(channels);
-  chunk = std::min(chunk, frames);
   const int64_t chunks = (frames + chunk - 1) / chunk;
   const int64_t span = chunk + 2 * pad;  // S row length, halo included
+  // Every GEMM runs chunk columns wide, a partial last chunk padded with zero columns: MKL's result
+  // for a column depends on the call's N, and an item's last chunk must be computed alike whether
+  // the item is alone or in a longer padded batch (codes equal alone).
+  const int64_t cols = chunk;
 
   dispatch_storage_type(x.scalar_type(), "residual_unit", [&](auto tag) {
     using scalar_t = decltype(tag);
@@ -393,8 +396,8 @@ at::Tensor residual_unit_gemm(const at::Tensor& x, const at::Tensor& alpha1, con
     constexpr bool kFloatOut = std::is_same_v<scalar_t, float>;
     at::parallel_for(0, batch * chunks, 1, [&](int64_t begin, int64_t end) {
       const SequentialMkl sequential;
-      std::vector<float> s_buf(channels * span), h_buf(channels * chunk), i_buf(kernel * channels * chunk), scratch(std::max(span, chunk));
-      std::vector<float> o_buf(kFloatOut ? 0 : channels * chunk);
+      std::vector<float> s_buf(channels * span), h_buf(channels * cols), i_buf(kernel * channels * cols),
+          scratch(std::max(span, cols)), o_buf(channels * cols);
       for (int64_t task = begin; task < end; ++task) {
         const int64_t b = task / chunks, t0 = (task % chunks) * chunk;
         const int64_t n = std::min(chunk, frames - t0);
@@ -406,48 +409,49 @@ at::Tensor residual_unit_gemm(const at::Tensor& x, const at::Tensor& alpha1, con
         }
         // H = b1 + Σ_k W1_k · S shifted by k·d.
         float* h = h_buf.data();
-        for (int64_t c = 0; c < channels; ++c) std::fill(h + c * n, h + (c + 1) * n, b1[c]);
+        for (int64_t c = 0; c < channels; ++c) std::fill(h + c * cols, h + (c + 1) * cols, b1[c]);
         // im2col: row k·C + c of I is S[c] shifted by k·d; one GEMM with K = 7C runs ~3.5x faster than
         // seven K = C GEMMs on shifted views of S.
         float* im = i_buf.data();
         for (int64_t k = 0; k < kernel; ++k) {
           for (int64_t c = 0; c < channels; ++c) {
-            std::memcpy(im + (k * channels + c) * n, s_buf.data() + c * span + k * dilation, n * sizeof(float));
+            float* row = im + (k * channels + c) * cols;
+            std::memcpy(row, s_buf.data() + c * span + k * dilation, n * sizeof(float));
+            std::fill(row + n, row + cols, 0.0f);
           }
         }
-        gemm_rm(channels, n, kernel * channels, w1p, kernel * channels, false, im, n, 1.0f, h, n);
-        for (int64_t c = 0; c < channels; ++c) snake_floats(h + c * n, h + c * n, scratch.data(), n, a2[c], inv2[c]);
-        // out = (x + b2) + W2 · H, written straight into the output for fp32.
-        float* o;
-        int64_t ldo;
-        if constexpr (kFloatOut) {
-          o = outp + b * channels * frames + t0;
-          ldo = frames;
-        } else {
-          o = o_buf.data();
-          ldo = n;
-        }
-        const fVec zero(0.0f);
+        gemm_rm(channels, cols, kernel * channels, w1p, kernel * channels, false, im, cols, 1.0f, h, cols);
+        // Columns past n keep b1: they only feed output columns that are dropped.
+        for (int64_t c = 0; c < channels; ++c) snake_floats(h + c * cols, h + c * cols, scratch.data(), n, a2[c], inv2[c]);
+        // out = (x + b2) + W2 · H, written straight into the output for a full fp32 chunk.
+        const bool direct = kFloatOut && n == cols;
+        float* o = direct ? reinterpret_cast<float*>(outp) + b * channels * frames + t0 : o_buf.data();
+        const int64_t ldo = direct ? frames : cols;
         for (int64_t c = 0; c < channels; ++c) {
           // x + b2 from S's source row: reread x (still in cache from the first pass).
           const scalar_t* xs = xr.row(b * channels + c) + t0;
           float* oc = o + c * ldo;
           if constexpr (kFloatOut) {
-            const fVec vb(b2[c]);
-            int64_t i = 0;
-            for (; i + fVec::size() <= n; i += fVec::size()) (fVec::loadu(xs + i) + vb).store(oc + i);
-            if (i < n) (fVec::loadu(xs + i, n - i) + vb).store(oc + i, n - i);
+            std::memcpy(oc, xs, n * sizeof(float));
           } else {
             load_floats(xs, oc, n);
-            const fVec vb(b2[c]);
-            int64_t i = 0;
-            for (; i + fVec::size() <= n; i += fVec::size()) (fVec::loadu(oc + i) + vb).store(oc + i);
-            if (i < n) (fVec::loadu(oc + i, n - i) + vb).store(oc + i, n - i);
           }
+          const fVec vb(b2[c]);
+          int64_t i = 0;
+          for (; i + fVec::size() <= n; i += fVec::size()) (fVec::loadu(oc + i) + vb).store(oc + i);
+          if (i < n) (fVec::loadu(oc + i, n - i) + vb).store(oc + i, n - i);
+          std::fill(oc + n, oc + (direct ? n : cols), 0.0f);
         }
-        gemm_rm(channels, n, channels, w2p, channels, false, h, n, 1.0f, o, ldo);
-        if constexpr (!kFloatOut) {
-          for (int64_t c = 0; c < channels; ++c) store_floats(o + c * ldo, outp + (b * channels + c) * frames + t0, n);
+        gemm_rm(channels, cols, channels, w2p, channels, false, h, cols, 1.0f, o, ldo);
+        if (!direct) {
+          for (int64_t c = 0; c < channels; ++c) {
+            scalar_t* dst = outp + (b * channels + c) * frames + t0;
+            if constexpr (kFloatOut) {
+              std::memcpy(dst, o + c * ldo, n * sizeof(float));
+            } else {
+              store_floats(o + c * ldo, dst, n);
+            }
+          }
         }
       }
     });
@@ -521,9 +525,9 @@ at::Tensor snake_conv1d_gemm(const at::Tensor& x_in, const at::Tensor& alpha, co
   const std::vector<float> b = bias_values(bias, out_channels);
   const auto [a, inv] = snake_coefficients(alpha);
   if (chunk <= 0) chunk = conv_chunk_frames(rows);
-  chunk = std::min(chunk, out_frames);
   const int64_t chunks = (out_frames + chunk - 1) / chunk;
   const int64_t span = chunk + taps - 1;  // P row length
+  const int64_t cols = chunk;             // full-width GEMMs, as in residual_unit_gemm (codes equal alone)
 
   dispatch_storage_type(x.scalar_type(), "snake_conv1d", [&](auto tag) {
     using scalar_t = decltype(tag);
@@ -532,8 +536,8 @@ at::Tensor snake_conv1d_gemm(const at::Tensor& x_in, const at::Tensor& alpha, co
     scalar_t* outp = out.data_ptr<scalar_t>();
     at::parallel_for(0, batch * chunks, 1, [&](int64_t begin, int64_t end) {
       const SequentialMkl sequential;
-      std::vector<float> line(span * stride), scratch(span * stride), p_buf(phase_rows * span), i_buf(rows * chunk);
-      std::vector<float> o_buf(kFloatOut ? 0 : out_channels * chunk);
+      std::vector<float> line(span * stride), scratch(span * stride), p_buf(phase_rows * span), i_buf(rows * cols),
+          o_buf(out_channels * cols);
       for (int64_t task = begin; task < end; ++task) {
         const int64_t bi = task / chunks, t0 = (task % chunks) * chunk;
         const int64_t n = std::min(chunk, out_frames - t0), width = n + taps - 1;
@@ -550,23 +554,24 @@ at::Tensor snake_conv1d_gemm(const at::Tensor& x_in, const at::Tensor& alpha, co
         float* im = i_buf.data();
         for (int64_t m = 0; m < taps; ++m) {
           for (int64_t row = 0; row < phase_rows; ++row) {
-            std::memcpy(im + (m * phase_rows + row) * n, p_buf.data() + row * span + m, n * sizeof(float));
+            float* dst = im + (m * phase_rows + row) * cols;
+            std::memcpy(dst, p_buf.data() + row * span + m, n * sizeof(float));
+            std::fill(dst + n, dst + cols, 0.0f);
           }
         }
-        float* o;
-        int64_t ldo;
-        if constexpr (kFloatOut) {
-          o = outp + bi * out_channels * out_frames + t0;
-          ldo = out_frames;
-        } else {
-          o = o_buf.data();
-          ldo = n;
-        }
-        for (int64_t oc = 0; oc < out_channels; ++oc) std::fill(o + oc * ldo, o + oc * ldo + n, b[oc]);
-        gemm_rm(out_channels, n, rows, wp, rows, false, im, n, 1.0f, o, ldo);
-        if constexpr (!kFloatOut) {
+        const bool direct = kFloatOut && n == cols;
+        float* o = direct ? reinterpret_cast<float*>(outp) + bi * out_channels * out_frames + t0 : o_buf.data();
+        const int64_t ldo = direct ? out_frames : cols;
+        for (int64_t oc = 0; oc < out_channels; ++oc) std::fill(o + oc * ldo, o + oc * ldo + cols, b[oc]);
+        gemm_rm(out_channels, cols, rows, wp, rows, false, im, cols, 1.0f, o, ldo);
+        if (!direct) {
           for (int64_t oc = 0; oc < out_channels; ++oc) {
-            store_floats(o + oc * ldo, outp + (bi * out_channels + oc) * out_frames + t0, n);
+            scalar_t* dst = outp + (bi * out_channels + oc) * out_frames + t0;
+            if constexpr (kFloatOut) {
+              std::memcpy(dst, o + oc * ldo, n * sizeof(float));
+            } else {
+              store_floats(o + oc * ldo, dst, n);
+            }
           }
         }
       }

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from near_ties import check_near_ties
 from oracle import SEMANTIC_VARIANTS, make_hf_model, random_audio, save_hf, tiny_variant
-from xcodec_fast import XcodecModel
+from xcodec_fast import XcodecModel, use_backend
 from xcodec_fast.config import XcodecConfig
 
 transformers = pytest.importorskip("transformers")
@@ -20,6 +21,42 @@ def assert_audio_close(ours: torch.Tensor, reference: torch.Tensor, rel: float =
     scale = reference.abs().max().clamp_min(1e-3)
     error = (ours - reference).abs().max()
     assert error <= rel * scale, f"max error {error.item():.3g} > {rel} x scale {scale.item():.3g}"
+
+
+TIE_TOL = 2e-5  # fp32 near tie, relative to |r|^2 + max|e|^2 (as in tests/ops/test_triton_rvq.py)
+
+
+def encode_with_embeddings(model, audio, **kwargs):
+    """Codes and the embeddings the quantizer saw."""
+    seen = {}
+    quantize = model.quantizer.encode
+
+    def spy(embeddings, num_quantizers):
+        seen["embeddings"] = embeddings
+        return quantize(embeddings, num_quantizers)
+
+    model.quantizer.encode = spy
+    try:
+        codes = model.encode(audio, **kwargs).audio_codes
+    finally:
+        del model.quantizer.encode
+    return codes, seen["embeddings"]
+
+
+def assert_codes_match(model, audio, expected, **kwargs) -> torch.Tensor:
+    """Our codes for ``audio`` equal transformers' ``expected``. The eager reference runs the same
+    ops in the same order and must match exactly; the default CPU backend (native) sums its
+    convolutions in another order, so its codes may part from them only at float near ties: every
+    parting code verified in float64 along our own residual path, and few of them. Returns our codes."""
+    codes, embeddings = encode_with_embeddings(model, audio, **kwargs)
+    if torch.equal(codes, expected):
+        return codes
+    with use_backend("eager"):
+        assert torch.equal(model.encode(audio, **kwargs).audio_codes, expected), "the eager reference parts from transformers"
+    assert codes.shape == expected.shape
+    parted, frames = check_near_ties(codes, expected, embeddings, model.quantizer.codebooks, TIE_TOL)
+    assert parted <= max(1, frames // 20), f"{parted} of {frames} frames part at near ties"
+    return codes
 
 
 def assert_decode_close(ours: torch.Tensor, hf_model, codes: torch.Tensor, reference: torch.Tensor) -> None:
@@ -67,9 +104,8 @@ def test_codes_identical_at_every_bandwidth_and_length(pair):
         audio = random_audio(2, 1, length, seed=length)
         for bandwidth in [None, *model.config.target_bandwidths]:
             expected = hf_encode(hf_model, audio, bandwidth)
-            codes = model.encode(audio, bandwidth=bandwidth).audio_codes
+            codes = assert_codes_match(model, audio, expected, bandwidth=bandwidth)
             assert codes.dtype == torch.int64
-            assert torch.equal(codes, expected), f"length {length}, bandwidth {bandwidth}"
         if length >= 16000:  # random codebooks must give varied codes, or equality proves nothing
             assert expected.unique().numel() > 50
 
@@ -93,12 +129,13 @@ def test_forward_is_trimmed_decode_of_encode(pair):
     assert torch.equal(out.audio_values, model.decode(codes).audio_values[..., :15999])
     with torch.no_grad():
         reference = hf_model(audio)
-    assert torch.equal(out.audio_codes, reference.audio_codes)
-    assert_audio_close(out.audio_values, reference.audio_values)
+    assert_codes_match(model, audio, reference.audio_codes)
+    # out.audio_values is our decode of our codes (asserted above): that decode against transformers'.
+    assert_decode_close(model.decode(codes).audio_values, hf_model, codes, hf_decode(hf_model, codes))
     given = random_audio(2, 1, 16000, seed=6)
     with torch.no_grad():
         reference_given = hf_model(given, audio_codes=codes).audio_values
-    assert_audio_close(model(given, audio_codes=codes).audio_values, reference_given)
+    assert_decode_close(model(given, audio_codes=codes).audio_values, hf_model, codes, reference_given)
     as_tuple = model(audio, return_dict=False)
     assert isinstance(as_tuple, tuple) and len(as_tuple) == 2
     assert torch.equal(as_tuple[0], codes)
@@ -117,10 +154,13 @@ def test_padded_batch_gives_each_item_its_alone_codes(pair):
     assert torch.equal(model.encode(batch, padding_mask=mask[:, None].bool()).audio_codes, out.audio_codes)
     assert out.audio_codes.shape[-1] == model.encode(batch).audio_codes.shape[-1]
     for index, length in enumerate(lengths):
-        alone = hf_encode(hf_model, batch[index : index + 1, :, :length])
+        item = batch[index : index + 1, :, :length]
+        alone = hf_encode(hf_model, item)
         frames = alone.shape[-1]
         assert out.audio_code_lengths[index] == frames
-        assert torch.equal(out.audio_codes[index : index + 1, :, :frames], alone), f"item {index} ({length} samples)"
+        # In the batch exactly what this backend gives the item alone; that, transformers' codes.
+        ours_alone = assert_codes_match(model, item, alone)
+        assert torch.equal(out.audio_codes[index : index + 1, :, :frames], ours_alone), f"item {index} ({length} samples)"
         assert (out.audio_codes[index, :, frames:] == 0).all()
 
 
@@ -162,7 +202,7 @@ def test_our_save_pretrained_loads_in_transformers(pair, tmp_path):
     assert_audio_close(hf_decode(reloaded, codes), hf_decode(hf_model, codes))
     # and back into xcodec_fast
     again = XcodecModel.from_pretrained(tmp_path)
-    assert torch.equal(again.encode(audio).audio_codes, codes)
+    assert_codes_match(again, audio, codes)
 
 
 @pytest.mark.parametrize("spelling", ["parametrizations", "weight_g"])
@@ -188,7 +228,7 @@ def test_weight_normed_checkpoints_load_and_match(spelling, tmp_path):
         }
     save_file(state, str(tmp_path / "model.safetensors"))
     model = XcodecModel.from_pretrained(tmp_path)
-    assert torch.equal(model.encode(audio).audio_codes, codes)
+    assert_codes_match(model, audio, codes)
     assert_decode_close(model.decode(codes).audio_values, hf_model, codes, reference_audio)
 
 
@@ -200,6 +240,6 @@ def test_full_size_default_config_matches_transformers(tmp_path):
     audio = random_audio(1, 1, 16000, seed=23)
     codes = hf_encode(hf_model, audio)
     assert codes.unique().numel() > 50
-    assert torch.equal(model.encode(audio).audio_codes, codes)
-    assert torch.equal(model.encode(audio, bandwidth=0.5).audio_codes, codes[:, :1])
-    assert_audio_close(model.decode(codes).audio_values, hf_decode(hf_model, codes))
+    assert_codes_match(model, audio, codes)
+    assert_codes_match(model, audio, codes[:, :1], bandwidth=0.5)
+    assert_decode_close(model.decode(codes).audio_values, hf_model, codes, hf_decode(hf_model, codes))

@@ -210,6 +210,27 @@ def test_snake_conv1d_gemm_matches_eager(case):
         assert_fp32_close(native.snake_conv1d(x, alpha, w, bias, stride, padding), expected)
 
 
+@pytest.mark.parametrize("frames", (7, 321, 700, 1500))
+def test_gemm_paths_give_an_item_its_alone_result_in_a_longer_padded_row(frames):
+    # The tokenizer's promise (codes equal alone) needs the GEMM kernels to compute an item's frames
+    # alike however long the row they sit in: MKL's results depend on the GEMM's width, so every call
+    # runs full chunk width. Zeros past the item make the longer row's halo equal to zero padding.
+    def padded(x, extra):
+        return torch.cat([x, torch.zeros(*x.shape[:2], extra)], dim=-1)
+
+    x, alpha1, w1, b1, d, alpha2, w2, b2 = residual_args(1, 64, frames, 3)
+    alone = native.residual_unit(x, alpha1, w1, b1, d, alpha2, w2, b2)
+    for extra in (1, 333, 1000):
+        longer = native.residual_unit(padded(x, extra), alpha1, w1, b1, d, alpha2, w2, b2)
+        assert torch.equal(longer[..., :frames], alone)
+    x, alpha = make_input(1, 64, frames * 8)
+    for w, b, stride, padding in (dac_weights(64, 128, 16) + (8, 4), dac_weights(64, 1, 7) + (1, 3)):
+        alone = native.snake_conv1d(x, alpha, w, b, stride, padding)
+        for extra in (8, 2664, 8000):
+            longer = native.snake_conv1d(padded(x, extra), alpha, w, b, stride, padding)
+            assert torch.equal(longer[..., : alone.shape[-1]], alone)
+
+
 def test_conv_dispatch_takes_the_measured_path():
     # C_in <= 256 strided convs and all transposed convs take the GEMM path, wider strided convs oneDNN
     # (crossover tables in kernels/xcodec_native.cpp): the dispatched result is that path's, bit for bit.
