@@ -611,7 +611,9 @@ at::Tensor snake_conv_transpose1d_gemm(const at::Tensor& x_in, const at::Tensor&
   const int64_t steps = (out_frames + stride - 1) / stride;
   const int64_t reach = (kernel + stride - 1) / stride + 1;  // input frames per q beyond one, at most
   // Larger chunks run the GEMM faster (2 threads, ms at 512-step vs 128-step chunks: 256 -> 128 channels
-  // × 20000 frames 58 vs 63, 512 -> 256 × 4000 41 vs 48), as long as every thread gets a task.
+  // × 20000 frames 58 vs 63, 512 -> 256 × 4000 41 vs 48), as long as every thread gets a task. So the
+  // chunk follows batch, length and thread count, and decoded audio may differ in the last bits
+  // between batch compositions or thread counts (decode only: no codes depend on it).
   if (chunk <= 0) {
     const int64_t threads = std::max<int64_t>(at::get_num_threads(), 1);
     chunk = std::clamp<int64_t>((batch * steps + threads - 1) / threads, 64, 512);
