@@ -151,6 +151,18 @@ void snake_window(const scalar_t* xs, int64_t frames, int64_t lo, int64_t n, flo
   }
 }
 
+// Stores n fp32 values from each of `rows` rows (src, leading dimension ld) into dst rows (dst_ld).
+template <typename scalar_t>
+void store_rows(const float* src, int64_t ld, scalar_t* dst, int64_t dst_ld, int64_t rows, int64_t n) {
+  for (int64_t r = 0; r < rows; ++r) {
+    if constexpr (std::is_same_v<scalar_t, float>) {
+      std::memcpy(dst + r * dst_ld, src + r * ld, n * sizeof(float));
+    } else {
+      store_floats(src + r * ld, dst + r * dst_ld, n);
+    }
+  }
+}
+
 // A (B, C, T) tensor whose time axis is unit-stride, addressed row by row.
 template <typename T>
 struct Rows {
@@ -443,16 +455,7 @@ at::Tensor residual_unit_gemm(const at::Tensor& x, const at::Tensor& alpha1, con
           std::fill(oc + n, oc + (direct ? n : cols), 0.0f);
         }
         gemm_rm(channels, cols, channels, w2p, channels, false, h, cols, 1.0f, o, ldo);
-        if (!direct) {
-          for (int64_t c = 0; c < channels; ++c) {
-            scalar_t* dst = outp + (b * channels + c) * frames + t0;
-            if constexpr (kFloatOut) {
-              std::memcpy(dst, o + c * ldo, n * sizeof(float));
-            } else {
-              store_floats(o + c * ldo, dst, n);
-            }
-          }
-        }
+        if (!direct) store_rows(o, ldo, outp + b * channels * frames + t0, frames, channels, n);
       }
     });
   });
@@ -564,16 +567,7 @@ at::Tensor snake_conv1d_gemm(const at::Tensor& x_in, const at::Tensor& alpha, co
         const int64_t ldo = direct ? out_frames : cols;
         for (int64_t oc = 0; oc < out_channels; ++oc) std::fill(o + oc * ldo, o + oc * ldo + cols, b[oc]);
         gemm_rm(out_channels, cols, rows, wp, rows, false, im, cols, 1.0f, o, ldo);
-        if (!direct) {
-          for (int64_t oc = 0; oc < out_channels; ++oc) {
-            scalar_t* dst = outp + (bi * out_channels + oc) * out_frames + t0;
-            if constexpr (kFloatOut) {
-              std::memcpy(dst, o + oc * ldo, n * sizeof(float));
-            } else {
-              store_floats(o + oc * ldo, dst, n);
-            }
-          }
-        }
+        if (!direct) store_rows(o, ldo, outp + bi * out_channels * out_frames + t0, out_frames, out_channels, n);
       }
     });
   });
