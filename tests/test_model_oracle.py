@@ -151,6 +151,8 @@ def test_padded_batch_gives_each_item_its_alone_codes(pair):
     # Padding holds garbage on purpose: the mask alone must make it irrelevant.
     batch = torch.where(mask[:, None].bool(), batch, torch.full_like(batch, 0.7))
     out = model.encode(batch, padding_mask=mask)
+    batch_codes, batch_embeddings = encode_with_embeddings(model, batch, padding_mask=mask)
+    assert torch.equal(batch_codes, out.audio_codes)
     assert torch.equal(model.encode(batch, padding_mask=mask[:, None].bool()).audio_codes, out.audio_codes)
     assert out.audio_codes.shape[-1] == model.encode(batch).audio_codes.shape[-1]
     for index, length in enumerate(lengths):
@@ -158,9 +160,15 @@ def test_padded_batch_gives_each_item_its_alone_codes(pair):
         alone = hf_encode(hf_model, item)
         frames = alone.shape[-1]
         assert out.audio_code_lengths[index] == frames
-        # In the batch exactly what this backend gives the item alone; that, transformers' codes.
+        # In the batch what this backend gives the item alone; that, transformers' codes. The batch
+        # runs its convolutions at another width, and oneDNN's summation order depends on the width on
+        # some CPUs: codes may part only at verified near ties, and few.
         ours_alone = assert_codes_match(model, item, alone)
-        assert torch.equal(out.audio_codes[index : index + 1, :, :frames], ours_alone), f"item {index} ({length} samples)"
+        in_batch = out.audio_codes[index : index + 1, :, :frames]
+        if not torch.equal(in_batch, ours_alone):
+            embeddings = batch_embeddings[index : index + 1, :, :frames]
+            parted, total = check_near_ties(in_batch, ours_alone, embeddings, model.quantizer.codebooks, TIE_TOL)
+            assert parted <= max(1, total // 20), f"item {index} ({length} samples): {parted} of {total} frames part"
         assert (out.audio_codes[index, :, frames:] == 0).all()
 
 

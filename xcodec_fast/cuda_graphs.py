@@ -18,8 +18,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["CudaGraphCodec"]
+__all__ = ["CudaGraphCodec", "GraphedFunction"]
 
+# What a model must offer (XcodecModel's public core).
+_MODEL_CORE = ("check_length", "code_frames", "check_audio", "check_codes", "running", "encode_latent", "quantize",
+               "dequantize", "decode_latent")
 WARMUP_CALLS = 3  # Triton compiles and autotunes on the first call; cuBLAS picks its algorithms
 
 
@@ -33,7 +36,7 @@ def _check_shape(name: str, t, expected: tuple[int, ...]) -> None:
         )
 
 
-class _Graph:
+class GraphedFunction:
     """One captured function ``out = fn(static_input)``: capture on first call, replay after."""
 
     def __init__(self, fn, static_input: Tensor):
@@ -85,15 +88,14 @@ class CudaGraphCodec:
     def __init__(
         self, model, batch_size: int, num_samples: int, bandwidth: float | None = None, check_inputs: bool = True
     ):
-        from .modeling import XcodecModel
-
-        if not isinstance(model, XcodecModel):
+        # Duck-typed on the model's public core, so this module needs no import of the model's.
+        if not all(callable(getattr(model, name, None)) for name in _MODEL_CORE):
             raise TypeError(f"model must be an XcodecModel, got {type(model).__name__}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         if isinstance(num_samples, bool) or not isinstance(num_samples, int):
             raise ValueError(f"num_samples must be an int, got {num_samples!r}")
-        model._check_length(num_samples)
+        model.check_length(num_samples)
         self.num_quantizers = model.config.num_quantizers_for_bandwidth(bandwidth)
         if model.device.type != "cuda":
             raise ValueError(
@@ -103,13 +105,13 @@ class CudaGraphCodec:
         self.model = model
         self.batch_size = batch_size
         self.num_samples = num_samples
-        self.num_frames = model._code_frames(num_samples)
+        self.num_frames = model.code_frames(num_samples)
         self.check_inputs = check_inputs
         device = model.device
         audio = torch.zeros(batch_size, 1, num_samples, device=device, dtype=model.dtype)
-        self._encode = _Graph(self._encode_body, audio)
+        self._encode = GraphedFunction(self._encode_body, audio)
         codes = torch.zeros(batch_size, self.num_quantizers, self.num_frames, device=device, dtype=torch.long)
-        self._decode = _Graph(self._decode_body, codes)
+        self._decode = GraphedFunction(self._decode_body, codes)
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -119,20 +121,19 @@ class CudaGraphCodec:
     def codes_shape(self) -> tuple[int, int, int]:
         return (self.batch_size, self.num_quantizers, self.num_frames)
 
-    # The model's internal paths, past its input checks: those sync, so they run before the copy.
+    # The model's unchecked core: its input checks sync, so they run before the copy.
     def _encode_body(self, audio: Tensor) -> Tensor:
-        with self.model._running():
-            return self.model._encode_full(audio, self.num_quantizers)
+        with self.model.running():
+            return self.model.quantize(self.model.encode_latent(audio), self.num_quantizers)
 
     def _decode_body(self, codes: Tensor) -> Tensor:
-        with self.model._running():
-            latent = self.model.quantizer.decode_project(codes, self.model.fc2.weight, self.model.fc2.bias)
-            return self.model.acoustic_decoder(latent, None)[0]
+        with self.model.running():
+            return self.model.decode_latent(self.model.dequantize(codes))
 
     def encode(self, input_values: Tensor) -> Tensor:
         _check_shape("input_values", input_values, self.input_shape)
         if self.check_inputs:
-            self.model._check_audio(input_values)
+            self.model.check_audio(input_values)
         elif not input_values.is_floating_point():
             raise TypeError(f"input_values must be floating point audio in [-1, 1], got dtype {input_values.dtype}")
         with torch.inference_mode():
@@ -141,7 +142,7 @@ class CudaGraphCodec:
     def decode(self, audio_codes: Tensor) -> Tensor:
         _check_shape("audio_codes", audio_codes, self.codes_shape)
         if self.check_inputs:
-            self.model._check_codes(audio_codes)
+            self.model.check_codes(audio_codes)
         elif audio_codes.is_floating_point():
             raise TypeError(f"audio_codes must be an integer tensor, got dtype {audio_codes.dtype}")
         with torch.inference_mode():

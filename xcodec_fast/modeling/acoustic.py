@@ -33,6 +33,21 @@ def zero_beyond(x: Tensor, lengths: Tensor | None) -> Tensor:
     return x.masked_fill(~valid[:, None, :], 0)
 
 
+def zero_outside(x: Tensor, starts: Tensor | None, lengths: Tensor | None) -> Tensor:
+    """Zero the frames of x (B, C, T) before ``starts[b]`` or at/after ``lengths[b]`` (either may be None)."""
+    if starts is None:
+        return zero_beyond(x, lengths)
+    frames = torch.arange(x.shape[-1], device=x.device)[None, :]
+    valid = frames >= starts[:, None].to(x.device)
+    if lengths is not None:
+        valid &= frames < lengths[:, None].to(x.device)
+    return x.masked_fill(~valid[:, None, :], 0)
+
+
+def _scaled(bound: Tensor | None, factor: int) -> Tensor | None:
+    return None if bound is None else bound * factor
+
+
 def conv_output_lengths(lengths, kernel: int, stride: int = 1, padding: int = 0, dilation: int = 1):
     """torch's Conv1d output length, for ints or integer tensors."""
     return (lengths + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
@@ -60,9 +75,9 @@ class ResidualUnit(nn.Module):
         self.snake2 = Snake(channels)
         self.conv2 = nn.Conv1d(channels, channels, 1)
 
-    def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, lengths: Tensor | None = None, starts: Tensor | None = None) -> Tensor:
         # snake(0) == 0, so zeroing the unit's input is all the dilated conv needs.
-        x = zero_beyond(x, lengths)
+        x = zero_outside(x, starts, lengths)
         return ops.residual_unit(
             x,
             self.snake1.alpha,
@@ -142,9 +157,11 @@ class DecoderBlock(nn.Module):
         self.res_unit2 = ResidualUnit(out_channels, 3)
         self.res_unit3 = ResidualUnit(out_channels, 9)
 
-    def forward(self, x: Tensor, lengths: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+    def forward(
+        self, x: Tensor, lengths: Tensor | None = None, starts: Tensor | None = None
+    ) -> tuple[Tensor, Tensor | None]:
         x = ops.snake_conv_transpose1d(
-            zero_beyond(x, lengths),
+            zero_outside(x, starts, lengths),
             self.snake1.alpha,
             self.conv_t1.weight,
             self.conv_t1.bias,
@@ -152,11 +169,25 @@ class DecoderBlock(nn.Module):
             self.padding,
             self.output_padding,
         )
-        if lengths is not None:
-            lengths = lengths * self.stride
+        lengths, starts = _scaled(lengths, self.stride), _scaled(starts, self.stride)
         for unit in (self.res_unit1, self.res_unit2, self.res_unit3):
-            x = unit(x, lengths)
+            x = unit(x, lengths, starts)
         return x, lengths
+
+    def context(self, left: int, right: int) -> tuple[int, int]:
+        """Input frames of context each side that outputs with ``left``/``right`` frames of context need."""
+        left, right = _units_context(left, right)
+        # ConvTranspose: output n reads inputs i with 0 <= n + padding - i * stride < 2 * stride.
+        kernel = self.conv_t1.kernel_size[0]
+        left = (left + kernel - 1 - self.padding) // self.stride
+        right = (right + self.padding - 1) // self.stride + 1
+        return left, right
+
+
+def _units_context(left: int, right: int) -> tuple[int, int]:
+    """Context through the three residual units (k=7 at dilations 1, 3, 9; their 1x1 conv adds none)."""
+    reach = sum((RESIDUAL_KERNEL // 2) * d for d in RESIDUAL_DILATIONS)
+    return left + reach, right + reach
 
 
 class DacDecoder(nn.Module):
@@ -174,10 +205,27 @@ class DacDecoder(nn.Module):
         self.snake1 = Snake(width)
         self.conv2 = nn.Conv1d(width, 1, 7, padding=3)
 
-    def forward(self, x: Tensor, lengths: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
-        x = F.conv1d(zero_beyond(x, lengths), self.conv1.weight, self.conv1.bias, padding=3)
+    def forward(
+        self, x: Tensor, lengths: Tensor | None = None, starts: Tensor | None = None
+    ) -> tuple[Tensor, Tensor | None]:
+        """Frames outside ``[starts[b], lengths[b])`` are padding: zeroed before every convolution
+        (the same as the convolutions' own zero padding at the stream's edges) and 0 in the output."""
+        x = F.conv1d(zero_outside(x, starts, lengths), self.conv1.weight, self.conv1.bias, padding=3)
         for block in self.block:
-            x, lengths = block(x, lengths)
-        x = self.snake1(zero_beyond(x, lengths))
+            x, _ = block(x, lengths, starts)
+            lengths, starts = _scaled(lengths, block.stride), _scaled(starts, block.stride)
+        x = self.snake1(zero_outside(x, starts, lengths))
         x = F.conv1d(x, self.conv2.weight, self.conv2.bias, padding=3)
-        return zero_beyond(x, lengths), lengths
+        return zero_outside(x, starts, lengths), lengths
+
+    def context(self) -> tuple[int, int]:
+        """Latent frames (left, right) whose values can reach an output frame's samples: decoding a
+        window with this much context on each side reproduces the whole-stream output inside it.
+        Derived from the layers (their kernels, dilations, strides, paddings), not a constant."""
+        last_pad = self.conv2.padding[0]  # the last conv, in output samples
+        left, right = last_pad, self.conv2.kernel_size[0] - 1 - last_pad
+        for block in reversed(self.block):
+            left, right = block.context(left, right)
+        # The first conv (k=7, "same" padding) reads `padding` frames each side.
+        pad = self.conv1.padding[0]
+        return left + pad, right + (self.conv1.kernel_size[0] - 1 - pad)

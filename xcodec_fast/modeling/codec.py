@@ -9,24 +9,28 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import TYPE_CHECKING, Iterator
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import ops
+from ..cuda_graphs import CudaGraphCodec
 from ..config import XcodecConfig
 from .acoustic import DacDecoder, DacEncoder, zero_beyond
 from .adapter import SemanticDecoder, SemanticEncoder
+from .chunking import DecodeStream, plan_windows
 from .outputs import XcodecDecoderOutput, XcodecEncoderOutput, XcodecOutput
 from .quantizer import ResidualVectorQuantizer
 from .semantic import SemanticModel
 
-if TYPE_CHECKING:
-    from ..cuda_graphs import CudaGraphCodec
 
-__all__ = ["XcodecModel", "XcodecOutput", "XcodecEncoderOutput", "XcodecDecoderOutput"]
+__all__ = ["XcodecModel", "XcodecOutput", "XcodecEncoderOutput", "XcodecDecoderOutput", "DECODE_CHUNK_FRAMES"]
+
+# Code frames per window when decode chunks a long stream by itself (see decode's chunk_frames);
+# chosen from bench/results/long-*.json: time per frame is flat past it, memory grows with it.
+DECODE_CHUNK_FRAMES = 1500
 
 
 def _torch_conv_length(length: int, conv: nn.Conv1d) -> int:
@@ -91,8 +95,12 @@ class XcodecModel(nn.Module):
         codebooks). Call after changing codebooks or fc2 by hand; the loaders call it."""
         self.quantizer.refresh(self.fc2.weight)
 
+    # ---- the public core: unchecked building blocks that encode/decode, CUDA graphs and the
+    # streaming decoder all call. Validate inputs with check_audio / check_codes first, and run them
+    # inside ``with model.running():``.
     @contextlib.contextmanager
-    def _running(self) -> Iterator[None]:
+    def running(self) -> Iterator[None]:
+        """Inference mode with this model's backend selected: the context every core call runs in."""
         with torch.inference_mode():
             if self._backend is None:
                 yield
@@ -110,10 +118,11 @@ class XcodecModel(nn.Module):
         length = num_samples
         for conv in self.acoustic_encoder.conv_layers():
             length = _torch_conv_length(length, conv)
-        return length != self._code_frames(num_samples)
+        return length != self.code_frames(num_samples)
 
-    def _code_frames(self, num_samples: int) -> int:
-        """Code frames for ``num_samples`` samples of audio (the semantic branch's frame count)."""
+    def code_frames(self, num_samples: int) -> int:
+        """Code frames for ``num_samples`` samples of audio (the semantic branch's frame count);
+        host arithmetic only, no device work."""
         frames = int(self.semantic_model.frame_lengths(torch.tensor(num_samples + 2 * self.pad)))
         return int(self.encoder_semantic.output_length(frames))
 
@@ -122,7 +131,8 @@ class XcodecModel(nn.Module):
         return max(1, self.semantic_model.min_input_length - 2 * self.pad)
 
     # ---- input checks ----------------------------------------------------------------------
-    def _check_audio(self, input_values) -> Tensor:
+    def check_audio(self, input_values) -> Tensor:
+        """Validate audio (B, 1, N) floating point, finite; return it on the model's device and dtype."""
         if not isinstance(input_values, Tensor):
             raise TypeError(
                 f"input_values must be a torch.Tensor of shape (batch, 1, samples), got {type(input_values).__name__}"
@@ -172,7 +182,8 @@ class XcodecModel(nn.Module):
             )
         return lengths.long()
 
-    def _check_length(self, num_samples: int) -> None:
+    def check_length(self, num_samples: int) -> None:
+        """Raise ValueError when ``num_samples`` is too short to encode."""
         minimum = self.min_input_length()
         if num_samples < minimum:
             raise ValueError(f"audio of {num_samples} samples is too short: encode needs at least {minimum}")
@@ -193,13 +204,13 @@ class XcodecModel(nn.Module):
         ``audio_code_lengths[b]`` frames; later frames are 0. ``return_dict=False`` returns the codes
         tensor only (as transformers does)."""
         return_dict = self._return_dict(return_dict)
-        audio = self._check_audio(input_values)
+        audio = self.check_audio(input_values)
         num_quantizers = self.config.num_quantizers_for_bandwidth(bandwidth)
         lengths = self._check_padding_mask(padding_mask, audio)
-        with self._running():
+        with self.running():
             if lengths is None:
-                self._check_length(audio.shape[-1])
-                codes = self._encode_full(audio, num_quantizers)
+                self.check_length(audio.shape[-1])
+                codes = self.quantize(self.encode_latent(audio), num_quantizers)
                 code_lengths = None
             else:
                 codes, code_lengths = self._encode_padded(audio, lengths, num_quantizers)
@@ -207,7 +218,9 @@ class XcodecModel(nn.Module):
             return codes
         return XcodecEncoderOutput(audio_codes=codes, audio_code_lengths=code_lengths)
 
-    def _encode_full(self, audio: Tensor, num_quantizers: int) -> Tensor:
+    def encode_latent(self, audio: Tensor) -> Tensor:
+        """Core: checked audio (B, 1, N), every item N samples long -> the embeddings the quantizer
+        reads, (B, hidden_size, code_frames(N)). No input checks."""
         num_samples = audio.shape[-1]
         features = self.semantic_model(F.pad(audio[:, 0], (self.pad, self.pad)))
         e_semantic, _ = self.encoder_semantic(features.transpose(1, 2))
@@ -218,24 +231,27 @@ class XcodecModel(nn.Module):
                 f"audio of {num_samples} samples gives {e_acoustic.shape[-1]} acoustic but {e_semantic.shape[-1]} "
                 "semantic frames; this config's acoustic and semantic strides do not line up"
             )
-        return self._quantize(e_acoustic, e_semantic, num_quantizers)
+        return self._join(e_acoustic, e_semantic)
 
-    def _quantize(self, e_acoustic: Tensor, e_semantic: Tensor, num_quantizers: int) -> Tensor:
+    def _join(self, e_acoustic: Tensor, e_semantic: Tensor) -> Tensor:
         embeddings = torch.cat([e_acoustic, e_semantic], dim=1)
-        embeddings = self.fc(embeddings.transpose(1, 2)).transpose(1, 2)
+        return self.fc(embeddings.transpose(1, 2)).transpose(1, 2)
+
+    def quantize(self, embeddings: Tensor, num_quantizers: int) -> Tensor:
+        """Core: embeddings (B, hidden_size, T) -> codes (B, num_quantizers, T) int64."""
         return self.quantizer.encode(embeddings, num_quantizers)
 
     def _encode_padded(self, audio: Tensor, lengths: Tensor, num_quantizers: int) -> tuple[Tensor, Tensor]:
         for index, length in enumerate(lengths.tolist()):
             if length == 0:
                 raise ValueError(f"padding_mask item {index} has no valid samples")
-            self._check_length(length)
-        total_frames = self._code_frames(audio.shape[-1])
+            self.check_length(length)
+        total_frames = self.code_frames(audio.shape[-1])
         longest = int(lengths.max())
         audio = zero_beyond(audio[..., :longest], lengths)
         if bool((lengths == longest).all()):
             # Every item fills the (trimmed) batch: the plain path, bit-identical to transformers.
-            codes = self._encode_full(audio, num_quantizers)
+            codes = self.quantize(self.encode_latent(audio), num_quantizers)
             code_lengths = torch.full_like(lengths, codes.shape[-1])
         else:
             codes, code_lengths = self._encode_masked(audio, lengths, num_quantizers)
@@ -268,10 +284,11 @@ class XcodecModel(nn.Module):
                 )
             frames_kept = min(encoded.shape[-1], e_acoustic.shape[-1])
             e_acoustic[items, :, :frames_kept] = encoded[..., :frames_kept]
-        return self._quantize(e_acoustic, e_semantic, num_quantizers), code_lengths
+        return self.quantize(self._join(e_acoustic, e_semantic), num_quantizers), code_lengths
 
     # ---- decode ----------------------------------------------------------------------------
-    def _check_codes(self, audio_codes) -> Tensor:
+    def check_codes(self, audio_codes) -> Tensor:
+        """Validate codes (B, n_q, T) integer in range; return them as int64 on the model's device."""
         if not isinstance(audio_codes, Tensor):
             raise TypeError(f"audio_codes must be a torch.Tensor, got {type(audio_codes).__name__}")
         if audio_codes.is_floating_point() or audio_codes.is_complex() or audio_codes.dtype == torch.bool:
@@ -311,23 +328,75 @@ class XcodecModel(nn.Module):
         audio_codes: Tensor,
         return_dict: bool | None = None,
         audio_code_lengths: Tensor | None = None,
+        chunk_frames: int | None = None,
     ) -> Tensor | XcodecDecoderOutput:
         """Codes (B, n_q, T) -> audio (B, 1, hop_length * T).
 
         With ``audio_code_lengths`` (B,) item b's audio equals decoding ``audio_codes[b, :, :len_b]``
-        alone in its first ``hop_length * len_b`` samples; later samples are 0."""
+        alone in its first ``hop_length * len_b`` samples; later samples are 0.
+
+        ``chunk_frames``: decode in windows of this many frames, each with the decoder's receptive
+        field (:meth:`decoder_context`) of context on both sides, so the audio equals the whole
+        decode while peak memory follows the window, not the stream. None: streams longer than
+        ``DECODE_CHUNK_FRAMES`` frames are chunked at that size."""
         return_dict = self._return_dict(return_dict)
-        codes = self._check_codes(audio_codes)
+        codes = self.check_codes(audio_codes)
         lengths = self._check_code_lengths(audio_code_lengths, codes)
-        if lengths is not None and bool((lengths == codes.shape[-1]).all()):
-            lengths = None
-        # _check_codes validated the code range: the op need not reduce and sync over it again.
-        with self._running(), ops.skip_value_checks():
-            latent = self.quantizer.decode_project(codes, self.fc2.weight, self.fc2.bias)
-            audio_values, _ = self.acoustic_decoder(latent, lengths)
+        chunk = self._decode_chunk(chunk_frames, codes.shape[-1])
+        with self.running():
+            audio_values = self._decode_windows(codes, lengths, chunk)
         if not return_dict:
             return audio_values
         return XcodecDecoderOutput(audio_values=audio_values)
+
+    def _decode_chunk(self, chunk_frames, total_frames: int) -> int:
+        if chunk_frames is None:
+            return total_frames if total_frames <= DECODE_CHUNK_FRAMES else DECODE_CHUNK_FRAMES
+        if isinstance(chunk_frames, bool) or not isinstance(chunk_frames, int) or chunk_frames < 1:
+            raise ValueError(f"chunk_frames must be a positive int or None, got {chunk_frames!r}")
+        return min(chunk_frames, total_frames)
+
+    def _decode_windows(self, codes: Tensor, lengths: Tensor | None, chunk: int) -> Tensor:
+        total = codes.shape[-1]
+        left, right = self.decoder_context()
+        hop = self.config.hop_length
+        audio = None
+        for window in plan_windows(total, chunk, left, right):
+            local = None
+            if lengths is not None:
+                local = (lengths - window.low).clamp(0, window.high - window.low)
+                if bool((local == window.high - window.low).all()):
+                    local = None  # every item fills the window: the unmasked path
+            piece = self.decode_latent(self.dequantize(codes[..., window.low : window.high]), local)
+            if window.low == 0 and window.high == total:
+                return piece
+            if audio is None:
+                audio = piece.new_empty(codes.shape[0], 1, hop * total)
+            keep = piece[..., (window.start - window.low) * hop : (window.end - window.low) * hop]
+            audio[..., window.start * hop : window.end * hop] = keep
+        return audio
+
+    def decoder_context(self) -> tuple[int, int]:
+        """Code frames (left, right) of context that determine a frame's decoded audio."""
+        return self.acoustic_decoder.context()
+
+    def decode_stream(self, chunk_frames: int | None = None, cuda_graph: bool = False) -> DecodeStream:
+        """A :class:`~xcodec_fast.modeling.chunking.DecodeStream`: ``push(codes)`` returns the audio
+        that is final so far, ``flush()`` the rest; together they equal ``decode`` of all codes."""
+        return DecodeStream(self, chunk_frames=chunk_frames, cuda_graph=cuda_graph)
+
+    def dequantize(self, codes: Tensor) -> Tensor:
+        """Core: checked codes (B, n_q, T) -> the decoder's latent (B, acoustic hidden_size, T),
+        fc2 applied. Per frame: a slice of codes gives the same slice of latent."""
+        # check_codes validated the code range: the op need not reduce and sync over it again.
+        with ops.skip_value_checks():
+            return self.quantizer.decode_project(codes, self.fc2.weight, self.fc2.bias)
+
+    def decode_latent(self, latent: Tensor, lengths: Tensor | None = None, starts: Tensor | None = None) -> Tensor:
+        """Core: latent (B, C, T) -> audio (B, 1, hop_length * T). Frames of item b outside
+        ``[starts[b], lengths[b])`` are treated as padding (zeroed before every convolution, as the
+        stream's own edges are), and its audio there is 0."""
+        return self.acoustic_decoder(latent, lengths, starts)[0]
 
     def forward(
         self,
@@ -360,8 +429,6 @@ class XcodecModel(nn.Module):
     ) -> "CudaGraphCodec":
         """Fixed-shape ``encode(x)`` / ``decode(codes)`` replayed from CUDA graphs (captured on first
         use) for a model on a CUDA device: see :class:`xcodec_fast.cuda_graphs.CudaGraphCodec`."""
-        from ..cuda_graphs import CudaGraphCodec
-
         return CudaGraphCodec(self, batch_size, num_samples, bandwidth=bandwidth, check_inputs=check_inputs)
 
     # ---- construction ----------------------------------------------------------------------
