@@ -74,6 +74,7 @@ class DecodeStream:
         self.left, self.right = model.acoustic_decoder.context()
         self.hop_length = model.config.hop_length
         self._graph = None
+        self._batch_size = 0
         self._codes: Tensor | None = None  # buffered codes, from global frame _buffer_start on
         self._buffer_start = 0
         self._received = 0
@@ -103,6 +104,7 @@ class DecodeStream:
         if self._closed:
             raise RuntimeError("this stream was flushed; start a new one with model.decode_stream()")
         if isinstance(codes, Tensor) and codes.dim() == 3 and codes.shape[-1] == 0:
+            self._batch_size = self._batch_size or codes.shape[0]
             return  # nothing new (a generator step that produced no frame)
         codes = self.model.check_codes(codes)
         if self._codes is not None and codes.shape[:2] != self._codes.shape[:2]:
@@ -110,6 +112,7 @@ class DecodeStream:
                 f"pushed codes of shape {tuple(codes.shape)}, but this stream holds (batch, num_quantizers) = "
                 f"{tuple(self._codes.shape[:2])}: every push must have the same batch and quantizers"
             )
+        self._batch_size = codes.shape[0]
         self._codes = codes if self._codes is None else torch.cat([self._codes, codes], dim=-1)
         self._received += codes.shape[-1]
 
@@ -145,8 +148,7 @@ class DecodeStream:
 
     # ---- output ----------------------------------------------------------------------------
     def _empty(self) -> Tensor:
-        batch = 1 if self._codes is None else self._codes.shape[0]
-        return torch.zeros(batch, 1, 0, dtype=self.model.dtype, device=self.model.device)
+        return torch.zeros(self._batch_size or 1, 1, 0, dtype=self.model.dtype, device=self.model.device)
 
     def _concat(self, pieces: list[Tensor]) -> Tensor:
         if not pieces:
