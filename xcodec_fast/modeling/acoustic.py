@@ -112,6 +112,15 @@ class EncoderBlock(nn.Module):
             lengths = conv_output_lengths(lengths, 2 * self.stride, self.stride, self.padding)
         return x, lengths
 
+    def context(self, left: int, right: int) -> tuple[int, int]:
+        """Input samples (before, after) ``j * stride`` that output frame j reads, given that the
+        next layer reads [j - left, j + right] of this block's output."""
+        # Strided conv: output i reads inputs [i * stride - padding, i * stride - padding + kernel - 1].
+        kernel = self.conv1.kernel_size[0]
+        left = left * self.stride + self.padding
+        right = right * self.stride + kernel - 1 - self.padding
+        return _units_context(left, right)
+
 
 class DacEncoder(nn.Module):
     """audio (B, 1, N) -> acoustic embedding (B, hidden_size, frames)."""
@@ -134,6 +143,16 @@ class DacEncoder(nn.Module):
             x, lengths = block(x, lengths)
         x = ops.snake_conv1d(zero_beyond(x, lengths), self.snake1.alpha, self.conv2.weight, self.conv2.bias, 1, 1)
         return x, lengths
+
+    def context(self) -> tuple[int, int]:
+        """Samples (before, after) ``j * hop_length`` that output frame j depends on: encoding a
+        segment that starts on a frame boundary with this much audio around each kept frame gives
+        the whole-stream values there. Derived from the layers, not a constant."""
+        pad = self.conv2.padding[0]
+        left, right = pad, self.conv2.kernel_size[0] - 1 - pad
+        for block in reversed(self.block):
+            left, right = block.context(left, right)
+        return left + self.conv1.padding[0], right + self.conv1.kernel_size[0] - 1 - self.conv1.padding[0]
 
     def conv_layers(self) -> list[nn.Conv1d]:
         """Every Conv1d in module order: what transformers walks to predict the output length."""

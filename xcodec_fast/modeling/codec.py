@@ -26,17 +26,35 @@ from .quantizer import ResidualVectorQuantizer
 from .semantic import SemanticModel
 
 
-__all__ = ["XcodecModel", "XcodecOutput", "XcodecEncoderOutput", "XcodecDecoderOutput", "DECODE_CHUNK_FRAMES"]
+__all__ = ["XcodecModel", "XcodecOutput", "XcodecEncoderOutput", "XcodecDecoderOutput", "DECODE_CHUNK_FRAMES", "ENCODE_CHUNK_FRAMES", "ENCODE_CONTEXT_FRAMES"]
 
 # Code frames per window when decode chunks a long stream by itself (see decode's chunk_frames);
 # chosen from bench/results/long-*.json: time per frame is flat past it, memory grows with it.
 DECODE_CHUNK_FRAMES = 1500
+# Encode windows (code frames) and the semantic attention context each side of one; see
+# encode_windows and the agreement figures in bench/results/long-*.json.
+ENCODE_CHUNK_FRAMES = 3000
+ENCODE_CONTEXT_FRAMES = 250
 
 
 def _torch_conv_length(length: int, conv: nn.Conv1d) -> int:
     # transformers' conv1d_output_length: int() of a float division (truncates toward zero).
     numerator = length + 2 * conv.padding[0] - conv.dilation[0] * (conv.kernel_size[0] - 1) - 1
     return int(numerator / conv.stride[0] + 1)
+
+
+def _frames(name: str, value, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        kind = "a positive int" if minimum == 1 else f"an int >= {minimum}"
+        raise ValueError(f"{name} must be {kind} or None, got {value!r}")
+    return value
+
+
+def _chunk_size(chunk_frames, total_frames: int, default: int) -> int:
+    """Frames per window: the caller's, or ``default`` for streams longer than it, or all."""
+    if chunk_frames is None:
+        return total_frames if total_frames <= default else default
+    return min(_frames("chunk_frames", chunk_frames, 1), total_frames)
 
 
 class XcodecModel(nn.Module):
@@ -195,6 +213,8 @@ class XcodecModel(nn.Module):
         bandwidth: float | None = None,
         return_dict: bool | None = None,
         padding_mask: Tensor | None = None,
+        chunk_frames: int | None = None,
+        context_frames: int | None = None,
     ) -> Tensor | XcodecEncoderOutput:
         """Audio (B, 1, N) float -> codes (B, n_q, T) int64, n_q from ``bandwidth`` (kbps, one of
         ``config.target_bandwidths``; None: the highest).
@@ -202,21 +222,67 @@ class XcodecModel(nn.Module):
         ``padding_mask`` (B, N) of 1 (valid) / 0 (padding), valid samples first: item b then gets
         exactly the codes of ``input_values[b, :, :L_b]`` alone (L_b = its valid samples), in its first
         ``audio_code_lengths[b]`` frames; later frames are 0. ``return_dict=False`` returns the codes
-        tensor only (as transformers does)."""
+        tensor only (as transformers does).
+
+        ``chunk_frames``: encode in windows of this many code frames, so that memory follows the
+        window, not the recording (see :meth:`encode_windows`); None: recordings longer than
+        ``ENCODE_CHUNK_FRAMES`` frames are windowed at that size. ``context_frames``: semantic
+        context each side of a window (default ``ENCODE_CONTEXT_FRAMES``)."""
         return_dict = self._return_dict(return_dict)
         audio = self.check_audio(input_values)
         num_quantizers = self.config.num_quantizers_for_bandwidth(bandwidth)
         lengths = self._check_padding_mask(padding_mask, audio)
+        if chunk_frames is not None and lengths is not None:
+            raise ValueError("chunk_frames applies to unpadded input; encode long recordings one per call")
         with self.running():
             if lengths is None:
                 self.check_length(audio.shape[-1])
-                codes = self.quantize(self.encode_latent(audio), num_quantizers)
+                total = self.code_frames(audio.shape[-1])
+                chunk = _chunk_size(chunk_frames, total, ENCODE_CHUNK_FRAMES)
+                context = ENCODE_CONTEXT_FRAMES if context_frames is None else _frames("context_frames", context_frames, 0)
+                if chunk >= total:
+                    codes = self.quantize(self.encode_latent(audio), num_quantizers)
+                else:
+                    codes = self.encode_windows(audio, num_quantizers, chunk, context)
                 code_lengths = None
             else:
                 codes, code_lengths = self._encode_padded(audio, lengths, num_quantizers)
         if not return_dict:
             return codes
         return XcodecEncoderOutput(audio_codes=codes, audio_code_lengths=code_lengths)
+
+    def encode_windows(self, audio: Tensor, num_quantizers: int, chunk_frames: int, context_frames: int) -> Tensor:
+        """Core: checked audio (B, 1, N) -> codes, ``chunk_frames`` code frames at a time.
+
+        The acoustic branch is convolutional: each window reads the audio its receptive field
+        covers (:meth:`DacEncoder.context`) and equals the whole encode. The semantic model is not:
+        its first GroupNorm's statistics are taken over the whole recording in a first pass (exact),
+        and attention runs over the window plus ``context_frames`` frames each side, of which the
+        centre is kept. Codes therefore agree with a whole-file encode except near windows' seams
+        where attention would have looked further (figures in the README)."""
+        if self.encoder_semantic.output_length(1000) != 1000:
+            raise ValueError("windowed encode needs a semantic encoder without striding (every X-Codec checkpoint's)")
+        num_samples = audio.shape[-1]
+        total = self.code_frames(num_samples)
+        hop = self.config.hop_length
+        semantic_input = F.pad(audio[:, 0], (self.pad, self.pad))
+        field = self.semantic_model.min_input_length
+        statistics = self.semantic_model.feature_extractor.group_norm_statistics(semantic_input, chunk_frames * hop)
+        acoustic_input = F.pad(audio, (self.pad, self.pad)) if self._acoustic_needs_padding(num_samples) else audio
+        before, after = (math.ceil(samples / hop) for samples in self.acoustic_encoder.context())
+        codes = torch.empty(audio.shape[0], num_quantizers, total, dtype=torch.long, device=audio.device)
+        for window in plan_windows(total, chunk_frames, context_frames, context_frames):
+            segment = semantic_input[:, window.low * hop : (window.high - 1) * hop + field]
+            features = self.semantic_model(segment, norm_statistics=statistics)
+            e_semantic, _ = self.encoder_semantic(features.transpose(1, 2))
+            keep = slice(window.start - window.low, window.end - window.low)
+            low, high = max(0, window.start - before), min(total, window.end + after)
+            stop = acoustic_input.shape[-1] if high == total else high * hop
+            e_acoustic, _ = self.acoustic_encoder(acoustic_input[..., low * hop : stop])
+            acoustic_keep = slice(window.start - low, window.end - low)
+            embeddings = self._join(e_acoustic[..., acoustic_keep], e_semantic[..., keep])
+            codes[..., window.start : window.end] = self.quantize(embeddings, num_quantizers)
+        return codes
 
     def encode_latent(self, audio: Tensor) -> Tensor:
         """Core: checked audio (B, 1, N), every item N samples long -> the embeddings the quantizer
@@ -342,19 +408,12 @@ class XcodecModel(nn.Module):
         return_dict = self._return_dict(return_dict)
         codes = self.check_codes(audio_codes)
         lengths = self._check_code_lengths(audio_code_lengths, codes)
-        chunk = self._decode_chunk(chunk_frames, codes.shape[-1])
+        chunk = _chunk_size(chunk_frames, codes.shape[-1], DECODE_CHUNK_FRAMES)
         with self.running():
             audio_values = self._decode_windows(codes, lengths, chunk)
         if not return_dict:
             return audio_values
         return XcodecDecoderOutput(audio_values=audio_values)
-
-    def _decode_chunk(self, chunk_frames, total_frames: int) -> int:
-        if chunk_frames is None:
-            return total_frames if total_frames <= DECODE_CHUNK_FRAMES else DECODE_CHUNK_FRAMES
-        if isinstance(chunk_frames, bool) or not isinstance(chunk_frames, int) or chunk_frames < 1:
-            raise ValueError(f"chunk_frames must be a positive int or None, got {chunk_frames!r}")
-        return min(chunk_frames, total_frames)
 
     def _decode_windows(self, codes: Tensor, lengths: Tensor | None, chunk: int) -> Tensor:
         total = codes.shape[-1]

@@ -124,11 +124,16 @@ class ConvLayer(nn.Module):
             self.layer_norm = nn.LayerNorm(out_channels, elementwise_affine=True)
         self.activation = _activation(config.feat_extract_activation, "feat_extract_activation")
 
-    def forward(self, x: Tensor, frames: Tensor | None) -> Tensor:
-        """``x`` (B, C_in, N) -> (B, C_out, T). ``frames`` (B,): output frames made from real audio; None: all."""
+    def forward(self, x: Tensor, frames: Tensor | None, statistics: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """``x`` (B, C_in, N) -> (B, C_out, T). ``frames`` (B,): output frames made from real audio; None: all.
+        ``statistics``: GroupNorm (mean, variance), each (B, C_out, 1), taken over a longer input than x."""
         x = self.conv(x)
         if self.norm_kind == "group":
-            if frames is None:
+            if statistics is not None:
+                mean, variance = statistics
+                x = (x - mean) * torch.rsqrt(variance + self.layer_norm.eps)
+                x = x * self.layer_norm.weight[:, None] + self.layer_norm.bias[:, None]
+            elif frames is None:
                 x = self.layer_norm(x)
             else:
                 valid = torch.arange(x.shape[-1], device=x.device)[None, None, :] < frames[:, None, None]
@@ -149,15 +154,39 @@ class FeatureEncoder(nn.Module):
             raise ValueError(f"semantic feat_extract_norm must be 'group' or 'layer', got {config.feat_extract_norm!r}")
         self.conv_layers = nn.ModuleList(ConvLayer(config, i, norm) for i, norm in enumerate(norms))
 
-    def forward(self, input_values: Tensor, lengths: Tensor | None) -> Tensor:
+    def forward(
+        self, input_values: Tensor, lengths: Tensor | None, statistics: tuple[Tensor, Tensor] | None = None
+    ) -> Tensor:
         """(B, N) samples -> (B, C, T). ``lengths``: valid samples per item, or None when nothing is padded.
-        Only the GroupNorm needs them: a conv frame computed from real samples never sees padding otherwise."""
+        Only the GroupNorm needs them: a conv frame computed from real samples never sees padding otherwise.
+        ``statistics``: the first layer's GroupNorm statistics, from :meth:`group_norm_statistics`."""
         x = input_values[:, None]
-        for layer in self.conv_layers:
+        for index, layer in enumerate(self.conv_layers):
             if lengths is not None:
                 lengths = _conv_output_lengths(lengths, layer.conv.kernel_size, layer.conv.stride)
-            x = layer(x, lengths)
+            x = layer(x, lengths, statistics if index == 0 else None)
         return x
+
+    def group_norm_statistics(self, input_values: Tensor, chunk_frames: int) -> tuple[Tensor, Tensor] | None:
+        """The first layer's GroupNorm (mean, biased variance) over all of ``input_values`` (B, N),
+        accumulated ``chunk_frames`` conv outputs at a time in float64 so that memory stays bounded;
+        None when that layer has no GroupNorm."""
+        first = self.conv_layers[0]
+        if first.norm_kind != "group":
+            return None
+        kernel, stride = first.conv.kernel_size[0], first.conv.stride[0]
+        total = (input_values.shape[-1] - kernel) // stride + 1
+        sums = squares = None
+        for start in range(0, total, chunk_frames):
+            end = min(total, start + chunk_frames)
+            x = first.conv(input_values[:, None, start * stride : (end - 1) * stride + kernel]).double()
+            part_sum, part_squares = x.sum(-1, keepdim=True), x.pow(2).sum(-1, keepdim=True)
+            sums = part_sum if sums is None else sums + part_sum
+            squares = part_squares if squares is None else squares + part_squares
+        mean = sums / total
+        variance = (squares / total - mean.pow(2)).clamp_min(0)
+        dtype = input_values.dtype
+        return mean.to(dtype), variance.to(dtype)
 
 
 class FeatureProjection(nn.Module):
@@ -406,9 +435,16 @@ class SemanticModel(nn.Module):
             )
         return _conv_output_lengths(lengths.long(), self.config.conv_kernel, self.config.conv_stride)
 
-    def forward(self, input_values: Tensor, lengths: Tensor | None = None) -> Tensor:
+    def forward(
+        self,
+        input_values: Tensor,
+        lengths: Tensor | None = None,
+        norm_statistics: tuple[Tensor, Tensor] | None = None,
+    ) -> Tensor:
         """``input_values`` (B, N) audio; ``lengths`` (B,) valid samples per right-padded item, or None (all N).
-        Returns (B, T, H) with T = frame_lengths(N); item b's first frame_lengths(lengths)[b] frames are valid."""
+        Returns (B, T, H) with T = frame_lengths(N); item b's first frame_lengths(lengths)[b] frames are valid.
+        ``norm_statistics``: the feature encoder's GroupNorm statistics of a longer recording this input is a
+        window of (:meth:`FeatureEncoder.group_norm_statistics`); None: this input's own."""
         if not isinstance(input_values, Tensor) or input_values.dim() != 2:
             shape = tuple(input_values.shape) if isinstance(input_values, Tensor) else type(input_values).__name__
             raise ValueError(f"semantic model input must have shape (batch, samples), got {shape}")
@@ -431,7 +467,9 @@ class SemanticModel(nn.Module):
                 sample_lengths = lengths.long()
                 frame_valid = torch.arange(total_frames, device=input_values.device)[None, :] < frames[:, None]
 
-        features = self.feature_extractor(input_values, sample_lengths).transpose(1, 2)
+        if norm_statistics is not None and lengths is not None:
+            raise ValueError("norm_statistics and lengths cannot be combined (a window of one recording has no padding)")
+        features = self.feature_extractor(input_values, sample_lengths, norm_statistics).transpose(1, 2)
         hidden_states = self.feature_projection(features)
         recorded = self.encoder(hidden_states, frame_valid)
         return torch.stack(recorded, dim=1).mean(dim=1)
