@@ -16,11 +16,11 @@ import torch
 
 from xcodec_fast.audio import load_audio
 from xcodec_fast.config import tiny_config
-from xcodec_fast.modeling.codec import XcodecModel
+from xcodec_fast.modeling.codec import ENCODE_CONTEXT_FRAMES, XcodecModel
 import xcodec_fast.loading
 import xcodec_fast.tokenize
 from xcodec_fast.tokenize import build_parser, detokenize, list_items, main, merge, read_codes, run, tokenize
-from xcodec_fast.tokenize.batching import Segment, pack_batches, split_windows
+from xcodec_fast.tokenize.batching import Segment, pack_batches, window_encodes
 from xcodec_fast.tokenize.engine import SettingsMismatch
 from xcodec_fast.tokenize import writer
 from xcodec_fast.tokenize.ray import XcodecTokenizeBatch
@@ -72,12 +72,13 @@ def _rows(out_dir: Path):
     return index, tables
 
 
-def _alone(model, audio, window):
-    pieces = []
-    for start in range(0, len(audio), window):
-        x = torch.from_numpy(audio[start : start + window])[None, None]
-        pieces.append(model.encode(x).audio_codes[0].numpy())
-    return np.concatenate(pieces, axis=1).astype(np.int16)
+def _alone(model, audio, window, context_frames=ENCODE_CONTEXT_FRAMES):
+    """The item alone: whole, or (longer than the window) in windows with attention context."""
+    x = torch.from_numpy(audio)[None, None]
+    if len(audio) <= window:
+        return model.encode(x).audio_codes[0].numpy().astype(np.int16)
+    codes = model.encode(x, chunk_frames=window // 320, context_frames=context_frames).audio_codes
+    return codes[0].numpy().astype(np.int16)
 
 
 def test_codes_equal_alone_errors_reported_schema(tmp_path, model):
@@ -99,12 +100,13 @@ def test_codes_equal_alone_errors_reported_schema(tmp_path, model):
     assert set(ids) | BROKEN == {i.id for i in list_items([data])}
     meta = json.loads(pq.read_schema(out / index["shards"][0]["file"]).metadata[b"xcodec_fast"])
     assert meta["num_quantizers"] == 8 and meta["window_samples"] == 16000 and meta["version"]
+    assert meta["context_frames"] == ENCODE_CONTEXT_FRAMES
     assert table.schema.field("codes").type == pa.list_(pa.list_(pa.int16()))
     window = meta["window_samples"]
     for row, codes in zip(table.to_pylist(), read_codes(table)):
         audio, _ = load_audio(row["source"])
         assert row["num_samples"] == len(audio) and codes.shape == (8, row["num_frames"])
-        assert row["num_windows"] == -(-len(audio) // window)
+        assert row["num_windows"] == (window_encodes(row["num_frames"], window // 320) if len(audio) > window else 1)
         np.testing.assert_array_equal(codes, _alone(model, audio, window), err_msg=row["id"])
         np.testing.assert_array_equal(np.load(out / "npy" / (row["id"] + ".npy")), codes)
     assert table.to_pylist()[ids.index("long.wav")]["num_windows"] == 3
@@ -420,13 +422,15 @@ def test_world_size_change_then_retry_failed_finishes(tmp_path, model, monkeypat
         assert _shard_tables(out)[name].equals(table, check_metadata=True), name
 
 
-def test_tiny_tail_joins_the_previous_window():
-    audio = np.arange(2 * 1000 + 7, dtype=np.float32)
-    segments = split_windows(3, audio, 1000, min_samples=10)
-    assert [(s.key, s.index, s.length) for s in segments] == [(3, 0, 1000), (3, 1, 1007)]
-    np.testing.assert_array_equal(np.concatenate([s.audio for s in segments]), audio)
-    assert [s.length for s in split_windows(3, audio, 1000, min_samples=7)] == [1000, 1000, 7]
-    assert [s.length for s in split_windows(3, audio[:7], 1000, min_samples=10)] == [7]  # alone: fails later
+def test_long_items_are_packed_alone(model):
+    """A long item's codes must not depend on its batch: it is encoded alone, whatever the budget."""
+    from xcodec_fast.tokenize.engine import BatchEncoder
+
+    encoder = BatchEncoder(model, budget_samples=16000 * 10, window_samples=16000)
+    segments = [Segment(k, 0, np.zeros(n, np.float32)) for k, n in enumerate((8000, 16001, 12000, 30000, 16000))]
+    batches = [[s.key for s in batch] for batch in encoder.pack(segments)]
+    assert batches[:2] == [[3], [1]] and sorted(k for b in batches[2:] for k in b) == [0, 2, 4]
+    assert window_encodes(1, 50) == 1 and window_encodes(50, 50) == 1 and window_encodes(51, 50) == 2
 
 
 def test_tokenizer_uses_the_shared_loader():

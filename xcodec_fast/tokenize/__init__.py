@@ -67,9 +67,11 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     _add_model_arguments(p)
     p.add_argument("--bandwidth", type=float, default=None, help="kbps (0.5, 1, 1.5, 2, 4); default: the highest")
     p.add_argument("--batch-seconds", type=float, default=None,
-                   help="audio per model call, padding included (default: 120 on a GPU, 20 on a CPU); a longer window is encoded alone")
+                   help="audio per model call, padding included (default: 120 on a GPU, 20 on a CPU); a longer item is encoded alone")
     p.add_argument("--max-seconds", type=float, default=60.0,
-                   help="longer files are encoded in independent windows of this length (default 60)")
+                   help="longer files are encoded alone in windows of this length, with attention context (default 60)")
+    p.add_argument("--context-seconds", type=float, default=None,
+                   help="semantic attention context each side of a long file's window (default 5)")
     p.add_argument("--max-file-seconds", type=float, default=4 * 3600.0,
                    help="longer files are reported in errors.jsonl instead of encoded (default 14400)")
     p.add_argument("--max-batch-items", type=int, default=None, help="cap on items per model call")
@@ -122,6 +124,7 @@ def run(args: argparse.Namespace) -> int:
             bandwidth=args.bandwidth,
             batch_seconds=args.batch_seconds,
             max_seconds=args.max_seconds,
+            context_seconds=args.context_seconds,
             max_file_seconds=args.max_file_seconds,
             shard_size=args.shard_size,
             num_workers=args.num_workers,
@@ -159,8 +162,8 @@ def run(args: argparse.Namespace) -> int:
 
 def detokenize(tokens, output_dir, model=None, ids=None, limit=None, device=None, dtype=None, backend=None) -> list[Path]:
     """Decode tokenized items back to ``output_dir/<id>.wav``, exactly ``num_samples`` long (the
-    decoder's last frame may stop short of it: zero-padded). Items encoded in windows are decoded
-    window by window, as they were encoded. Ids that would share a file name get distinct names
+    decoder's last frame may stop short of it: zero-padded). Each item's codes are decoded as one
+    stream (in exact windows: ``XcodecModel.decode``'s chunking). Ids that would share a file name get distinct names
     (see ``writer.unique_relpaths``); an id found twice is written once. Returns the files written."""
     import pyarrow.parquet as pq
     import torch
@@ -193,7 +196,6 @@ def detokenize(tokens, output_dir, model=None, ids=None, limit=None, device=None
     out_dir, written, done = Path(output_dir), [], set()
     for shard in shards:
         meta = shard_metadata(shard)
-        frames_per_window = meta["window_samples"] // meta["hop_length"]
         table = pq.read_table(shard)
         for row, codes in zip(table.select(["id", "num_samples"]).to_pylist(), read_codes(table)):
             if (wanted is not None and row["id"] not in wanted) or row["id"] in done:
@@ -202,11 +204,8 @@ def detokenize(tokens, output_dir, model=None, ids=None, limit=None, device=None
                 return written
             if codes.shape[0] > model.num_quantizers:
                 raise ValueError(f"{shard}: item {row['id']} has {codes.shape[0]} quantizers; the model has {model.num_quantizers}")
-            pieces = []
-            for start in range(0, codes.shape[1], frames_per_window):
-                chunk = torch.from_numpy(codes[:, start : start + frames_per_window].astype("int64"))[None].to(model.device)
-                pieces.append(model.decode(chunk).audio_values[0, 0].float().cpu())
-            audio = torch.cat(pieces)[: row["num_samples"]]
+            stream = torch.from_numpy(codes.astype("int64"))[None].to(model.device)
+            audio = model.decode(stream).audio_values[0, 0].float().cpu()[: row["num_samples"]]
             audio = torch.nn.functional.pad(audio, (0, row["num_samples"] - len(audio)))
             target = out_dir / names[row["id"]]
             write_wav(target, audio.numpy(), meta["sample_rate"])

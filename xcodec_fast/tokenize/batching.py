@@ -1,11 +1,10 @@
-"""Cutting items into windows and packing windows into length-bucketed batches under a sample budget.
+"""Packing items into length-bucketed batches under a sample budget, and the long-file policy.
 
 Long-file policy: audio longer than the window (``--max-seconds``, rounded down to a multiple of
-the hop, 320 samples) is cut into consecutive windows that are encoded independently, and their
-codes are concatenated. A window of W samples gives exactly W / 320 frames, so frame t of the file
-still starts at sample 320 t; but the model sees no context across a window boundary, so codes near
-a boundary can differ from encoding the whole file at once. Files up to the window length are
-encoded whole.
+the hop, 320 samples) is encoded alone by ``XcodecModel.encode(chunk_frames=window / 320,
+context_frames=...)``: its acoustic codes equal a whole-file encode exactly, and its semantic
+attention sees ``context_frames`` frames beyond each window's edges (the run's metadata records
+both). Files up to the window length are encoded whole, in padded batches.
 """
 
 from __future__ import annotations
@@ -17,7 +16,7 @@ import numpy as np
 
 @dataclass
 class Segment:
-    """A window of one item: ``audio`` is item ``key``'s samples from window ``index`` * window."""
+    """One item's audio (``index`` 0: items are never cut; long ones are encoded in windows)."""
 
     key: int
     index: int
@@ -35,14 +34,9 @@ def window_samples(max_seconds: float, sample_rate: int, hop_length: int) -> int
     return samples
 
 
-def split_windows(key: int, audio: np.ndarray, window: int, min_samples: int = 1) -> list[Segment]:
-    """Consecutive windows of ``audio``; a last window shorter than ``min_samples`` (the model's
-    minimum input) joins the one before it instead of failing, so that one may exceed ``window``."""
-    segments = [Segment(key, i, audio[start : start + window]) for i, start in enumerate(range(0, len(audio), window))]
-    if len(segments) > 1 and segments[-1].length < min_samples:
-        segments.pop()
-        segments[-1] = Segment(key, segments[-1].index, audio[segments[-1].index * window :])
-    return segments
+def window_encodes(num_frames: int, window_frames: int) -> int:
+    """Windows an item of ``num_frames`` code frames is encoded in."""
+    return max(1, -(-num_frames // window_frames))
 
 
 def padded_length(length: int, hop_length: int) -> int:

@@ -24,7 +24,7 @@ import numpy as np
 
 from .. import cpu_malloc
 from ..loading import load_model
-from .batching import Segment, collate, pack_batches, split_windows, window_samples
+from .batching import Segment, collate, pack_batches, window_encodes, window_samples
 from .sources import InputError, Item, ItemLoader, list_items
 from .writer import (
     Journal,
@@ -39,7 +39,7 @@ from .writer import (
 )
 
 # Settings that shape the output: a rerun into the same directory must repeat them exactly.
-_OUTPUT_SETTINGS = ("model", "bandwidth", "num_quantizers", "window_samples", "shard_size", "audio_column",
+_OUTPUT_SETTINGS = ("model", "bandwidth", "num_quantizers", "window_samples", "context_frames", "shard_size", "audio_column",
                     "id_column", "max_file_seconds", "inputs", "version", "model_config")
 
 
@@ -98,8 +98,14 @@ class BatchEncoder:
     """Encodes lists of segments with one padded model call, halving the batch on out-of-memory
     and isolating a failing segment by bisection; a segment that fails alone gets an error."""
 
-    def __init__(self, model, bandwidth=None, budget_samples: int = 16000 * 120, max_items: int | None = None):
+    def __init__(self, model, bandwidth=None, budget_samples: int = 16000 * 120, max_items: int | None = None,
+                 window_samples: int | None = None, context_frames: int | None = None):
+        from ..modeling.codec import ENCODE_CONTEXT_FRAMES
+
         self.model = model
+        # Items longer than the window are encoded alone, window by window with attention context.
+        self.window = window_samples
+        self.context_frames = ENCODE_CONTEXT_FRAMES if context_frames is None else int(context_frames)
         self.bandwidth = bandwidth
         self.budget = int(budget_samples)
         self.max_items = max_items
@@ -111,8 +117,15 @@ class BatchEncoder:
         self._ever_succeeded = False
         self._lone_failures = 0
 
+    def is_long(self, segment: Segment) -> bool:
+        return self.window is not None and segment.length > self.window
+
     def pack(self, segments: list[Segment]) -> list[list[Segment]]:
-        return pack_batches(segments, self.budget, self.hop, self.max_items)
+        """Long items alone (their codes must not depend on what they are batched with), the rest
+        in padded batches."""
+        long = sorted((s for s in segments if self.is_long(s)), key=lambda s: (-s.length, s.key))
+        short = [s for s in segments if not self.is_long(s)]
+        return [[s] for s in long] + pack_batches(short, self.budget, self.hop, self.max_items)
 
     def encode(self, segments: list[Segment]) -> list[np.ndarray | str]:
         """Codes (n_q, T) int16 per segment, or an error string."""
@@ -140,7 +153,7 @@ class BatchEncoder:
                     self._lone_failures += 1
                     if self._lone_failures >= 3:
                         raise RuntimeError(f"the model failed on each of the first inputs; last error: {exc}") from exc
-                reason = "out of memory encoding one window alone; lower --max-seconds" if oom else "encode failed"
+                reason = "out of memory encoding one item alone; lower --max-seconds or --batch-seconds" if oom else "encode failed"
                 return [f"{reason}: {type(exc).__name__}: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}"]
             if oom:
                 self.oom_splits += 1
@@ -153,14 +166,20 @@ class BatchEncoder:
     def _encode_now(self, segments: list[Segment]) -> list[np.ndarray]:
         import torch
 
-        audio, mask = collate(segments, self.hop)
         device, dtype = self.model.device, self.model.dtype
         start = time.perf_counter()
-        x = torch.from_numpy(audio).to(device=device, dtype=dtype, non_blocking=True)
-        m = torch.from_numpy(mask).to(device=device)
-        out = self.model.encode(x, bandwidth=self.bandwidth, padding_mask=m)
+        if len(segments) == 1 and self.is_long(segments[0]):
+            x = torch.from_numpy(segments[0].audio)[None, None].to(device=device, dtype=dtype)
+            out = self.model.encode(x, bandwidth=self.bandwidth, chunk_frames=self.window // self.hop,
+                                    context_frames=self.context_frames)
+            lengths = [out.audio_codes.shape[-1]]
+        else:
+            audio, mask = collate(segments, self.hop)
+            x = torch.from_numpy(audio).to(device=device, dtype=dtype, non_blocking=True)
+            m = torch.from_numpy(mask).to(device=device)
+            out = self.model.encode(x, bandwidth=self.bandwidth, padding_mask=m)
+            lengths = out.audio_code_lengths.tolist()
         codes = out.audio_codes.to("cpu", torch.int16).numpy()  # the copy waits for the device
-        lengths = out.audio_code_lengths.tolist()
         self.busy_seconds += time.perf_counter() - start
         self.calls += 1
         self._ever_succeeded = True
@@ -353,6 +372,12 @@ def _read_items(path: Path) -> list[Item]:
     return [Item(i, s, r) for i, s, r in zip(*(table.column(c).to_pylist() for c in ("id", "source", "row")))]
 
 
+def _context_frames(context_seconds: float, cfg) -> int:
+    if not context_seconds >= 0:
+        raise ValueError(f"--context-seconds must be 0 or more, got {context_seconds}")
+    return int(round(context_seconds * cfg.frame_rate))
+
+
 def tokenize(
     inputs,
     output_dir,
@@ -360,6 +385,7 @@ def tokenize(
     bandwidth: float | None = None,
     batch_seconds: float | None = None,
     max_seconds: float = 60.0,
+    context_seconds: float | None = None,
     max_file_seconds: float = 4 * 3600.0,
     shard_size: int = 1000,
     num_workers: int | None = None,
@@ -386,8 +412,9 @@ def tokenize(
 
     ``model``: hub id, local directory, an XcodecModel, or 'random' / 'random-tiny'.
     ``batch_seconds``: audio per model call (padding included; default :func:`default_batch_seconds`
-    for the model's device); a window longer than that is encoded alone. ``max_seconds``: window
-    length for long files (see ``batching``). ``max_file_seconds``: longer files are reported as errors.
+    for the model's device); an item longer than that is encoded alone. ``max_seconds``: window
+    length for long files, ``context_seconds``: semantic attention context each side of a window
+    (default the model's ``ENCODE_CONTEXT_FRAMES``; see ``batching``). ``max_file_seconds``: longer files are reported as errors.
     Under torchrun (RANK / WORLD_SIZE), rank r handles shards k with k % WORLD_SIZE == r; rank 0
     writes index.json once all ranks are done.
 
@@ -400,6 +427,7 @@ def tokenize(
     import torch
 
     from .. import __version__
+    from ..modeling.codec import ENCODE_CONTEXT_FRAMES
 
     wall_start = time.perf_counter()
     rank, world_size = _dist_env(rank, world_size)
@@ -428,6 +456,7 @@ def tokenize(
         "hop_length": cfg.hop_length,
         "codebook_size": cfg.codebook_size,
         "window_samples": window,
+        "context_frames": ENCODE_CONTEXT_FRAMES if context_seconds is None else _context_frames(context_seconds, cfg),
         "shard_size": shard_size,
         "audio_column": audio_column,
         "id_column": id_column,
@@ -504,9 +533,10 @@ def _run_rank(items, output_dir, settings, model, rank, world_size, window, batc
     pending = [_Pending(items[i], k) for k in todo for i in ranges[k] if k not in retry or items[i].id in retry[k]]
     shard_left = {k: len(retry[k]) if k in retry else len(ranges[k]) for k in todo}
     shard_meta_base = {key: settings[key] for key in ("model", "bandwidth", "num_quantizers", "sample_rate", "frame_rate",
-                                                      "hop_length", "codebook_size", "window_samples", "version", "model_config")}
+                                                      "hop_length", "codebook_size", "window_samples", "context_frames", "version", "model_config")}
     sr, hop = settings["sample_rate"], settings["hop_length"]
-    encoder = BatchEncoder(model, bandwidth, int(batch_seconds * sr) // hop * hop, max_batch_items)
+    encoder = BatchEncoder(model, bandwidth, int(batch_seconds * sr) // hop * hop, max_batch_items,
+                           window_samples=window, context_frames=settings["context_frames"])
     loader = ItemLoader(sr, audio_column, max_file_seconds)
     if num_workers is None:
         local = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
@@ -542,7 +572,9 @@ def _run_rank(items, output_dir, settings, model, rank, world_size, window, batc
                 continue
             codes = np.concatenate([p.codes[w] for w in range(p.windows)], axis=1)
             rows.append({"id": p.item.id, "source": p.item.source, "row": p.item.row, "duration": p.num_samples / sr,
-                         "num_samples": p.num_samples, "num_frames": codes.shape[1], "num_windows": p.windows, "codes": codes})
+                         "num_samples": p.num_samples, "num_frames": codes.shape[1],
+                         "num_windows": window_encodes(codes.shape[1], window // hop) if p.num_samples > window else 1,
+                         "codes": codes})
             p.codes = {}
         if npy:
             for r in rows:
@@ -595,10 +627,10 @@ def _run_rank(items, output_dir, settings, model, rank, world_size, window, batc
             finish_item(p)
         else:
             p.num_samples = len(audio)
-            segments = split_windows(position, audio, window, encoder.min_samples)
-            p.windows = len(segments)
-            buffer.extend(segments)
-            buffered += sum(s.length for s in segments)
+            segment = Segment(position, 0, audio)
+            p.windows = 1
+            buffer.append(segment)
+            buffered += segment.length
             if buffered >= flush_at:
                 flush()
         t_wait = time.perf_counter()

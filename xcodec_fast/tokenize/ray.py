@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..loading import load_model
-from .batching import split_windows, window_samples
+from .batching import Segment, window_samples
 from .engine import BatchEncoder, default_batch_seconds
 from .sources import ItemLoader
 
@@ -41,7 +41,8 @@ class XcodecTokenizeBatch:
         self.window = window_samples(max_seconds, cfg.sample_rate, cfg.hop_length)
         if batch_seconds is None:
             batch_seconds = default_batch_seconds(self.model.device)
-        self.encoder = BatchEncoder(self.model, bandwidth, int(batch_seconds * cfg.sample_rate) // cfg.hop_length * cfg.hop_length)
+        self.encoder = BatchEncoder(self.model, bandwidth, int(batch_seconds * cfg.sample_rate) // cfg.hop_length * cfg.hop_length,
+                                    window_samples=self.window)
         self.loader = ItemLoader(cfg.sample_rate, audio_column, max_file_seconds)
         self.sample_rate = cfg.sample_rate
 
@@ -77,9 +78,8 @@ class XcodecTokenizeBatch:
                 errors[row] = str(exc) or type(exc).__name__
                 continue
             lengths[row] = len(audio)
-            parts = split_windows(row, audio, self.window, self.encoder.min_samples)
-            windows[row] = len(parts)
-            segments.extend(parts)
+            windows[row] = 1
+            segments.append(Segment(row, 0, audio))
         pieces: dict[int, dict[int, np.ndarray]] = {}
         for group in self.encoder.pack(segments):
             for seg, out in zip(group, self.encoder.encode(group)):

@@ -29,7 +29,7 @@ Shard schema (one row per successfully encoded item, in item order):
     codes         list<list<int16>>  n_q lists of T codes: codes[q][t] is quantizer q at frame t
 
 The Parquet schema metadata key ``xcodec_fast`` holds JSON: model, bandwidth, num_quantizers,
-sample_rate, frame_rate, hop_length, codebook_size, window_samples, xcodec_fast version, model
+sample_rate, frame_rate, hop_length, codebook_size, window_samples, context_frames, xcodec_fast version, model
 config, shard number. ``datasets.load_dataset("parquet", data_files=...)`` reads the shards.
 """
 
@@ -296,7 +296,7 @@ def write_index(output_dir: Path, settings: dict, num_shards: int, entries: dict
     index = {
         "format": FORMAT,
         **{k: settings[k] for k in ("model", "bandwidth", "num_quantizers", "sample_rate", "frame_rate",
-                                    "hop_length", "window_samples", "shard_size", "num_items", "version")},
+                                    "hop_length", "window_samples", "context_frames", "shard_size", "num_items", "version")},
         "num_shards": num_shards,
         "num_ok": sum(s["rows"] for s in shards),
         "num_failed": len(errors),
