@@ -503,6 +503,37 @@ def write_wav(path: str | os.PathLike, audio, sr: int = 16000, subtype: str = "P
     sf.write(str(path), np.clip(audio, -1.0, 1.0), int(sr), subtype=subtype)
 
 
+class WavWriter:
+    """Write mono float audio to a WAV file piece by piece (for audio longer than memory should
+    hold); the same clipping, checks and format as :func:`write_wav`. Use as a context manager."""
+
+    def __init__(self, path: str | os.PathLike, sr: int = 16000, subtype: str = "PCM_16"):
+        import soundfile as sf
+
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.samples = 0
+        self._file = sf.SoundFile(str(self.path), "w", samplerate=int(sr), channels=1, subtype=subtype)
+
+    def write(self, audio) -> None:
+        if hasattr(audio, "detach"):
+            audio = audio.detach().float().cpu().numpy()
+        audio = np.asarray(audio, dtype=np.float32).reshape(-1)
+        if not np.isfinite(audio).all():
+            raise ValueError(f"refusing to write {self.path}: audio contains NaN/Inf near sample {self.samples}")
+        self._file.write(np.clip(audio, -1.0, 1.0))
+        self.samples += len(audio)
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> "WavWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 DEMO_CLIP = "demo_speechlike_16k.wav"
 
 

@@ -29,24 +29,45 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16", "auto"])
 
 
-def _encode_file(model, path: str, bandwidth: float | None):
+def _frames(seconds: float | None, model, default: int, what: str, minimum: int = 1) -> int:
+    if seconds is None:
+        return default
+    frames = int(round(seconds * model.config.frame_rate))
+    if frames < minimum:
+        raise SystemExit(f"error: {what} {seconds} is under {minimum} frame(s) of {1 / model.config.frame_rate:.3f} s")
+    return frames
+
+
+def _encode_file(model, path: str, bandwidth: float | None, chunk_frames: int, context_frames: int, progress: bool):
+    """Codes (n_q, T) of one file; files longer than ``chunk_frames`` go window by window
+    (bounded memory), with a progress bar."""
     import torch
+    from tqdm import tqdm
 
     from .audio import load_audio
 
     audio, _ = load_audio(path, target_sr=model.config.sample_rate)
-    device = next(model.parameters()).device
-    dtype = next(model.parameters()).dtype
-    x = torch.from_numpy(audio).to(device=device, dtype=dtype)[None, None]
-    return model.encode(x, bandwidth=bandwidth).audio_codes[0], len(audio)
+    x = model.check_audio(torch.from_numpy(audio)[None, None])
+    model.check_length(x.shape[-1])
+    num_quantizers = model.config.num_quantizers_for_bandwidth(bandwidth)
+    total = model.code_frames(x.shape[-1])
+    if total <= chunk_frames:
+        return model.encode(x, bandwidth=bandwidth).audio_codes[0], len(audio)
+    with tqdm(total=total, unit="frame", desc="encode", disable=not progress) as bar, model.running():
+        codes = model.encode_windows(x, num_quantizers, chunk_frames, context_frames, on_window=bar.update)
+    return codes[0], len(audio)
 
 
 def cmd_encode(args) -> int:
     import numpy as np
 
+    from .modeling.codec import ENCODE_CHUNK_FRAMES, ENCODE_CONTEXT_FRAMES
+
     model, model_id = _load(args)
+    chunk = _frames(args.chunk_seconds, model, ENCODE_CHUNK_FRAMES, "--chunk-seconds")
+    context = _frames(args.context_seconds, model, ENCODE_CONTEXT_FRAMES, "--context-seconds", minimum=0)
     start = time.perf_counter()
-    codes, n_samples = _encode_file(model, args.input, args.bandwidth)
+    codes, n_samples = _encode_file(model, args.input, args.bandwidth, chunk, context, not args.quiet)
     elapsed = time.perf_counter() - start
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -76,27 +97,66 @@ def _read_codes(path: str):
     return torch.from_numpy(codes.astype(np.int64))
 
 
+def _decode_to_wav(model, codes, out: Path, chunk_frames: int, push_frames: int | None, progress: bool) -> float | None:
+    """Decode one item's codes (1, n_q, T) into ``out`` as the audio is made (bounded memory).
+    ``push_frames``: feed a :class:`DecodeStream` that many frames at a time, as a generator
+    would; returns the seconds until the first audio was written (None without streaming)."""
+    from tqdm import tqdm
+
+    from .audio import WavWriter
+
+    total = codes.shape[-1]
+    first_audio = None
+    start = time.perf_counter()
+    with WavWriter(out, model.config.sample_rate) as writer, model.running(), \
+            tqdm(total=total, unit="frame", desc="decode", disable=not progress) as bar:
+        if push_frames is None:
+            for window, piece in model.decode_windows(codes, chunk_frames):
+                writer.write(piece[0, 0])
+                bar.update(window.end - window.start)
+            return None
+        stream = model.decode_stream()
+        for begin in range(0, total, push_frames):
+            piece = stream.push(codes[..., begin : begin + push_frames])
+            if piece.shape[-1] and first_audio is None:
+                first_audio = time.perf_counter() - start
+            writer.write(piece[0, 0])
+            bar.update(piece.shape[-1] // model.config.hop_length)
+        writer.write(stream.flush()[0, 0])
+        bar.update(total - bar.n)
+    return first_audio if first_audio is not None else time.perf_counter() - start
+
+
 def cmd_decode(args) -> int:
     from .audio import write_wav
+    from .modeling.codec import DECODE_CHUNK_FRAMES
 
     model, model_id = _load(args)
-    codes = _read_codes(args.input).to(next(model.parameters()).device)
-    start = time.perf_counter()
-    audio = model.decode(codes).audio_values
-    elapsed = time.perf_counter() - start
+    codes = model.check_codes(_read_codes(args.input))
+    chunk = _frames(args.chunk_seconds, model, DECODE_CHUNK_FRAMES, "--chunk-seconds")
+    if args.push_frames is not None and args.push_frames < 1:
+        raise SystemExit(f"error: --push-frames must be at least 1, got {args.push_frames}")
     out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if audio.shape[0] == 1:
-        write_wav(out, audio[0, 0].float().cpu().numpy(), model.config.sample_rate)
+    start = time.perf_counter()
+    first_audio = None
+    if codes.shape[0] == 1:
+        push = (args.push_frames or 1) if args.stream else None
+        first_audio = _decode_to_wav(model, codes, out, chunk, push, not args.quiet)
         written = [out]
     else:
+        if args.stream:
+            raise SystemExit(f"error: --stream writes one file; {args.input} holds a batch of {codes.shape[0]}")
+        audio = model.decode(codes, chunk_frames=chunk).audio_values
         written = []
         for i in range(audio.shape[0]):
             target = out.with_name(f"{out.stem}_{i}{out.suffix}")
             write_wav(target, audio[i, 0].float().cpu().numpy(), model.config.sample_rate)
             written.append(target)
-    _say(f"{args.input}: codes {tuple(codes.shape)} -> {audio.shape[-1] / model.config.sample_rate:.2f} s audio "
-         f"in {elapsed:.2f} s [{model_id}] -> {', '.join(map(str, written))}")
+    elapsed = time.perf_counter() - start
+    seconds = codes.shape[-1] * model.config.hop_length / model.config.sample_rate
+    latency = "" if first_audio is None else f", first audio after {first_audio:.3f} s"
+    _say(f"{args.input}: codes {tuple(codes.shape)} -> {seconds:.2f} s audio in {elapsed:.2f} s{latency} "
+         f"[{model_id}] -> {', '.join(map(str, written))}")
     return 0
 
 
@@ -196,12 +256,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input")
     p.add_argument("-o", "--output", required=True)
     p.add_argument("--bandwidth", type=float, default=None, help="kbps: 0.5, 1, 1.5, 2 or 4 (default: highest)")
+    p.add_argument("--chunk-seconds", type=float, default=None,
+                   help="longer files are encoded in windows of this length, in bounded memory (default 60)")
+    p.add_argument("--context-seconds", type=float, default=None,
+                   help="semantic attention context each side of a window (default 5)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     _add_model_args(p)
     p.set_defaults(func=cmd_encode)
 
-    p = sub.add_parser("decode", help="codes .npy -> wav")
+    p = sub.add_parser("decode", help="codes .npy -> wav (written as it is decoded)")
     p.add_argument("input")
     p.add_argument("-o", "--output", required=True)
+    p.add_argument("--chunk-seconds", type=float, default=None,
+                   help="decode window; the audio equals a whole decode (default 30)")
+    p.add_argument("--stream", action="store_true",
+                   help="feed the codes to a streaming decoder --push-frames at a time, as a generator would")
+    p.add_argument("--push-frames", type=int, default=None, help="frames per push with --stream (default 1)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     _add_model_args(p)
     p.set_defaults(func=cmd_decode)
 

@@ -20,7 +20,7 @@ from ..cuda_graphs import CudaGraphCodec
 from ..config import XcodecConfig
 from .acoustic import DacDecoder, DacEncoder, zero_beyond
 from .adapter import SemanticDecoder, SemanticEncoder
-from .chunking import DecodeStream, plan_windows
+from .chunking import DecodeStream, Window, plan_windows
 from .outputs import XcodecDecoderOutput, XcodecEncoderOutput, XcodecOutput
 from .quantizer import ResidualVectorQuantizer
 from .semantic import SemanticModel
@@ -251,7 +251,9 @@ class XcodecModel(nn.Module):
             return codes
         return XcodecEncoderOutput(audio_codes=codes, audio_code_lengths=code_lengths)
 
-    def encode_windows(self, audio: Tensor, num_quantizers: int, chunk_frames: int, context_frames: int) -> Tensor:
+    def encode_windows(
+        self, audio: Tensor, num_quantizers: int, chunk_frames: int, context_frames: int, on_window=None
+    ) -> Tensor:
         """Core: checked audio (B, 1, N) -> codes, ``chunk_frames`` code frames at a time.
 
         The acoustic branch is convolutional: each window reads the audio its receptive field
@@ -259,7 +261,8 @@ class XcodecModel(nn.Module):
         its first GroupNorm's statistics are taken over the whole recording in a first pass (exact),
         and attention runs over the window plus ``context_frames`` frames each side, of which the
         centre is kept. Codes therefore agree with a whole-file encode except near windows' seams
-        where attention would have looked further (figures in the README)."""
+        where attention would have looked further (figures in the README). ``on_window(frames)``
+        is called after each window with the frames it added (a progress bar's update)."""
         if self.encoder_semantic.output_length(1000) != 1000:
             raise ValueError("windowed encode needs a semantic encoder without striding (every X-Codec checkpoint's)")
         num_samples = audio.shape[-1]
@@ -282,6 +285,8 @@ class XcodecModel(nn.Module):
             acoustic_keep = slice(window.start - low, window.end - low)
             embeddings = self._join(e_acoustic[..., acoustic_keep], e_semantic[..., keep])
             codes[..., window.start : window.end] = self.quantize(embeddings, num_quantizers)
+            if on_window is not None:
+                on_window(window.end - window.start)
         return codes
 
     def encode_latent(self, audio: Tensor) -> Tensor:
@@ -416,24 +421,32 @@ class XcodecModel(nn.Module):
         return XcodecDecoderOutput(audio_values=audio_values)
 
     def _decode_windows(self, codes: Tensor, lengths: Tensor | None, chunk: int) -> Tensor:
+        hop = self.config.hop_length
+        audio = None
+        for window, piece in self.decode_windows(codes, chunk, lengths):
+            if window.low == 0 and window.high == codes.shape[-1]:
+                return piece
+            if audio is None:
+                audio = piece.new_empty(codes.shape[0], 1, hop * codes.shape[-1])
+            audio[..., window.start * hop : window.end * hop] = piece
+        return audio
+
+    def decode_windows(
+        self, codes: Tensor, chunk_frames: int, lengths: Tensor | None = None
+    ) -> Iterator[tuple[Window, Tensor]]:
+        """Core: checked codes (B, n_q, T) -> (window, audio of frames [window.start, window.end))
+        in order; concatenated they are ``decode``'s audio. For writing long audio as it is made."""
         total = codes.shape[-1]
         left, right = self.decoder_context()
         hop = self.config.hop_length
-        audio = None
-        for window in plan_windows(total, chunk, left, right):
+        for window in plan_windows(total, chunk_frames, left, right):
             local = None
             if lengths is not None:
                 local = (lengths - window.low).clamp(0, window.high - window.low)
                 if bool((local == window.high - window.low).all()):
                     local = None  # every item fills the window: the unmasked path
             piece = self.decode_latent(self.dequantize(codes[..., window.low : window.high]), local)
-            if window.low == 0 and window.high == total:
-                return piece
-            if audio is None:
-                audio = piece.new_empty(codes.shape[0], 1, hop * total)
-            keep = piece[..., (window.start - window.low) * hop : (window.end - window.low) * hop]
-            audio[..., window.start * hop : window.end * hop] = keep
-        return audio
+            yield window, piece[..., (window.start - window.low) * hop : (window.end - window.low) * hop]
 
     def decoder_context(self) -> tuple[int, int]:
         """Code frames (left, right) of context that determine a frame's decoded audio."""
