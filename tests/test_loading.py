@@ -288,3 +288,21 @@ def test_from_random_is_deterministic_and_sane():
     assert codes.unique().numel() > 50
     decoded = first.decode(codes).audio_values
     assert torch.isfinite(decoded).all() and decoded.abs().max() < 1e4
+
+
+def test_single_output_channel_weight_norm_folds_as_torch_computes_it():
+    """The decoder's last conv has one output channel: its magnitude is (1, 1, 1). Folding must use
+    dim 0 as weight_norm did (a whole-tensor norm rounds differently), so the weight is bit-exact."""
+    from xcodec_fast.hub import fold_weight_norm
+
+    differs_from_whole_tensor_norm = 0
+    for seed in range(40):  # about one seed in six rounds the two norms differently
+        torch.manual_seed(seed)
+        direction, magnitude = torch.randn(1, 64, 7), torch.rand(1, 1, 1) + 0.5
+        expected = torch._weight_norm(direction, magnitude, 0)  # what weight_norm(conv, dim=0) computes
+        assert torch.equal(fold_weight_norm(magnitude, direction), expected), seed
+        differs_from_whole_tensor_norm += not torch.equal(torch._weight_norm(direction, magnitude, -1), expected)
+    assert differs_from_whole_tensor_norm
+    conv = torch.nn.utils.parametrizations.weight_norm(torch.nn.Conv1d(64, 3, 7), dim=0)
+    weight = conv.parametrizations.weight
+    assert torch.equal(fold_weight_norm(weight.original0.detach(), weight.original1.detach()), conv.weight.detach())

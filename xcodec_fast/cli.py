@@ -268,7 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input")
     p.add_argument("-o", "--output", required=True)
     p.add_argument("--chunk-seconds", type=float, default=None,
-                   help="decode window; the audio equals a whole decode (default 30)")
+                   help="decode window; the audio equals a whole decode (default 10)")
     p.add_argument("--stream", action="store_true",
                    help="feed the codes to a streaming decoder --push-frames at a time, as a generator would")
     p.add_argument("--push-frames", type=int, default=None, help="frames per push with --stream (default 1)")

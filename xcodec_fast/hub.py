@@ -184,11 +184,16 @@ def resolve_files(name_or_path, revision=None, cache_dir=None, local_files_only=
 
 # ---- state-dict conversion --------------------------------------------------------------------
 def _norm_dim(magnitude_shape: torch.Size) -> int:
-    """The dim weight_norm kept: the one axis where the magnitude is not 1 (-1: whole-tensor norm)."""
+    """The dim weight_norm kept: the one axis where the magnitude is not 1. An all-singleton
+    magnitude (a conv with one output channel, as the decoder's last) is dim 0, as weight_norm's
+    default that X-Codec and transformers use: the same norm as over the whole tensor, but torch
+    rounds the two differently. -1 (whole-tensor norm) only for a 0-dim magnitude."""
     dims = [d for d, size in enumerate(magnitude_shape) if size != 1]
     if len(dims) > 1:
         raise CheckpointError(f"weight-norm magnitude of shape {tuple(magnitude_shape)} has more than one axis")
-    return dims[0] if dims else -1
+    if dims:
+        return dims[0]
+    return 0 if len(magnitude_shape) else -1
 
 
 def fold_weight_norm(magnitude: Tensor, direction: Tensor) -> Tensor:

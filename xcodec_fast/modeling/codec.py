@@ -28,9 +28,10 @@ from .semantic import SemanticModel
 
 __all__ = ["XcodecModel", "XcodecOutput", "XcodecEncoderOutput", "XcodecDecoderOutput", "DECODE_CHUNK_FRAMES", "ENCODE_CHUNK_FRAMES", "ENCODE_CONTEXT_FRAMES"]
 
-# Code frames per window when decode chunks a long stream by itself (see decode's chunk_frames);
-# chosen from bench/results/long-*.json: time per frame is flat past it, memory grows with it.
-DECODE_CHUNK_FRAMES = 1500
+# Code frames per window when decode chunks a long stream by itself (see decode's chunk_frames).
+# From the chunk sweep in bench/results/long-*.json: 150-500 frames decode as fast as the whole
+# stream or faster (cache-sized activations), 50 pays 40% for context; memory grows with the chunk.
+DECODE_CHUNK_FRAMES = 500
 # Encode windows (code frames) and the semantic attention context each side of one; see
 # encode_windows and the agreement figures in bench/results/long-*.json.
 ENCODE_CHUNK_FRAMES = 3000
