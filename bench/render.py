@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Regenerate README.md's performance section from bench/results/*.json.
 
-Writes between ``<!-- bench:start -->`` and ``<!-- bench:end -->`` and nowhere else. Without the
+Writes between ``<!-- bench:start -->`` and ``<!-- bench:end -->`` (and the long-audio results
+between ``<!-- long:start -->`` and ``<!-- long:end -->``) and nowhere else. Without the
 markers it prints the section instead. ``--check`` exits 1 when the README is out of date (for CI).
 """
 
@@ -38,7 +39,8 @@ def main(argv=None) -> int:
             return 1
         return 0
     written, _ = report.render_readme(args.readme, args.results_dir)
-    print(f"{'updated' if written else 'left unchanged'} {args.readme}", file=sys.stderr)
+    long_written = report.render_long(args.readme, args.results_dir)
+    print(f"{'updated' if written or long_written else 'left unchanged'} {args.readme}", file=sys.stderr)
     return 0
 
 

@@ -198,3 +198,32 @@ def test_render_writes_only_between_markers(quick_run, tmp_path):
     unmarked = tmp_path / "PLAIN.md"
     unmarked.write_text("no markers\n")
     assert report.render_readme(unmarked, results_dir)[0] is False and unmarked.read_text() == "no markers\n"
+
+
+def test_long_results_render_between_their_markers(tmp_path):
+    from xcodec_fast.benchmark import long as long_bench
+
+    assert long_bench.speechlike(0.5).shape == (8000,)
+    result = {
+        "schema": long_bench.SCHEMA, "created": "2026-12-01T00:00:00+00:00", "threads": 2,
+        "machine": {"id": "cpu-test-2c", "cpu": "Test CPU", "cpu_cores": 2}, "git": {"commit": "abc", "dirty": False},
+        "config": "XcodecConfig()",
+        "lengths": [{"task": "decode", "minutes": 60, "chunk_frames": 500, "seconds": 1200.0, "realtime_factor": 3.0,
+                     "peak_rss_mb": 1300.0, "added_peak_mb": 250.0}],
+        "streaming": [{"chunk_frames": 25, "lookahead_frames": 10, "algorithmic_latency_s": 0.7,
+                       "first_chunk_compute_s": 0.3, "chunk_compute_s": 0.25, "realtime_factor": 2.0}],
+        "encode_agreement": {"audio_seconds": 120, "chunk_frames": 1000, "seam_band_frames": 50, "weights": "random",
+                             "rows": [{"context_frames": 50, "per_stage": [0.95] * 8, "per_stage_near_seams": [0.87] * 8,
+                                       "per_stage_away_from_seams": [0.97] * 8, "all_stages_equal": 0.8}]},
+    }
+    (tmp_path / "long-cpu-test-2c.json").write_text(json.dumps(result))
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{report.LONG_START}\nold\n{report.LONG_END}\noutro\n")
+    assert report.render_long(readme, tmp_path)
+    text = readme.read_text()
+    assert text.startswith("intro\n") and text.endswith("outro\n") and "old" not in text
+    assert "| decode | 60 | 500 | 1200.0 | 3.00 | 1300 | 250 |" in text
+    assert "| 25 | 10 | 0.70 | 0.300 | 0.250 | 2.00 |" in text and "| 50 | 0.950 | 0.870 | 0.970 | 0.950 | 0.800 |" in text
+    unmarked = tmp_path / "plain.md"
+    unmarked.write_text("none\n")
+    assert not report.render_long(unmarked, tmp_path) and unmarked.read_text() == "none\n"

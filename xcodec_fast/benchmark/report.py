@@ -260,3 +260,76 @@ def render_readme(readme: Path, results_dir: Path) -> tuple[bool, str]:
     _, tail = rest.split(END, 1)
     readme.write_text(f"{head}{START}\n{section}\n{END}{tail}")
     return True, section
+
+
+# ---- long audio (python -m xcodec_fast.benchmark.long) -----------------------------------------
+
+LONG_START, LONG_END = "<!-- long:start -->", "<!-- long:end -->"
+
+
+def _mb(value) -> str:
+    return _fmt(value, ".0f")
+
+
+def long_markdown(result: dict) -> str:
+    m, g = result["machine"], result["git"]
+    commit = (g.get("commit") or "unknown")[:10] + ("+dirty" if g.get("dirty") else "")
+    parts = [f"**{m['id']}** ({m['cpu']}, {m['cpu_cores']} cores, {result['threads']} threads; "
+             f"{result['created'][:10]}, commit {commit}; {result['config']}). Peak memory is the process's "
+             "peak resident set (`ru_maxrss`), each row in a fresh process; 'added' is above the peak after "
+             "loading the model and a warm-up call."]
+    rows = [[r["task"], _fmt(r["minutes"], "g"), "whole" if r["chunk_frames"] is None else str(r["chunk_frames"]),
+             _fmt(r.get("seconds"), ".1f"), _fmt(r.get("realtime_factor"), ".2f"), _mb(r.get("peak_rss_mb")),
+             _mb(r.get("added_peak_mb")), r.get("error", "")[:80]]
+            for r in result.get("lengths", [])]
+    if rows:
+        parts.append(_table(["call", "minutes", "chunk (frames)", "s", "× real time", "peak MB", "added MB", "error"], rows))
+    rows = [[str(r["chunk_frames"]), _fmt(r.get("seconds"), ".1f"), _fmt(r.get("realtime_factor"), ".2f"),
+             _mb(r.get("added_peak_mb"))] for r in result.get("decode_chunk_sweep", [])]
+    if rows:
+        parts.append("Decode chunk sweep, 1 minute of codes:\n\n"
+                     + _table(["chunk (frames)", "s", "× real time", "added MB"], rows))
+    rows = [[str(r["chunk_frames"]), str(r["lookahead_frames"]), _fmt(r["algorithmic_latency_s"], ".2f"),
+             _fmt(r["first_chunk_compute_s"], ".3f"), _fmt(r["chunk_compute_s"], ".3f"), _fmt(r["realtime_factor"], ".2f")]
+            for r in result.get("streaming", [])]
+    if rows:
+        parts.append("Streaming decode (fixed chunks; latency = chunk + lookahead frames of codes must exist "
+                     "before the chunk's audio, plus its compute):\n\n"
+                     + _table(["chunk (frames)", "lookahead", "latency s (codes)", "first chunk s", "per chunk s",
+                               "× real time"], rows))
+    agreement = result.get("encode_agreement")
+    if agreement:
+        rows = [[str(r["context_frames"]), _fmt(r["per_stage"][0], ".3f"), _fmt(r["per_stage_near_seams"][0], ".3f"),
+                 _fmt(r["per_stage_away_from_seams"][0], ".3f"), _fmt(r["per_stage"][-1], ".3f"),
+                 _fmt(r["all_stages_equal"], ".3f")] for r in agreement["rows"]]
+        parts.append(f"Windowed encode against a whole-file encode, {agreement['audio_seconds']:g} s of speech-like "
+                     f"audio, windows of {agreement['chunk_frames']} frames, {agreement['weights']}; fraction of "
+                     f"codes equal ('near seams': within {agreement['seam_band_frames']} frames of a window edge):\n\n"
+                     + _table(["context (frames)", "stage 0", "stage 0 near seams", "stage 0 elsewhere",
+                               "stage 7", "all 8 stages"], rows))
+    return "\n\n".join(parts)
+
+
+def long_section(results_dir: Path) -> str:
+    results = []
+    for path in sorted(Path(results_dir).glob("long-*.json")):
+        try:
+            result = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if result.get("schema", "").startswith("xcodec-fast-long-bench/"):
+            results.append(result)
+    if not results:
+        return "_No stored long-audio results yet: run `python -m xcodec_fast.benchmark.long`._"
+    return "\n\n".join(long_markdown(r) for r in results)
+
+
+def render_long(readme: Path, results_dir: Path) -> bool:
+    """Replace the text between the long-audio markers; False when the README has none."""
+    text = readme.read_text() if readme.exists() else ""
+    if LONG_START not in text or LONG_END not in text or text.index(LONG_START) > text.index(LONG_END):
+        return False
+    head, rest = text.split(LONG_START, 1)
+    _, tail = rest.split(LONG_END, 1)
+    readme.write_text(f"{head}{LONG_START}\n{long_section(results_dir)}\n{LONG_END}{tail}")
+    return True
