@@ -306,3 +306,21 @@ def test_single_output_channel_weight_norm_folds_as_torch_computes_it():
     conv = torch.nn.utils.parametrizations.weight_norm(torch.nn.Conv1d(64, 3, 7), dim=0)
     weight = conv.parametrizations.weight
     assert torch.equal(fold_weight_norm(weight.original0.detach(), weight.original1.detach()), conv.weight.detach())
+
+
+@pytest.mark.parametrize("value, offline", [("1", True), ("ON", True), ("yes", True), ("true", True),
+                                            ("0", False), ("false", False), ("", False), (None, False)])
+def test_hf_hub_offline_reads_as_huggingface_hub_does(monkeypatch, value, offline):
+    from huggingface_hub.constants import _is_true
+
+    from xcodec_fast import loading
+    from xcodec_fast.hub import hub_offline
+
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    if value is None:
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    else:
+        monkeypatch.setenv("HF_HUB_OFFLINE", value)
+    assert hub_offline() is offline is _is_true(value)
+    if offline:
+        assert loading.hub_reachable() is False  # decided without touching the network

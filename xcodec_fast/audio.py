@@ -19,6 +19,8 @@ from typing import Any, BinaryIO, Union
 
 import numpy as np
 
+from .errors import short_error
+
 logger = logging.getLogger(__name__)
 
 PREPROCESSOR_CONFIG = "preprocessor_config.json"
@@ -380,23 +382,6 @@ def _riff_truncation(fh: BinaryIO) -> str | None:
         fh.seek(start)
 
 
-def audio_info(source: AudioSource, name: str | None = None):
-    """(sample rate, channels, frames) from the header, without decoding."""
-    import soundfile as sf
-
-    label = _name_of(source, name)
-    fh = io.BytesIO(source) if isinstance(source, (bytes, bytearray, memoryview)) else source
-    try:
-        info = sf.info(fh)
-    except Exception as exc:
-        raise AudioError(f"{label}: cannot read audio header ({_short(exc)})") from None
-    return info.samplerate, info.channels, info.frames
-
-
-def _short(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-
-
 def load_audio(
     source: AudioSource,
     target_sr: int | None = 16000,
@@ -438,7 +423,7 @@ def load_audio(
         try:
             reader = sf.SoundFile(fh)
         except Exception as exc:
-            raise AudioError(f"{label}: cannot decode audio ({_short(exc)})") from None
+            raise AudioError(f"{label}: cannot decode audio ({short_error(exc, with_type=False)})") from None
         with reader:
             sr, channels, frames = reader.samplerate, reader.channels, reader.frames
             if sr <= 0 or channels <= 0:
@@ -455,7 +440,7 @@ def load_audio(
                 try:
                     data = reader.read(block, dtype="float32", always_2d=True)
                 except Exception as exc:
-                    raise AudioError(f"{label}: cannot decode audio after {total} frames ({_short(exc)})") from None
+                    raise AudioError(f"{label}: cannot decode audio after {total} frames ({short_error(exc, with_type=False)})") from None
                 last = len(data) < block
                 if not np.isfinite(data).all():
                     bad = int(np.count_nonzero(~np.isfinite(data)))

@@ -121,8 +121,13 @@ def _local_files(directory: Path) -> tuple[Path, list[Path]]:
     raise FileNotFoundError(f"{directory} has no {WEIGHTS_NAME}{hint}")
 
 
-def _offline_env() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}
+def hub_offline() -> bool:
+    """HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) as huggingface_hub reads it, with its own true values,
+    read now rather than at import (huggingface_hub.constants.HF_HUB_OFFLINE is frozen at import)."""
+    from huggingface_hub.constants import ENV_VARS_TRUE_VALUES
+
+    value = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE")
+    return value is not None and value.strip().upper() in ENV_VARS_TRUE_VALUES
 
 
 def _hub_files(repo_id: str, revision, cache_dir, local_files_only: bool) -> tuple[Path, list[Path]]:
@@ -135,7 +140,7 @@ def _hub_files(repo_id: str, revision, cache_dir, local_files_only: bool) -> tup
         RevisionNotFoundError,
     )
 
-    offline = local_files_only or _offline_env()
+    offline = local_files_only or hub_offline()
 
     def fetch(filename: str) -> Path:
         return Path(hf_hub_download(repo_id, filename, revision=revision, cache_dir=cache_dir, local_files_only=offline))
@@ -156,7 +161,7 @@ def _hub_files(repo_id: str, revision, cache_dir, local_files_only: bool) -> tup
         if local_files_only:
             why = "local_files_only=True"
         else:
-            why = "HF_HUB_OFFLINE is set" if _offline_env() else "the hub cannot be reached"
+            why = "HF_HUB_OFFLINE is set" if hub_offline() else "the hub cannot be reached"
         raise OSError(
             f"{repo_id!r} is not in the local Hugging Face cache and {why}; download it once while online, "
             f"or pass a local directory ({exc})"

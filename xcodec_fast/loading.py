@@ -11,6 +11,8 @@ from urllib.parse import urlparse
 import torch
 
 from .config import XcodecConfig, tiny_config
+from .errors import short_error
+from .hub import hub_offline
 
 DEFAULT_MODEL = "hf-audio/xcodec-hubert-librispeech"
 RANDOM_MODELS = {"random": XcodecConfig, "random-tiny": tiny_config}
@@ -18,7 +20,7 @@ RANDOM_MODELS = {"random": XcodecConfig, "random-tiny": tiny_config}
 
 def hub_reachable(timeout: float = 3.0) -> bool:
     """One quick TCP connect, instead of huggingface_hub's minute of retries when offline."""
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0"):
+    if hub_offline():
         return False
     url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
     try:
@@ -62,7 +64,7 @@ def load_model(spec=None, device=None, dtype=None, backend=None, random_fallback
             if not random_fallback:
                 raise
             print(
-                f"note: could not load {DEFAULT_MODEL} ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}).\n"
+                f"note: could not load {DEFAULT_MODEL} ({short_error(exc, limit=200)}).\n"
                 "note: using the built-in RANDOM-WEIGHT model (full X-Codec architecture, seed 0): the pipeline "
                 "runs end to end, but codes and audio are meaningless. Pass --model ID_OR_DIR for a real checkpoint.",
                 file=sys.stderr,

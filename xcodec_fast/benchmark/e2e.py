@@ -12,6 +12,7 @@ from typing import Callable
 import torch
 
 from ..config import XcodecConfig
+from ..errors import short_error
 from .timing import Policy, measure_once, peak_memory, summarize, synchronize
 
 
@@ -204,11 +205,6 @@ def _plain(fn):
     return call
 
 
-def _short(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
-
-
 def _time_stage(
     fns, stage, batch, arg_sets, reference_codes, reference_audio, device, policy, clip_seconds, log
 ) -> list[dict]:
@@ -231,7 +227,7 @@ def _time_stage(
                 slowest = max(slowest, (time.perf_counter() - started) / max(policy.warmup, 1))
                 ready[impl] = fn
             except Exception as exc:  # a failing implementation is reported, the others still run
-                record.update(status="error", reason=_short(exc))
+                record.update(status="error", reason=short_error(exc))
                 log(f"  {impl:22s} {stage} b={batch}: {record['reason']}")
         reps = int(min(policy.max_reps, max(policy.min_reps, policy.budget_s // max(slowest * len(ready), 1e-9))))
         times = {impl: [] for impl in ready}

@@ -11,6 +11,7 @@ from .. import ops
 from ..ops import backend as dispatch
 from . import cases
 from .machine import last_level_cache_bytes
+from ..errors import short_error
 from .timing import Policy, measure, rotation_count, summarize
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -97,11 +98,6 @@ def measure_ceilings(device: torch.device, dtypes: list[str], copy_bytes: int, m
 # ---- the suite ---------------------------------------------------------------------------------
 
 
-def _short(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
-
-
 def run_kernels(
     sites: list,
     batches: list[int],
@@ -182,7 +178,7 @@ def _run_case(site, batch, dtype_name, backends, device, ceilings, policy, cache
                 result = run_once(first)
                 times = measure(run_once, arg_sets, device, policy, cache_bytes)
         except Exception as exc:  # an unsupported dtype or a failing kernel: record it, go on
-            record.update(status="error", reason=_short(exc))
+            record.update(status="error", reason=short_error(exc))
             log(f"  {name:7s} {site.op} {site.label()} b={batch} {dtype_name}: {record['reason']}")
             continue
         stats = summarize(times)

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import cpu_malloc
+from ..errors import short_error
 from ..loading import load_model
 from .batching import Segment, collate, pack_batches, window_encodes, window_samples
 from .sources import InputError, Item, ItemLoader, list_items
@@ -154,7 +155,7 @@ class BatchEncoder:
                     if self._lone_failures >= 3:
                         raise RuntimeError(f"the model failed on each of the first inputs; last error: {exc}") from exc
                 reason = "out of memory encoding one item alone; lower --max-seconds or --batch-seconds" if oom else "encode failed"
-                return [f"{reason}: {type(exc).__name__}: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}"]
+                return [f"{reason}: {short_error(exc)}"]
             if oom:
                 self.oom_splits += 1
                 # Later batches are packed within the smaller budget, so one OOM is not paid again.

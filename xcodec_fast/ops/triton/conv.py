@@ -66,9 +66,6 @@ from ._compile import kernel_config
 
 INTERPRETING = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
-_TL_DTYPE = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
-
-
 @triton.jit
 def _sin_squared(v, FAST_SIN: tl.constexpr):
     """sin(v)² in fp32 from FMAs only, |error| < 2e-7 for |v| < 1e5.
