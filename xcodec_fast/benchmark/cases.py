@@ -15,6 +15,7 @@ import torch
 
 from .. import ops
 from ..config import XcodecConfig
+from ..lengths import conv_output_length, conv_transpose_output_length
 
 # Every op of the dispatch point, each with a site generator, a cost model and a call below.
 OPS = ops.OPS
@@ -23,12 +24,8 @@ RESIDUAL_DILATIONS = (1, 3, 9)
 SNAKE_FLOPS = 5  # alpha*x, sin, square, times 1/(alpha+eps), plus x
 
 
-def conv_out_len(length: int, kernel: int, stride: int, padding: int, dilation: int = 1) -> int:
-    return (length + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
-
-
-def conv_transpose_out_len(length: int, kernel: int, stride: int, padding: int, output_padding: int) -> int:
-    return (length - 1) * stride - 2 * padding + kernel + output_padding
+conv_out_len = conv_output_length
+conv_transpose_out_len = conv_transpose_output_length
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from .. import ops
 from ..config import AcousticConfig
+from ..lengths import conv_output_length
 
 RESIDUAL_DILATIONS = (1, 3, 9)
 RESIDUAL_KERNEL = 7
@@ -46,11 +47,6 @@ def zero_outside(x: Tensor, starts: Tensor | None, lengths: Tensor | None) -> Te
 
 def _scaled(bound: Tensor | None, factor: int) -> Tensor | None:
     return None if bound is None else bound * factor
-
-
-def conv_output_lengths(lengths, kernel: int, stride: int = 1, padding: int = 0, dilation: int = 1):
-    """torch's Conv1d output length, for ints or integer tensors."""
-    return (lengths + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
 
 
 class Snake(nn.Module):
@@ -109,7 +105,7 @@ class EncoderBlock(nn.Module):
         x = zero_beyond(x, lengths)
         x = ops.snake_conv1d(x, self.snake1.alpha, self.conv1.weight, self.conv1.bias, self.stride, self.padding)
         if lengths is not None:
-            lengths = conv_output_lengths(lengths, 2 * self.stride, self.stride, self.padding)
+            lengths = conv_output_length(lengths, 2 * self.stride, self.stride, self.padding)
         return x, lengths
 
     def context(self, left: int, right: int) -> tuple[int, int]:

@@ -11,7 +11,8 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from ..config import XcodecConfig
-from .acoustic import conv_output_lengths, zero_beyond
+from ..lengths import conv_output_length
+from .acoustic import zero_beyond
 
 
 class EluResidualUnit(nn.Module):
@@ -34,7 +35,7 @@ class EluResidualUnit(nn.Module):
 def _same_length_conv(conv: nn.Conv1d, x: Tensor, lengths: Tensor | None) -> tuple[Tensor, Tensor | None]:
     x = conv(zero_beyond(x, lengths))
     if lengths is not None:
-        lengths = conv_output_lengths(lengths, conv.kernel_size[0], conv.stride[0], conv.padding[0], conv.dilation[0])
+        lengths = conv_output_length(lengths, conv.kernel_size[0], conv.stride[0], conv.padding[0], conv.dilation[0])
     return x, lengths
 
 
@@ -78,7 +79,7 @@ class SemanticEncoder(nn.Module):
     def output_length(self, frames: int) -> int:
         """Frames out for ``frames`` in (only strided blocks change it)."""
         for conv in [self.conv] + [block.conv for block in self.conv_blocks]:
-            frames = conv_output_lengths(frames, conv.kernel_size[0], conv.stride[0], conv.padding[0])
+            frames = conv_output_length(frames, conv.kernel_size[0], conv.stride[0], conv.padding[0])
         return frames
 
 

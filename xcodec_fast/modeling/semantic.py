@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import SemanticConfig
+from ..lengths import conv_output_length
 
 POS_CONV_WEIGHT_KEY = "encoder.pos_conv_embed.conv.weight"
 IGNORED_CHECKPOINT_KEYS = ("masked_spec_embed",)
@@ -88,7 +89,7 @@ def fold_weight_norm(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
 
 def _conv_output_lengths(lengths: Tensor, kernels: Sequence[int], strides: Sequence[int]) -> Tensor:
     for kernel, stride in zip(kernels, strides):
-        lengths = torch.div(lengths - kernel, stride, rounding_mode="floor") + 1
+        lengths = conv_output_length(lengths, kernel, stride)
     return lengths
 
 
@@ -175,7 +176,7 @@ class FeatureEncoder(nn.Module):
         if first.norm_kind != "group":
             return None
         kernel, stride = first.conv.kernel_size[0], first.conv.stride[0]
-        total = (input_values.shape[-1] - kernel) // stride + 1
+        total = conv_output_length(input_values.shape[-1], kernel, stride)
         sums = squares = None
         for start in range(0, total, chunk_frames):
             end = min(total, start + chunk_frames)

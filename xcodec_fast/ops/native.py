@@ -46,6 +46,7 @@ from pathlib import Path
 
 import torch
 
+from ..lengths import conv_output_length, conv_transpose_output_length
 from . import eager
 from .backend import register
 
@@ -312,7 +313,7 @@ def _snake_conv1d_op(
 
 @_snake_conv1d_op.register_fake
 def _(x, alpha, weight, bias, stride, padding):
-    frames = (x.shape[-1] + 2 * padding - weight.shape[-1]) // stride + 1
+    frames = conv_output_length(x.shape[-1], weight.shape[-1], stride, padding)
     return x.new_empty(x.shape[0], weight.shape[0], frames)
 
 
@@ -331,5 +332,5 @@ def _snake_conv_transpose1d_op(
 
 @_snake_conv_transpose1d_op.register_fake
 def _(x, alpha, weight, bias, stride, padding, output_padding):
-    frames = (x.shape[-1] - 1) * stride - 2 * padding + weight.shape[-1] + output_padding
+    frames = conv_transpose_output_length(x.shape[-1], weight.shape[-1], stride, padding, output_padding)
     return x.new_empty(x.shape[0], weight.shape[1], frames)

@@ -61,6 +61,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ...lengths import conv_output_length, conv_transpose_output_length
 from ..backend import register
 from ._compile import kernel_config
 
@@ -300,7 +301,7 @@ def snake_conv1d_launch(
     x = x.contiguous()
     batch, c_in, t_in = x.shape
     c_out, _, ksize = weight.shape
-    t_out = (t_in + 2 * padding - dilation * (ksize - 1) - 1) // stride + 1
+    t_out = conv_output_length(t_in, ksize, stride, padding, dilation)
     if t_out < 0:
         raise ValueError(f"snake_conv1d: {t_in} frames give no output with kernel {ksize}, padding {padding}")
     out = torch.empty(batch, c_out, t_out, device=x.device, dtype=x.dtype)
@@ -401,7 +402,7 @@ def snake_conv1d_op(
 
 @snake_conv1d_op.register_fake
 def _(x, alpha, weight, bias, stride, padding):
-    t_out = (x.shape[-1] + 2 * padding - weight.shape[-1]) // stride + 1
+    t_out = conv_output_length(x.shape[-1], weight.shape[-1], stride, padding)
     return x.new_empty(x.shape[0], weight.shape[0], t_out)
 
 
@@ -420,7 +421,7 @@ def snake_conv_transpose1d_op(
 
 @snake_conv_transpose1d_op.register_fake
 def _(x, alpha, weight, bias, stride, padding, output_padding):
-    t_out = (x.shape[-1] - 1) * stride - 2 * padding + weight.shape[-1] + output_padding
+    t_out = conv_transpose_output_length(x.shape[-1], weight.shape[-1], stride, padding, output_padding)
     return x.new_empty(x.shape[0], weight.shape[1], t_out)
 
 
