@@ -389,9 +389,14 @@ def load_audio(
     max_seconds: float | None = None,
     name: str | None = None,
     block_seconds: float = 30.0,
+    offset: float = 0.0,
+    duration: float | None = None,
+    channel: int | None = None,
 ) -> tuple[np.ndarray, int]:
     """Decode ``source`` (path, bytes or binary file) to float32 at ``target_sr`` (None: keep the
     file's rate). ``mono``: mean over channels -> (samples,); else (channels, samples).
+    ``offset`` / ``duration`` (seconds, rounded to the file's samples): read only that span, seeking
+    to it where the format allows; ``channel``: that channel alone instead of the downmix.
 
     Decodes, downmixes and resamples in blocks, so memory stays at the output size; the result is
     identical to ``resample(downmix(whole file))``. Raises ``AudioError`` naming the file for
@@ -428,27 +433,43 @@ def load_audio(
             sr, channels, frames = reader.samplerate, reader.channels, reader.frames
             if sr <= 0 or channels <= 0:
                 raise AudioError(f"{label}: invalid header (sample rate {sr}, channels {channels})")
-            if max_seconds is not None and frames > 0 and frames / sr > max_seconds:
-                raise AudioError(f"{label}: too long: {frames / sr:.1f} s > the {max_seconds:g} s limit")
+            first, wanted = round(offset * sr), None if duration is None else round(duration * sr)
+            if offset or duration is not None:
+                if offset < 0 or (wanted is not None and wanted <= 0):
+                    raise AudioError(f"{label}: invalid span (offset {offset} s, duration {duration} s)")
+                if frames > 0 and first + (wanted or 1) > frames:
+                    raise AudioError(f"{label}: the span {offset:.3f} s + {duration} s runs past the file's "
+                                     f"{frames / sr:.3f} s")
+                label = f"{label} [{offset:.3f} s{'' if duration is None else f' + {duration:.3f} s'}]"
+            if channel is not None and not 0 <= channel < channels:
+                raise AudioError(f"{label}: has {channels} channel(s), no channel {channel}")
+            span_frames = (frames - first if wanted is None else wanted) if frames > 0 else 0
+            if max_seconds is not None and span_frames > 0 and span_frames / sr > max_seconds:
+                raise AudioError(f"{label}: too long: {span_frames / sr:.1f} s > the {max_seconds:g} s limit")
+            if first:
+                reader.seek(first)
             out_sr = sr if target_sr is None else int(target_sr)
-            stream = None if out_sr == sr else soxr.ResampleStream(
-                sr, out_sr, 1 if mono else channels, dtype="float32", quality="HQ"
-            )
+            out_channels = 1 if mono or channel is not None else channels
+            stream = None if out_sr == sr else soxr.ResampleStream(sr, out_sr, out_channels, dtype="float32", quality="HQ")
             block = max(1, int(block_seconds * sr))
             pieces, total = [], 0
             while True:
+                size = block if wanted is None else min(block, wanted - total)
                 try:
-                    data = reader.read(block, dtype="float32", always_2d=True)
+                    data = reader.read(size, dtype="float32", always_2d=True)
                 except Exception as exc:
                     raise AudioError(f"{label}: cannot decode audio after {total} frames ({short_error(exc, with_type=False)})") from None
-                last = len(data) < block
+                last = len(data) < block or (wanted is not None and total + len(data) >= wanted)
                 if not np.isfinite(data).all():
                     bad = int(np.count_nonzero(~np.isfinite(data)))
                     raise AudioError(f"{label}: contains non-finite samples (NaN/Inf: {bad} near frame {total})")
                 total += len(data)
                 if max_seconds is not None and total / sr > max_seconds:
                     raise AudioError(f"{label}: too long: more than the {max_seconds:g} s limit")
-                data = data.mean(axis=1, dtype=np.float32) if mono else data
+                if channel is not None:
+                    data = data[:, channel] if mono else data[:, channel : channel + 1]
+                elif mono:
+                    data = data.mean(axis=1, dtype=np.float32)
                 if stream is not None:
                     data = stream.resample_chunk(data, last=last)
                 pieces.append(data)
@@ -459,6 +480,8 @@ def load_audio(
             fh.close()
     if total == 0:
         raise AudioError(f"{label}: no audio samples (0 frames)")
+    if wanted is not None and total < wanted:
+        raise AudioError(f"{label}: the span needs {wanted} frames, the file ends after {total}")
     audio = np.concatenate(pieces) if len(pieces) > 1 else pieces[0]
     audio = np.ascontiguousarray(audio if mono else audio.T, dtype=np.float32)
     if audio.shape[-1] == 0:

@@ -3,7 +3,7 @@
 Measures, with the full-size default config (random weights run at the speed of real ones):
 
 * **decode / encode at 1, 10, 60 minutes**: wall time and peak resident memory, each in a fresh
-  process (``ru_maxrss``), with the default chunking, plus the unchunked call at 1 minute. Peak
+  process (``VmHWM``), with the default chunking, plus the unchunked call at 1 minute. Peak
   memory above the process's baseline (model loaded, input allocated) must stay flat past the chunk.
 * **chunk size sweep** (1 minute): decode time per audio second and peak memory per chunk size,
   which is what ``DECODE_CHUNK_FRAMES`` is chosen from.
@@ -44,7 +44,15 @@ def speechlike(seconds: float, seed: int = 0) -> np.ndarray:
 
 
 def _max_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    """This process's peak resident set. VmHWM, not ru_maxrss: Linux carries ru_maxrss over from
+    the parent across fork and exec, so a child of a large process would report the parent's."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _model(threads: int):

@@ -276,7 +276,7 @@ def long_markdown(result: dict) -> str:
     commit = (g.get("commit") or "unknown")[:10] + ("+dirty" if g.get("dirty") else "")
     parts = [f"**{m['id']}** ({m['cpu']}, {m['cpu_cores']} cores, {result['threads']} threads; "
              f"{result['created'][:10]}, commit {commit}; {result['config']}). Peak memory is the process's "
-             "peak resident set (`ru_maxrss`), each row in a fresh process; 'added' is above the peak after "
+             "peak resident set (`VmHWM`), each row in a fresh process; 'added' is above the peak after "
              "loading the model and a warm-up call."]
     rows = [[r["task"], _fmt(r["minutes"], "g"), "whole" if r["chunk_frames"] is None else str(r["chunk_frames"]),
              _fmt(r.get("seconds"), ".1f"), _fmt(r.get("realtime_factor"), ".2f"), _mb(r.get("peak_rss_mb")),

@@ -271,7 +271,7 @@ class XcodecModel(nn.Module):
         hop = self.config.hop_length
         semantic_input = F.pad(audio[:, 0], (self.pad, self.pad))
         field = self.semantic_model.min_input_length
-        statistics = self.semantic_model.feature_extractor.group_norm_statistics(semantic_input, chunk_frames * hop)
+        statistics = self.semantic_model.feature_extractor.group_norm_statistics(semantic_input)
         acoustic_input = F.pad(audio, (self.pad, self.pad)) if self._acoustic_needs_padding(num_samples) else audio
         before, after = (math.ceil(samples / hop) for samples in self.acoustic_encoder.context())
         codes = torch.empty(audio.shape[0], num_quantizers, total, dtype=torch.long, device=audio.device)

@@ -168,10 +168,10 @@ class FeatureEncoder(nn.Module):
             x = layer(x, lengths, statistics if index == 0 else None)
         return x
 
-    def group_norm_statistics(self, input_values: Tensor, chunk_frames: int) -> tuple[Tensor, Tensor] | None:
+    def group_norm_statistics(self, input_values: Tensor, chunk_frames: int = 32000) -> tuple[Tensor, Tensor] | None:
         """The first layer's GroupNorm (mean, biased variance) over all of ``input_values`` (B, N),
-        accumulated ``chunk_frames`` conv outputs at a time in float64 so that memory stays bounded;
-        None when that layer has no GroupNorm."""
+        accumulated ``chunk_frames`` conv outputs at a time (default 10 s of HuBERT's first layer)
+        in float64 sums so that memory stays bounded; None when that layer has no GroupNorm."""
         first = self.conv_layers[0]
         if first.norm_kind != "group":
             return None
@@ -180,8 +180,9 @@ class FeatureEncoder(nn.Module):
         sums = squares = None
         for start in range(0, total, chunk_frames):
             end = min(total, start + chunk_frames)
-            x = first.conv(input_values[:, None, start * stride : (end - 1) * stride + kernel]).double()
-            part_sum, part_squares = x.sum(-1, keepdim=True), x.pow(2).sum(-1, keepdim=True)
+            x = first.conv(input_values[:, None, start * stride : (end - 1) * stride + kernel])
+            part_sum = x.sum(-1, keepdim=True, dtype=torch.float64)
+            part_squares = x.square().sum(-1, keepdim=True, dtype=torch.float64)
             sums = part_sum if sums is None else sums + part_sum
             squares = part_squares if squares is None else squares + part_squares
         mean = sums / total

@@ -80,6 +80,7 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--shard-size", type=int, default=1000, help="items per Parquet shard (default 1000)")
     p.add_argument("--num-workers", type=int, default=None, help="decode worker processes (0: decode in-process)")
     p.add_argument("--audio-column", default="audio", help="audio column of Parquet/Arrow inputs (default 'audio')")
+    p.add_argument("--keep-json", action="store_true", help="keep WebDataset samples' .json sidecars in a 'json' column")
     p.add_argument("--id-column", default=None, help="id column of Parquet/Arrow inputs (default: '<file>#<row>')")
     p.add_argument("--npy", action="store_true", help="also write npy/<id>.npy (quantizers x frames, int16) per item")
     p.add_argument("--overwrite", action="store_true", help="discard an existing run in --output-dir instead of resuming")
@@ -125,6 +126,7 @@ def run(args: argparse.Namespace) -> int:
             batch_seconds=args.batch_seconds,
             max_seconds=args.max_seconds,
             context_seconds=args.context_seconds,
+            keep_json=args.keep_json,
             max_file_seconds=args.max_file_seconds,
             shard_size=args.shard_size,
             num_workers=args.num_workers,

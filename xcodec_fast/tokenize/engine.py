@@ -40,7 +40,8 @@ from .writer import (
 )
 
 # Settings that shape the output: a rerun into the same directory must repeat them exactly.
-_OUTPUT_SETTINGS = ("model", "bandwidth", "num_quantizers", "window_samples", "context_frames", "shard_size", "audio_column",
+_OUTPUT_SETTINGS = ("model", "bandwidth", "num_quantizers", "window_samples", "context_frames", "shard_size", "keep_json",
+                    "audio_column",
                     "id_column", "max_file_seconds", "inputs", "version", "model_config")
 
 
@@ -350,18 +351,21 @@ def _prepare(output_dir: Path, settings: dict, inputs, audio_column, id_column, 
         for name in ("index.json", "errors.jsonl"):
             (output_dir / name).unlink(missing_ok=True)
     items = list_items(inputs, audio_column=audio_column, id_column=id_column)
-    table = pa.table(
-        {
-            "id": pa.array([i.id for i in items], pa.string()),
-            "source": pa.array([i.source for i in items], pa.string()),
-            "row": pa.array([i.row for i in items], pa.int64()),
-        }
-    )
+    table = pa.table({name: pa.array([getattr(i, name) for i in items], kind) for name, kind in _item_columns().items()})
     tmp = items_path.with_name(f".items.parquet.tmp-{os.getpid()}")
     pq.write_table(table, tmp)
     os.replace(tmp, items_path)
     atomic_write_json(settings_path, {**settings, "num_items": len(items)})
     return items
+
+
+def _item_columns() -> dict:
+    """items.parquet's columns: Item's fields."""
+    import pyarrow as pa
+
+    return {"id": pa.string(), "source": pa.string(), "row": pa.int64(), "member": pa.string(), "offset": pa.int64(),
+            "size": pa.int64(), "start": pa.float64(), "duration": pa.float64(), "channel": pa.int64(),
+            "sidecar": pa.string()}
 
 
 def _read_items(path: Path) -> list[Item]:
@@ -370,7 +374,9 @@ def _read_items(path: Path) -> list[Item]:
     if not path.exists():
         raise InputError(f"{path} is missing; the output directory is incomplete — use a new --output-dir")
     table = pq.read_table(path)
-    return [Item(i, s, r) for i, s, r in zip(*(table.column(c).to_pylist() for c in ("id", "source", "row")))]
+    names = [name for name in _item_columns() if name in table.column_names]  # older runs stored fewer
+    columns = [table.column(name).to_pylist() for name in names]
+    return [Item(**dict(zip(names, values))) for values in zip(*columns)]
 
 
 def _context_frames(context_seconds: float, cfg) -> int:
@@ -391,6 +397,7 @@ def tokenize(
     shard_size: int = 1000,
     num_workers: int | None = None,
     npy: bool = False,
+    keep_json: bool = False,
     audio_column: str = "audio",
     id_column: str | None = None,
     device: str | None = None,
@@ -418,6 +425,8 @@ def tokenize(
     (default the model's ``ENCODE_CONTEXT_FRAMES``; see ``batching``). ``max_file_seconds``: longer files are reported as errors.
     Under torchrun (RANK / WORLD_SIZE), rank r handles shards k with k % WORLD_SIZE == r; rank 0
     writes index.json once all ranks are done.
+
+    ``keep_json``: WebDataset samples' JSON sidecars go into a ``json`` column of the shards.
 
     ``retry_failed``: on a resume, encode the items of finished shards that failed (listed in
     errors.jsonl) again; their shards are rewritten with the items that now succeed, so the output
@@ -459,6 +468,7 @@ def tokenize(
         "window_samples": window,
         "context_frames": ENCODE_CONTEXT_FRAMES if context_seconds is None else _context_frames(context_seconds, cfg),
         "shard_size": shard_size,
+        "keep_json": bool(keep_json),
         "audio_column": audio_column,
         "id_column": id_column,
         "max_file_seconds": max_file_seconds,
@@ -534,7 +544,8 @@ def _run_rank(items, output_dir, settings, model, rank, world_size, window, batc
     pending = [_Pending(items[i], k) for k in todo for i in ranges[k] if k not in retry or items[i].id in retry[k]]
     shard_left = {k: len(retry[k]) if k in retry else len(ranges[k]) for k in todo}
     shard_meta_base = {key: settings[key] for key in ("model", "bandwidth", "num_quantizers", "sample_rate", "frame_rate",
-                                                      "hop_length", "codebook_size", "window_samples", "context_frames", "version", "model_config")}
+                                                      "hop_length", "codebook_size", "window_samples", "context_frames", "keep_json",
+                                                      "version", "model_config")}
     sr, hop = settings["sample_rate"], settings["hop_length"]
     encoder = BatchEncoder(model, bandwidth, int(batch_seconds * sr) // hop * hop, max_batch_items,
                            window_samples=window, context_frames=settings["context_frames"])
@@ -575,7 +586,7 @@ def _run_rank(items, output_dir, settings, model, rank, world_size, window, batc
             rows.append({"id": p.item.id, "source": p.item.source, "row": p.item.row, "duration": p.num_samples / sr,
                          "num_samples": p.num_samples, "num_frames": codes.shape[1],
                          "num_windows": window_encodes(codes.shape[1], window // hop) if p.num_samples > window else 1,
-                         "codes": codes})
+                         "json": p.item.sidecar, "codes": codes})
             p.codes = {}
         if npy:
             for r in rows:

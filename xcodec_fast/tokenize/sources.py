@@ -10,15 +10,30 @@ Inputs (any mix):
     column holds encoded file bytes, a path, or the ``{"bytes", "path"}`` struct of a ``datasets``
     Audio feature.
 
+  * WebDataset shards: ``.tar`` / ``.tar.gz`` / ``.tgz`` files, a directory of them (when it holds
+    no audio files), or a brace pattern (``data/{000000..000099}.tar``). A sample is the group of
+    members sharing a key (the member path up to the first dot of its file name); its audio is the
+    first member with an audio extension, its ``.json`` member the sidecar (kept with
+    ``keep_json``). Read with the standard library's tarfile: listing records each member's data
+    offset, so a worker reads an uncompressed shard's samples by seeking, front to back, without
+    extracting anything; a compressed shard is decompressed as a stream, forward only.
+  * Lhotse manifests: ``.jsonl`` / ``.jsonl.gz`` whose records are cuts (one item per cut: its
+    recording's file, its start, duration and channel; ids are the cut ids) or recordings (one item
+    per recording), read by a small reader of Lhotse's documented JSON schema (file sources only).
+
 Item ids: the path relative to the input directory, the manifest's id (or its path as written),
-the table's id column, or ``<table file>#<row>``. Ids must be unique. Order: directory entries
-sorted by path; manifests and tables in their own order; inputs in the order given.
+the table's id column, ``<table file>#<row>``, the WebDataset key or the Lhotse cut / recording id.
+Ids must be unique. Order: directory entries sorted by path; manifests, shards and tables in their
+own order; inputs in the order given.
 """
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
+import re
+import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +45,7 @@ AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff", "
 TEXT_MANIFESTS = (".txt", ".lst", ".list", ".tsv", ".scp")
 JSON_MANIFESTS = (".jsonl", ".ndjson")
 TABLE_EXTENSIONS = (".parquet", ".arrow")
+TAR_EXTENSIONS = (".tar", ".tar.gz", ".tgz")
 
 
 class InputError(ValueError):
@@ -38,14 +54,54 @@ class InputError(ValueError):
 
 @dataclass(frozen=True)
 class Item:
-    """One audio input: ``source`` is a file path, or a table file with ``row`` >= 0."""
+    """One audio input: ``source`` is a file path, a table file with ``row`` >= 0, or a tar shard
+    with ``member`` (and its data ``offset``/``size`` when the shard is uncompressed). ``start`` and
+    ``duration`` (seconds; -1: to the end) select a span, ``channel`` one channel (-1: downmix).
+    ``sidecar``: a WebDataset sample's JSON text."""
 
     id: str
     source: str
     row: int = -1
+    member: str = ""
+    offset: int = -1
+    size: int = -1
+    start: float = 0.0
+    duration: float = -1.0
+    channel: int = -1
+    sidecar: str | None = None
 
     def describe(self) -> str:
-        return self.source if self.row < 0 else f"{self.source} row {self.row}"
+        if self.member:
+            return f"{self.source}:{self.member}"
+        if self.row >= 0:
+            return f"{self.source} row {self.row}"
+        if self.start or self.duration >= 0:
+            span = "end" if self.duration < 0 else f"{self.start + self.duration:.3f} s"
+            return f"{self.source} [{self.start:.3f} s to {span}]"
+        return self.source
+
+
+def _is_tar(path: Path) -> bool:
+    return path.name.lower().endswith(TAR_EXTENSIONS)
+
+
+def expand_braces(pattern: str) -> list[str]:
+    """WebDataset's shard patterns: ``{000..012}`` (zero-padded as written) and ``{a,b}``, nested
+    left to right; a pattern without braces is itself."""
+    match = re.search(r"\{([^{}]*)\}", pattern)
+    if match is None:
+        return [pattern]
+    body, head, tail = match.group(1), pattern[: match.start()], pattern[match.end() :]
+    numeric = re.fullmatch(r"(\d+)\.\.(\d+)", body)
+    if numeric:
+        low, high = numeric.groups()
+        if int(high) < int(low):
+            raise InputError(f"shard pattern {pattern!r}: range {body} runs backwards")
+        width = len(low) if low.startswith("0") else 0
+        choices = [str(n).zfill(width) for n in range(int(low), int(high) + 1)]
+    else:
+        choices = body.split(",")
+    return [out for choice in choices for out in expand_braces(head + choice + tail)]
 
 
 def list_items(inputs, audio_column: str = "audio", id_column: str | None = None) -> list[Item]:
@@ -53,15 +109,25 @@ def list_items(inputs, audio_column: str = "audio", id_column: str | None = None
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
     items: list[Item] = []
+    expanded = []
     for raw in inputs:
+        names = expand_braces(str(raw)) if "{" in str(raw) else [raw]
+        missing = [name for name in names if not Path(name).exists()]
+        if len(names) > 1 and missing:
+            raise InputError(f"shard pattern {raw}: {len(missing)} of {len(names)} shards do not exist, e.g. {missing[0]}")
+        expanded.extend(names)
+    for raw in expanded:
         path = Path(raw)
         if not path.exists():
             raise InputError(f"input {raw} does not exist")
+        name = path.name.lower()
         if path.is_dir():
             items.extend(_list_directory(path, audio_column, id_column))
+        elif _is_tar(path):
+            items.extend(list_tar(path))
         elif path.suffix.lower() in TEXT_MANIFESTS:
             items.extend(_list_text_manifest(path))
-        elif path.suffix.lower() in JSON_MANIFESTS:
+        elif path.suffix.lower() in JSON_MANIFESTS or name.endswith(tuple(e + ".gz" for e in JSON_MANIFESTS)):
             items.extend(_list_json_manifest(path))
         elif path.suffix.lower() in TABLE_EXTENSIONS:
             items.extend(_list_table(path, path.name, audio_column, id_column))
@@ -70,8 +136,9 @@ def list_items(inputs, audio_column: str = "audio", id_column: str | None = None
         else:
             raise InputError(
                 f"input {raw}: unknown kind (suffix {path.suffix!r}); pass a directory, an audio file "
-                f"({', '.join(AUDIO_EXTENSIONS)}), a manifest ({', '.join(TEXT_MANIFESTS + JSON_MANIFESTS)}) "
-                f"or a table ({', '.join(TABLE_EXTENSIONS)})"
+                f"({', '.join(AUDIO_EXTENSIONS)}), a manifest ({', '.join(TEXT_MANIFESTS + JSON_MANIFESTS)}, "
+                f"Lhotse .jsonl.gz), a table ({', '.join(TABLE_EXTENSIONS)}) or WebDataset shards "
+                f"({', '.join(TAR_EXTENSIONS)})"
             )
     seen: dict[str, Item] = {}
     for item in items:
@@ -87,7 +154,7 @@ def list_items(inputs, audio_column: str = "audio", id_column: str | None = None
 
 
 def _list_directory(root: Path, audio_column: str, id_column: str | None) -> list[Item]:
-    audio, tables = [], []
+    audio, tables, tars = [], [], []
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
         for name in filenames:
@@ -99,10 +166,16 @@ def _list_directory(root: Path, audio_column: str, id_column: str | None) -> lis
                 audio.append(full)
             elif suffix in TABLE_EXTENSIONS:
                 tables.append(full)
+            elif _is_tar(full):
+                tars.append(full)
     if audio:
         rel = sorted((p.relative_to(root).as_posix(), p) for p in audio)
         return [Item(r, str(p.resolve())) for r, p in rel]
     items = []
+    if tars:
+        for _, path in sorted((p.relative_to(root).as_posix(), p) for p in tars):
+            items.extend(list_tar(path))
+        return items
     for rel, path in sorted((p.relative_to(root).as_posix(), p) for p in tables):
         items.extend(_list_table(path, rel, audio_column, id_column))
     return items
@@ -126,23 +199,135 @@ def _list_text_manifest(path: Path) -> list[Item]:
     return items
 
 
+def _json_records(path: Path):
+    """(line number, record) of a .jsonl or .jsonl.gz file, blank lines skipped."""
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    try:
+        with opener(path, "rt", encoding="utf-8") as fh:
+            for lineno, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    yield lineno, json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise InputError(f"{path}:{lineno}: not valid JSON ({exc})") from None
+    except (UnicodeDecodeError, gzip.BadGzipFile, EOFError) as exc:
+        raise InputError(f"{path}: cannot read as {'gzipped ' if opener is gzip.open else ''}UTF-8 JSON lines ({exc})") from None
+
+
+def _lhotse_kind(record) -> str | None:
+    if isinstance(record, dict):
+        if "recording" in record and "start" in record and "duration" in record:
+            return "cuts"
+        if "sources" in record and "sampling_rate" in record:
+            return "recordings"
+    return None
+
+
 def _list_json_manifest(path: Path) -> list[Item]:
+    records = _json_records(path)
+    first = next(records, None)
+    if first is None:
+        return []
+    kind = _lhotse_kind(first[1])
+    if kind is not None:
+        return _list_lhotse(path, kind, [first], records)
     items = []
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InputError(f"{path}:{lineno}: not valid JSON ({exc})") from None
-            audio = None
-            if isinstance(record, dict):
-                audio = next((record[k] for k in ("path", "audio", "file", "audio_filepath") if k in record), None)
-            if not isinstance(audio, str):
-                raise InputError(f"{path}:{lineno}: expected an object with a string 'path' (or 'audio', 'file')")
-            ident = record.get("id", audio)
-            items.append(Item(str(ident), _resolve(path, audio)))
+    for lineno, record in [first, *records]:
+        audio = None
+        if isinstance(record, dict):
+            audio = next((record[k] for k in ("path", "audio", "file", "audio_filepath") if k in record), None)
+        if not isinstance(audio, str):
+            raise InputError(f"{path}:{lineno}: expected an object with a string 'path' (or 'audio', 'file')")
+        ident = record.get("id", audio)
+        if ident is None:
+            raise InputError(f"{path}:{lineno}: 'id' is null; give a string id or leave the key out")
+        items.append(Item(str(ident), _resolve(path, audio)))
+    return items
+
+
+def _lhotse_source(manifest: Path, lineno: int, recording: dict, channel: int) -> tuple[str, int]:
+    """(file, channel within that file) of a Lhotse recording's ``sources`` for ``channel``
+    (-1: the recording's only source, downmixed)."""
+    sources = recording.get("sources")
+    if not isinstance(sources, list) or not sources:
+        raise InputError(f"{manifest}:{lineno}: recording {recording.get('id')!r} has no sources")
+    for source in sources:
+        channels = source.get("channels") or [0]
+        if channel >= 0 and channel not in channels:
+            continue
+        if source.get("type") != "file" or not isinstance(source.get("source"), str):
+            raise InputError(
+                f"{manifest}:{lineno}: recording {recording.get('id')!r} has a {source.get('type')!r} source; "
+                "only 'file' sources are read (convert URL/command/memory/shar sources to files first)"
+            )
+        if channel < 0:
+            if len(sources) > 1:
+                raise InputError(f"{manifest}:{lineno}: recording {recording.get('id')!r} has one source per "
+                                 "channel; tokenize cuts of one channel each")
+            return _resolve(manifest, source["source"]), -1
+        return _resolve(manifest, source["source"]), (channels.index(channel) if len(channels) > 1 else -1)
+    raise InputError(f"{manifest}:{lineno}: recording {recording.get('id')!r} has no source for channel {channel}")
+
+
+def _list_lhotse(path: Path, kind: str, head: list, rest) -> list[Item]:
+    items = []
+    for lineno, record in [*head, *rest]:
+        if _lhotse_kind(record) != kind:
+            raise InputError(f"{path}:{lineno}: not a Lhotse {kind[:-1]} like the lines before it")
+        ident = record.get("id")
+        if not isinstance(ident, str) or not ident:
+            raise InputError(f"{path}:{lineno}: a Lhotse {kind[:-1]} needs a string 'id', got {ident!r}")
+        if kind == "recordings":
+            source, _ = _lhotse_source(path, lineno, record, -1)
+            items.append(Item(ident, source))
+            continue
+        cut_type = record.get("type", "MonoCut")
+        if cut_type != "MonoCut":
+            raise InputError(f"{path}:{lineno}: cut {ident!r} is a {cut_type}; only MonoCut cuts are read")
+        channel = record.get("channel", 0)
+        if not isinstance(channel, int):
+            raise InputError(f"{path}:{lineno}: cut {ident!r} has channel {channel!r}; one channel per cut is read")
+        recording = record["recording"]
+        num_channels = sum(len(s.get("channels") or [0]) for s in recording.get("sources", []))
+        source, file_channel = _lhotse_source(path, lineno, recording, channel if num_channels > 1 else -1)
+        start, duration = float(record["start"]), float(record["duration"])
+        if start < 0 or duration <= 0:
+            raise InputError(f"{path}:{lineno}: cut {ident!r} spans start {start} s, duration {duration} s")
+        items.append(Item(ident, source, start=start, duration=duration, channel=file_channel))
+    return items
+
+
+def list_tar(path: Path) -> list[Item]:
+    """The samples of one WebDataset shard, in member order."""
+    compressed = not path.name.lower().endswith(".tar")
+    samples: dict[str, dict] = {}
+    try:
+        with tarfile.open(path, "r:*") as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                folder, _, base = member.name.rpartition("/")
+                if base.startswith(".") or "." not in base:
+                    continue
+                stem, _, extension = base.partition(".")
+                key = f"{folder}/{stem}" if folder else stem
+                sample = samples.setdefault(key, {})
+                extension = "." + extension.lower()
+                if extension == ".json" and "json" not in sample:
+                    sample["json"] = tar.extractfile(member).read().decode("utf-8", errors="replace")
+                elif extension in AUDIO_EXTENSIONS and "audio" not in sample:
+                    sample["audio"] = member
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise InputError(f"{path}: cannot read as a tar shard ({exc})") from None
+    source = str(path.resolve())
+    items = []
+    for key, sample in samples.items():
+        member = sample.get("audio")
+        if member is None:
+            raise InputError(f"{path}: sample {key!r} has no audio member (extensions {', '.join(AUDIO_EXTENSIONS)})")
+        items.append(Item(key, source, member=member.name, offset=-1 if compressed else member.offset_data,
+                          size=member.size, sidecar=sample.get("json")))
     return items
 
 
@@ -196,13 +381,22 @@ class ItemLoader:
         self._cache_key = None
         self._cache = None
         self._group = None
+        self._tar_stream = None
 
     def __getstate__(self):
-        return {**self.__dict__, "_cache_key": None, "_cache": None, "_group": None}
+        return {**self.__dict__, "_cache_key": None, "_cache": None, "_group": None, "_tar_stream": None}
 
     def load(self, item: Item) -> np.ndarray:
+        if item.member:
+            audio, _ = load_audio(self._tar_member(item), self.sample_rate, max_seconds=self.max_file_seconds,
+                                  name=item.describe())
+            return audio
         if item.row < 0:
-            audio, _ = load_audio(item.source, self.sample_rate, max_seconds=self.max_file_seconds, name=item.source)
+            span = {}
+            if item.start or item.duration >= 0:
+                span = {"offset": item.start, "duration": None if item.duration < 0 else item.duration}
+            audio, _ = load_audio(item.source, self.sample_rate, max_seconds=self.max_file_seconds, name=item.source,
+                                  channel=None if item.channel < 0 else item.channel, **span)
             return audio
         value = self._table_value(item)
         label = item.describe()
@@ -221,6 +415,32 @@ class ItemLoader:
             audio, _ = load_audio(bytes(value), self.sample_rate, max_seconds=self.max_file_seconds, name=label)
             return audio
         raise AudioError(f"{label}: cannot use a {type(value).__name__} as audio (expected bytes, a path or a struct)")
+
+    def _tar_member(self, item: Item) -> bytes:
+        """A shard member's bytes: by seeking in an uncompressed shard, else from a forward-only
+        stream of the compressed one (kept open: a worker's items of a shard come in order)."""
+        if item.offset >= 0:
+            with open(item.source, "rb") as fh:
+                fh.seek(item.offset)
+                data = fh.read(item.size)
+            if len(data) != item.size:
+                raise AudioError(f"{item.describe()}: the shard ends {item.size - len(data)} bytes early")
+            return data
+        if self._tar_stream is None or self._tar_stream[0] != item.source or item.member in self._tar_stream[2]:
+            if self._tar_stream is not None:
+                self._tar_stream[1].close()
+            self._tar_stream = (item.source, tarfile.open(item.source, "r|*"), set())
+        _, tar, passed = self._tar_stream
+        try:
+            for member in tar:
+                passed.add(member.name)
+                if member.name == item.member:
+                    return tar.extractfile(member).read()
+        except (tarfile.TarError, OSError, EOFError) as exc:
+            self._tar_stream = None
+            raise AudioError(f"{item.describe()}: cannot read the shard ({exc})") from None
+        self._tar_stream = None
+        raise AudioError(f"{item.describe()}: no such member in the shard")
 
     def _from_array(self, array, sampling_rate, label: str) -> np.ndarray:
         from ..audio import downmix, resample

@@ -26,6 +26,7 @@ Shard schema (one row per successfully encoded item, in item order):
     num_samples   int64           samples at 16 kHz after decoding, downmixing and resampling
     num_frames    int32           T, code frames (50 per second)
     num_windows   int32           windows the item was encoded in (see batching.py)
+    json          string          a WebDataset sample's JSON sidecar (only with keep_json)
     codes         list<list<int16>>  n_q lists of T codes: codes[q][t] is quantizer q at frame t
 
 The Parquet schema metadata key ``xcodec_fast`` holds JSON: model, bandwidth, num_quantizers,
@@ -79,6 +80,8 @@ def shard_schema(metadata: dict):
         pa.field("num_windows", pa.int32()),
         pa.field("codes", pa.list_(pa.list_(pa.int16()))),
     ]
+    if metadata.get("keep_json"):
+        fields.insert(-1, pa.field("json", pa.string()))
     return pa.schema(fields, metadata={METADATA_KEY: json.dumps(metadata, sort_keys=True).encode()})
 
 
