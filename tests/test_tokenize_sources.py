@@ -163,3 +163,27 @@ def test_lhotse_errors_name_the_line(tmp_path):
     (tmp_path / "latin1.jsonl").write_bytes('{"path": "caf\xe9.wav"}\n'.encode("latin-1"))
     with pytest.raises(InputError, match="latin1.jsonl: cannot read as UTF-8 JSON lines"):
         list_items([tmp_path / "latin1.jsonl"])
+
+
+@pytest.mark.parametrize("layout", ["parquet", "save_to_disk"])
+def test_hugging_face_audio_dataset(model, tmp_path, layout):
+    """A dataset built with `datasets` itself, audio cast to its Audio feature (bytes + path structs)."""
+    datasets = pytest.importorskip("datasets")
+    clips = [_clip(0.5 + 0.25 * i, seed=30 + i) for i in range(3)]
+    table = datasets.Dataset.from_dict({
+        "name": [f"clip{i}" for i in range(3)],
+        "audio": [{"bytes": _encoded(c, "FLAC"), "path": f"clip{i}.flac"} for i, c in enumerate(clips)],
+    }).cast_column("audio", datasets.Audio(sampling_rate=16000, decode=False))
+    if layout == "parquet":
+        source = tmp_path / "data.parquet"
+        table.to_parquet(str(source))
+    else:
+        source = tmp_path / "saved"
+        table.save_to_disk(str(source))
+    out = tmp_path / "out"
+    assert tokenize([source], out, model=model, num_workers=0, progress=False, id_column="name")["ok"] == 3
+    rows = _rows(out)
+    assert rows.column("id").to_pylist() == ["clip0", "clip1", "clip2"]
+    for clip, codes in zip(clips, read_codes(rows)):
+        decoded = sf.read(io.BytesIO(_encoded(clip, "FLAC")), dtype="float32")[0]
+        np.testing.assert_array_equal(codes, _alone(model, decoded))
