@@ -21,3 +21,4 @@ def test_lengths_match_torch(kernel, stride, padding, dilation):
     lengths = torch.tensor([1, 50, 321])
     assert conv_output_length(lengths, kernel, stride, padding, dilation).tolist() == [
         conv_output_length(int(n), kernel, stride, padding, dilation) for n in lengths]
+

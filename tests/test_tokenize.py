@@ -506,3 +506,38 @@ def test_kill_and_resume_gives_identical_shards(tmp_path):
     failed = [json.loads(line)["id"] for line in (out / "errors.jsonl").read_text().splitlines()]
     assert len(ids) == len(set(ids)) and sorted(ids + failed) == sorted(i.id for i in list_items([data]))
     assert not list((out / "shards").glob(".*tmp*"))
+
+
+def test_detokenize_never_overwrites_unless_asked(tmp_path, model):
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("a.wav", "b.wav"):
+        sf.write(data / name, _chirp(16000, 0.6, 1, 3), 16000)
+    original = (data / "a.wav").read_bytes()
+    tokenize([data], tmp_path / "out", model=model, num_workers=0, progress=False)
+    with pytest.raises(FileExistsError, match=r"a.wav exists \(2 of the 2 files to write do\).*--overwrite"):
+        detokenize(tmp_path / "out", data, model=model)
+    assert (data / "a.wav").read_bytes() == original  # nothing was written before the check
+    assert main(["detokenize", str(tmp_path / "out"), "-o", str(data), "--model", "random-tiny"]) == 2
+    written = detokenize(tmp_path / "out", data, model=model, overwrite=True)
+    assert sorted(p.name for p in written) == ["a.wav", "b.wav"] and (data / "a.wav").read_bytes() != original
+
+
+def test_one_writer_per_output_directory(tmp_path, model):
+    from xcodec_fast.tokenize.engine import OutputLock
+
+    data = tmp_path / "data"
+    data.mkdir()
+    sf.write(data / "a.wav", _chirp(16000, 0.5, 1, 1), 16000)
+    out = tmp_path / "out"
+    out.mkdir()
+    holder = OutputLock(out, 0)
+    try:
+        with pytest.raises(RuntimeError, match=rf"{out} is being written by pid {os.getpid()} on .* since .*another --output-dir"):
+            tokenize([data], out, model=model, num_workers=0, progress=False)
+        assert not (out / "tokenize.json").exists()
+        # Another rank's lock is another file: ranks of one torchrun run do not block each other.
+        OutputLock(out, 1).release()
+    finally:
+        holder.release()
+    assert tokenize([data], out, model=model, num_workers=0, progress=False)["ok"] == 1

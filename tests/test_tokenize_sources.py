@@ -187,3 +187,13 @@ def test_hugging_face_audio_dataset(model, tmp_path, layout):
     for clip, codes in zip(clips, read_codes(rows)):
         decoded = sf.read(io.BytesIO(_encoded(clip, "FLAC")), dtype="float32")[0]
         np.testing.assert_array_equal(codes, _alone(model, decoded))
+
+
+def test_directory_walk_survives_symlink_loops(tmp_path):
+    root = tmp_path / "corpus"
+    (root / "a" / "b").mkdir(parents=True)
+    for path in (root / "x.wav", root / "a" / "y.wav", root / "a" / "b" / "z.wav"):
+        sf.write(path, _clip(0.1, seed=1), 16000)
+    (root / "a" / "b" / "loop").symlink_to(root, target_is_directory=True)
+    (root / "again").symlink_to(root / "a", target_is_directory=True)
+    assert [i.id for i in list_items([root])] == ["a/b/z.wav", "a/y.wav", "x.wav"]

@@ -103,6 +103,7 @@ def add_detokenize_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentPar
     _add_model_arguments(p)
     p.add_argument("--ids", nargs="*", default=None, help="only these item ids")
     p.add_argument("--limit", type=int, default=None, help="at most this many items")
+    p.add_argument("--overwrite", action="store_true", help="replace files that already exist in the output directory")
     return p
 
 
@@ -162,11 +163,14 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def detokenize(tokens, output_dir, model=None, ids=None, limit=None, device=None, dtype=None, backend=None) -> list[Path]:
+def detokenize(tokens, output_dir, model=None, ids=None, limit=None, device=None, dtype=None, backend=None,
+               overwrite: bool = False) -> list[Path]:
     """Decode tokenized items back to ``output_dir/<id>.wav``, exactly ``num_samples`` long (the
     decoder's last frame may stop short of it: zero-padded). Each item's codes are decoded as one
     stream (in exact windows: ``XcodecModel.decode``'s chunking). Ids that would share a file name get distinct names
-    (see ``writer.unique_relpaths``); an id found twice is written once. Returns the files written."""
+    (see ``writer.unique_relpaths``); an id found twice is written once. Existing files are never
+    replaced unless ``overwrite`` (checked for every target before anything is decoded: the output
+    directory may be the source audio's). Returns the files written."""
     import pyarrow.parquet as pq
     import torch
 
@@ -190,20 +194,27 @@ def detokenize(tokens, output_dir, model=None, ids=None, limit=None, device=None
         raise FileNotFoundError(f"no token shards found in {', '.join(map(str, tokens))}")
     shards = list(dict.fromkeys(s.resolve() for s in shards))  # a directory and one of its shards: read once
     # Names from every id in the shards, not only the wanted ones: a subset gets the same names.
-    all_ids = [i for shard in shards for i in pq.read_table(shard, columns=["id"]).column("id").to_pylist()]
+    all_ids = [i for shard_ids in _shard_ids(shards) for i in shard_ids]
     # "a/b.wav" -> a/b.wav; other ids get ".wav" appended ("a/b.flac" -> a/b.flac.wav).
     names = unique_relpaths(all_ids, ".wav", keep_own_suffix=True)
-    model, _ = load_model(model, device=device, dtype=dtype, backend=backend)
     wanted = None if ids is None else set(ids)
-    out_dir, written, done = Path(output_dir), [], set()
+    out_dir, written, planned = Path(output_dir), [], {}
+    for shard, shard_ids in zip(shards, _shard_ids(shards)):
+        for ident in shard_ids:
+            if (wanted is None or ident in wanted) and ident not in planned and (limit is None or len(planned) < limit):
+                planned[ident] = shard
+    existing = [out_dir / names[i] for i in planned if (out_dir / names[i]).exists()]
+    if existing and not overwrite:
+        raise FileExistsError(f"{existing[0]} exists ({len(existing)} of the {len(planned)} files to write do); "
+                              "choose another output directory or pass --overwrite")
+    model, _ = load_model(model, device=device, dtype=dtype, backend=backend)
     for shard in shards:
         meta = shard_metadata(shard)
         table = pq.read_table(shard)
         for row, codes in zip(table.select(["id", "num_samples"]).to_pylist(), read_codes(table)):
-            if (wanted is not None and row["id"] not in wanted) or row["id"] in done:
+            if planned.get(row["id"]) != shard:
                 continue
-            if limit is not None and len(written) >= limit:
-                return written
+            planned.pop(row["id"])
             if codes.shape[0] > model.num_quantizers:
                 raise ValueError(f"{shard}: item {row['id']} has {codes.shape[0]} quantizers; the model has {model.num_quantizers}")
             stream = torch.from_numpy(codes.astype("int64"))[None].to(model.device)
@@ -212,15 +223,21 @@ def detokenize(tokens, output_dir, model=None, ids=None, limit=None, device=None
             target = out_dir / names[row["id"]]
             write_wav(target, audio.numpy(), meta["sample_rate"])
             written.append(target)
-            done.add(row["id"])
     return written
+
+
+def _shard_ids(shards):
+    import pyarrow.parquet as pq
+
+    for shard in shards:
+        yield pq.read_table(shard, columns=["id"]).column("id").to_pylist()
 
 
 def run_detokenize(args: argparse.Namespace) -> int:
     try:
         cpu_malloc.apply_from_environment()
         written = detokenize(args.tokens, args.output_dir, model=args.model, ids=args.ids, limit=args.limit,
-                             device=args.device, dtype=args.dtype, backend=args.backend)
+                             device=args.device, dtype=args.dtype, backend=args.backend, overwrite=args.overwrite)
     except (InputError, ValueError, OSError, CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

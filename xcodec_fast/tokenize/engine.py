@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import cpu_malloc
-from ..errors import short_error
+from ..errors import short_error, without_addresses
 from ..loading import load_model
 from .batching import Segment, collate, pack_batches, window_encodes, window_samples
 from .sources import InputError, Item, ItemLoader, list_items
@@ -215,7 +215,7 @@ class _DecodeDataset:
         try:
             return position, self.loader.load(item), None
         except Exception as exc:  # noqa: BLE001 - any decode failure becomes an errors.jsonl entry
-            text = str(exc).strip() or type(exc).__name__
+            text = without_addresses(str(exc)).strip() or type(exc).__name__
             return position, None, text if item.source in text or item.id in text else f"{item.describe()}: {text}"
 
 
@@ -267,6 +267,38 @@ class _Pending:
     windows: int = 0
     codes: dict = field(default_factory=dict)
     error: str | None = None
+
+
+class OutputLock:
+    """One writer per output directory and rank: an exclusive ``flock`` on
+    ``.lock-rank-<rank>`` held for the whole run, released by the kernel if the process dies.
+    A second run fails at once, naming the holder."""
+
+    def __init__(self, output_dir: Path, rank: int):
+        import fcntl
+        import socket
+
+        self.path = output_dir / f".lock-rank-{rank:05d}"
+        self._fh = open(self.path, "a+", encoding="utf-8")
+        try:
+            fcntl.flock(self._fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._fh.seek(0)
+            holder = self._fh.read().strip() or "another process"
+            self._fh.close()
+            raise RuntimeError(
+                f"{output_dir} is being written by {holder} (lock {self.path.name}); wait for that run to "
+                "finish, stop it, or use another --output-dir"
+            ) from None
+        self._fh.seek(0)
+        self._fh.truncate()
+        self._fh.write(f"pid {os.getpid()} on {socket.gethostname()} since "
+                       f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime())}")
+        self._fh.flush()
+
+    def release(self) -> None:
+        if not self._fh.closed:
+            self._fh.close()  # closing drops the flock
 
 
 def _dist_env(rank, world_size):
@@ -477,6 +509,7 @@ def tokenize(
         "model_config": cfg.to_dict(),
         "runtime": runtime_info(model),
     }
+    lock = OutputLock(output_dir, rank)
     group = _Group(world_size)
     try:
         if rank == 0:
@@ -505,6 +538,7 @@ def tokenize(
                      f"(or run: python -m xcodec_fast.tokenize merge {output_dir})")
     finally:
         group.close()
+        lock.release()
     summary["wall_seconds_total"] = time.perf_counter() - wall_start
     return summary
 

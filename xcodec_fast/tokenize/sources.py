@@ -153,10 +153,26 @@ def list_items(inputs, audio_column: str = "audio", id_column: str | None = None
     return items
 
 
+def _identity(folder: Path) -> tuple[int, int]:
+    info = folder.stat()
+    return info.st_dev, info.st_ino
+
+
 def _list_directory(root: Path, audio_column: str, id_column: str | None) -> list[Item]:
     audio, tables, tars = [], [], []
+    # Symlinked folders are followed, each real folder once: a link loop or a second link to the
+    # same folder would list its files again.
+    seen = {_identity(root)}
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        kept = []
+        for d in sorted(dirnames):
+            if d.startswith("."):
+                continue
+            identity = _identity(Path(dirpath) / d)
+            if identity not in seen:
+                seen.add(identity)
+                kept.append(d)
+        dirnames[:] = kept
         for name in filenames:
             suffix = os.path.splitext(name)[1].lower()
             if name.startswith("."):
