@@ -141,8 +141,12 @@ def test_shards_load_with_datasets(tmp_path, model):
     data = tmp_path / "data"
     data.mkdir()
     sf.write(data / "a.wav", _chirp(16000, 0.5, 1, 1), 16000)
-    tokenize([data], tmp_path / "out", model=model, num_workers=0, progress=False, batch_seconds=2, max_seconds=1)
+    for name in ("b.wav", "c.wav"):  # the second shard: every item fails, so it has no rows
+        (data / name).write_bytes(b"not audio")
+    tokenize([data], tmp_path / "out", model=model, num_workers=0, progress=False, batch_seconds=2, max_seconds=1,
+             shard_size=1)
     index, _ = _rows(tmp_path / "out")
+    assert [s["rows"] for s in index["shards"]] == [1, 0, 0]
     files = [str(tmp_path / "out" / s["file"]) for s in index["shards"]]
     loaded = datasets.load_dataset("parquet", data_files=files, split="train")
     assert loaded.num_rows == 1 and np.array(loaded[0]["codes"]).shape == (8, 25)

@@ -108,7 +108,12 @@ def write_shard(path: Path, rows: list[dict], metadata: dict) -> None:
     arrays = [pa.array(columns[f.name], f.type) if f.name != "codes" else codes_array([r["codes"] for r in rows]) for f in schema]
     table = pa.Table.from_arrays(arrays, schema=schema)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    pq.write_table(table, tmp, compression="zstd")
+    if rows:
+        pq.write_table(table, tmp, compression="zstd")
+    else:
+        # No row group at all: an empty one makes datasets.load_dataset fail on the whole set
+        # ("BatchSize must be greater than 0").
+        pq.ParquetWriter(tmp, schema, compression="zstd").close()
     with open(tmp, "rb+") as fh:
         os.fsync(fh.fileno())
     os.replace(tmp, path)
