@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from .loading import DEFAULT_MODEL
+from .ops.backend import BackendUnavailableError
 
 
 
@@ -86,8 +87,12 @@ def _read_codes(path: str):
 
     try:
         codes = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise SystemExit(f"error: cannot read codes from {path}: {exc}") from None
+    except (OSError, ValueError, EOFError) as exc:
+        raise SystemExit(f"error: cannot read codes from {path}: {exc or 'empty file'}") from None
+    if not isinstance(codes, np.ndarray):  # an .npz archive
+        codes.close()
+        raise SystemExit(f"error: {path} is an .npz archive; decode takes one array saved with np.save "
+                         "(what 'xcodec-fast encode' writes)")
     if not np.issubdtype(codes.dtype, np.integer):
         raise SystemExit(f"error: {path} holds {codes.dtype} values; codes must be integers")
     if codes.ndim == 2:
@@ -317,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
 
             cpu_malloc.apply_from_environment()
         return int(args.func(args) or 0)
-    except (ValueError, TypeError, FileNotFoundError, OSError) as exc:
+    except (ValueError, TypeError, FileNotFoundError, OSError, BackendUnavailableError) as exc:
         _say(f"error: {exc}")
         return 2
 

@@ -44,6 +44,24 @@ def _load_default(**kwargs):
         return XcodecModel.from_pretrained(DEFAULT_MODEL, **kwargs)
 
 
+def check_device(device) -> None:
+    """A device this torch can use, or a ValueError that says what to pass instead."""
+    if device is None:
+        return
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"--device {device!r} is not a device ({short_error(exc, with_type=False)}); "
+                         "pass cpu, cuda or cuda:N") from None
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {device}: this machine's torch has no CUDA device; pass --device cpu")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {device}: there are only {torch.cuda.device_count()} CUDA device(s)")
+    elif parsed.type != "cpu":
+        raise ValueError(f"--device {device}: only cpu and cuda devices are supported")
+
+
 def load_model(spec=None, device=None, dtype=None, backend=None, random_fallback: bool = False,
                fallback_config: XcodecConfig | None = None):
     """(model, model_id). ``spec``: None (the default checkpoint), a hub id or local directory, an
@@ -51,6 +69,7 @@ def load_model(spec=None, device=None, dtype=None, backend=None, random_fallback
     checkpoint that cannot be had becomes a random-weight model of ``fallback_config``, said loudly."""
     from .modeling.codec import XcodecModel
 
+    check_device(device)
     if isinstance(spec, torch.nn.Module):
         model, model_id = spec, getattr(spec, "name_or_path", None) or "in-memory-model"
     elif spec in RANDOM_MODELS:

@@ -27,7 +27,8 @@ from pathlib import Path
 from .. import cpu_malloc
 from ..hub import CheckpointError
 from ..loading import DEFAULT_MODEL, load_model
-from .engine import BatchEncoder, RuntimeMismatch, SettingsMismatch, merge, tokenize
+from ..ops.backend import BackendUnavailableError
+from .engine import BatchEncoder, OutputInUse, RuntimeMismatch, SettingsMismatch, merge, tokenize
 from .sources import InputError, Item, list_items
 from .writer import atomic_write_json, read_codes, unique_relpaths
 
@@ -145,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
             retry_failed=args.retry_failed,
             force_resume=args.force_resume,
         )
-    except (InputError, SettingsMismatch, ValueError, OSError, CheckpointError) as exc:
+    except (InputError, SettingsMismatch, ValueError, OSError, CheckpointError, OutputInUse, BackendUnavailableError) as exc:
         # OSError: a model that cannot be had (not cached while offline, no such repo) among others.
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -238,7 +239,7 @@ def run_detokenize(args: argparse.Namespace) -> int:
         cpu_malloc.apply_from_environment()
         written = detokenize(args.tokens, args.output_dir, model=args.model, ids=args.ids, limit=args.limit,
                              device=args.device, dtype=args.dtype, backend=args.backend, overwrite=args.overwrite)
-    except (InputError, ValueError, OSError, CheckpointError) as exc:
+    except (InputError, ValueError, OSError, CheckpointError, BackendUnavailableError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"wrote {len(written)} files under {args.output_dir}", file=sys.stderr)

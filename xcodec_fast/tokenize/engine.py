@@ -269,6 +269,10 @@ class _Pending:
     error: str | None = None
 
 
+class OutputInUse(RuntimeError):
+    """Another run holds the output directory."""
+
+
 class OutputLock:
     """One writer per output directory and rank: an exclusive ``flock`` on
     ``.lock-rank-<rank>`` held for the whole run, released by the kernel if the process dies.
@@ -286,7 +290,7 @@ class OutputLock:
             self._fh.seek(0)
             holder = self._fh.read().strip() or "another process"
             self._fh.close()
-            raise RuntimeError(
+            raise OutputInUse(
                 f"{output_dir} is being written by {holder} (lock {self.path.name}); wait for that run to "
                 "finish, stop it, or use another --output-dir"
             ) from None
@@ -474,6 +478,8 @@ def tokenize(
     wall_start = time.perf_counter()
     rank, world_size = _dist_env(rank, world_size)
     if threads is not None:
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            raise ValueError(f"--threads must be a positive integer, got {threads!r}")
         torch.set_num_threads(threads)
     if shard_size < 1:
         raise ValueError(f"shard_size must be at least 1, got {shard_size}")
