@@ -545,3 +545,59 @@ def test_one_writer_per_output_directory(tmp_path, model):
     finally:
         holder.release()
     assert tokenize([data], out, model=model, num_workers=0, progress=False)["ok"] == 1
+
+
+def test_resume_verifies_the_shards_it_keeps(tmp_path, model, capsys):
+    """A finished shard is kept only if its file still holds what the journal says was written:
+    a damaged page, or another shard's file copied over it, is redone (same row count both times)."""
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(4):
+        sf.write(data / f"{i}.wav", _chirp(16000, 0.4 + 0.1 * i, 1, i), 16000)
+    out = tmp_path / "out"
+    kw = dict(model=model, shard_size=2, num_workers=0, progress=False)
+    tokenize([data], out, **kw)
+    shards = sorted((out / "shards").glob("*.parquet"))
+    clean = {p.name: p.read_bytes() for p in shards}
+    entries = [json.loads(line) for line in (out / "journal" / "rank-00000.jsonl").read_text().splitlines()]
+    assert all(len(e["sha256"]) == 64 and len(e["ids_sha256"]) == 64 for e in entries)
+
+    shards[1].write_bytes(clean[shards[0].name])  # shard 0's file over shard 1 (2 rows each)
+    damaged = bytearray(clean[shards[0].name])
+    damaged[len(damaged) // 3] ^= 0xFF  # a flipped byte inside the data pages
+    shards[0].write_bytes(bytes(damaged))
+    capsys.readouterr()
+    assert tokenize([data], out, **kw)["items_this_run"] == 4
+    err = capsys.readouterr().err
+    assert "shard-00001-of-00002.parquet is redone: its item ids are not the ones written" in err
+    assert "shard-00000-of-00002.parquet is redone" in err
+    assert {p.name: p.read_bytes() for p in shards} == clean
+    assert tokenize([data], out, **kw)["items_this_run"] == 0  # verified now: nothing to redo
+
+
+def test_the_weights_are_part_of_the_run(tmp_path, model, capsys):
+    data = tmp_path / "data"
+    data.mkdir()
+    sf.write(data / "a.wav", _chirp(16000, 0.5, 1, 1), 16000)
+    out = tmp_path / "out"
+    kw = dict(num_workers=0, progress=False)
+    tokenize([data], out, model=model, **kw)
+    other = XcodecModel.from_random(tiny_config(), seed=99)  # same config, other weights
+    with pytest.raises(SettingsMismatch, match="weights_sha256: was .*--force-resume"):
+        tokenize([data], out, model=other, **kw)
+    assert tokenize([data], out, model=other, force_resume=True, **kw)["items_this_run"] == 0
+    with pytest.raises(ValueError, match="encoded with other weights.*--allow-other-weights"):
+        detokenize(out, tmp_path / "wav", model=other)
+    assert len(detokenize(out, tmp_path / "wav", model=other, allow_other_weights=True)) == 1
+    assert len(detokenize(out, tmp_path / "wav2", model=model)) == 1
+
+
+def test_a_damaged_settings_file_is_named(tmp_path, model):
+    data = tmp_path / "data"
+    data.mkdir()
+    sf.write(data / "a.wav", _chirp(16000, 0.5, 1, 1), 16000)
+    out = tmp_path / "out"
+    tokenize([data], out, model=model, num_workers=0, progress=False)
+    (out / "tokenize.json").write_text("{ not json")
+    with pytest.raises(SettingsMismatch, match=r"tokenize.json is damaged .*--overwrite"):
+        tokenize([data], out, model=model, num_workers=0, progress=False)

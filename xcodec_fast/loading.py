@@ -97,3 +97,16 @@ def load_model(spec=None, device=None, dtype=None, backend=None, random_fallback
     if dtype not in (None, "auto"):
         model = model.to(getattr(torch, dtype) if isinstance(dtype, str) else dtype)
     return model, model_id
+
+
+def weights_fingerprint(model) -> str:
+    """sha256 over the model's parameters and persistent buffers (names, dtypes, shapes, bytes):
+    the same for the same weights however they were loaded, different for any other weights."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        tensor = tensor.detach().to("cpu").contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()

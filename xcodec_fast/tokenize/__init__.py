@@ -26,7 +26,7 @@ from pathlib import Path
 
 from .. import cpu_malloc
 from ..hub import CheckpointError
-from ..loading import DEFAULT_MODEL, load_model
+from ..loading import DEFAULT_MODEL, load_model, weights_fingerprint
 from ..ops.backend import BackendUnavailableError
 from .engine import BatchEncoder, OutputInUse, RuntimeMismatch, SettingsMismatch, merge, tokenize
 from .sources import InputError, Item, list_items
@@ -89,7 +89,7 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="on resume, encode the items in errors.jsonl again (e.g. fixed files); their shards are rewritten")
     p.add_argument("--force-resume", action="store_true",
                    help="resume although device, dtype, backend, --threads or torch differ from the recorded run "
-                   "(shards written before and after may differ at float near-ties)")
+                   "(shards written before and after may differ at float near-ties), or the weights do")
     p.add_argument("--json-summary", default=None, metavar="PATH",
                    help="also write this run's summary (throughput, model busy vs wall, runtime) to PATH; "
                    "ranks other than 0 write PATH with -rank-<r> before the suffix")
@@ -105,6 +105,8 @@ def add_detokenize_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentPar
     p.add_argument("--ids", nargs="*", default=None, help="only these item ids")
     p.add_argument("--limit", type=int, default=None, help="at most this many items")
     p.add_argument("--overwrite", action="store_true", help="replace files that already exist in the output directory")
+    p.add_argument("--allow-other-weights", action="store_true",
+                   help="decode shards that were encoded with other weights than the model's")
     return p
 
 
@@ -165,13 +167,15 @@ def run(args: argparse.Namespace) -> int:
 
 
 def detokenize(tokens, output_dir, model=None, ids=None, limit=None, device=None, dtype=None, backend=None,
-               overwrite: bool = False) -> list[Path]:
+               overwrite: bool = False, allow_other_weights: bool = False) -> list[Path]:
     """Decode tokenized items back to ``output_dir/<id>.wav``, exactly ``num_samples`` long (the
     decoder's last frame may stop short of it: zero-padded). Each item's codes are decoded as one
     stream (in exact windows: ``XcodecModel.decode``'s chunking). Ids that would share a file name get distinct names
     (see ``writer.unique_relpaths``); an id found twice is written once. Existing files are never
     replaced unless ``overwrite`` (checked for every target before anything is decoded: the output
-    directory may be the source audio's). Returns the files written."""
+    directory may be the source audio's). Shards record the weights they were encoded with
+    (``weights_sha256``); decoding them with other weights is refused unless ``allow_other_weights``.
+    Returns the files written."""
     import pyarrow.parquet as pq
     import torch
 
@@ -208,7 +212,14 @@ def detokenize(tokens, output_dir, model=None, ids=None, limit=None, device=None
     if existing and not overwrite:
         raise FileExistsError(f"{existing[0]} exists ({len(existing)} of the {len(planned)} files to write do); "
                               "choose another output directory or pass --overwrite")
-    model, _ = load_model(model, device=device, dtype=dtype, backend=backend)
+    model, model_id = load_model(model, device=device, dtype=dtype, backend=backend)
+    fingerprint = weights_fingerprint(model)
+    for shard in shards:
+        recorded = shard_metadata(shard).get("weights_sha256")
+        if recorded is not None and recorded != fingerprint and not allow_other_weights:
+            raise ValueError(f"{shard} was encoded with other weights than {model_id}'s (weights_sha256 "
+                             f"{recorded[:12]}... vs {fingerprint[:12]}...): its codes mean nothing to this model; pass "
+                             "the model that encoded it, or --allow-other-weights")
     for shard in shards:
         meta = shard_metadata(shard)
         table = pq.read_table(shard)
@@ -238,7 +249,8 @@ def run_detokenize(args: argparse.Namespace) -> int:
     try:
         cpu_malloc.apply_from_environment()
         written = detokenize(args.tokens, args.output_dir, model=args.model, ids=args.ids, limit=args.limit,
-                             device=args.device, dtype=args.dtype, backend=args.backend, overwrite=args.overwrite)
+                             device=args.device, dtype=args.dtype, backend=args.backend, overwrite=args.overwrite,
+                             allow_other_weights=args.allow_other_weights)
     except (InputError, ValueError, OSError, CheckpointError, BackendUnavailableError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -24,13 +24,15 @@ import numpy as np
 
 from .. import cpu_malloc
 from ..errors import short_error, without_addresses
-from ..loading import load_model
+from ..loading import load_model, weights_fingerprint
 from .batching import Segment, collate, pack_batches, window_encodes, window_samples
 from .sources import InputError, Item, ItemLoader, list_items
 from .writer import (
     Journal,
     atomic_write_json,
     completed_shards,
+    file_sha256,
+    ids_sha256,
     read_codes,
     shard_name,
     unique_relpaths,
@@ -41,7 +43,7 @@ from .writer import (
 
 # Settings that shape the output: a rerun into the same directory must repeat them exactly.
 _OUTPUT_SETTINGS = ("model", "bandwidth", "num_quantizers", "window_samples", "context_frames", "shard_size", "keep_json",
-                    "audio_column",
+                    "weights_sha256", "audio_column",
                     "id_column", "max_file_seconds", "inputs", "version", "model_config")
 
 
@@ -357,13 +359,23 @@ def _prepare(output_dir: Path, settings: dict, inputs, audio_column, id_column, 
         for tmp in output_dir.glob(".*.tmp-*"):
             tmp.unlink(missing_ok=True)
     if settings_path.exists() and not overwrite:
-        saved = json.loads(settings_path.read_text(encoding="utf-8"))
+        try:
+            saved = json.loads(settings_path.read_text(encoding="utf-8"))
+            if not isinstance(saved, dict):
+                raise ValueError(f"holds a {type(saved).__name__}, not an object")
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise SettingsMismatch(f"{settings_path} is damaged ({short_error(exc, with_type=False)}); "
+                                   "use a new --output-dir, or --overwrite to start this one again") from None
         diff = [k for k in _OUTPUT_SETTINGS if saved.get(k) != settings.get(k)]
+        if force_resume and diff == ["weights_sha256"]:
+            _say(f"warning: {output_dir} was written with other weights; resuming as --force-resume asks")
+            diff = []
         if diff:
             details = "; ".join(f"{k}: was {saved.get(k)!r}, now {settings.get(k)!r}" for k in diff if k != "model_config")
             raise SettingsMismatch(
                 f"{output_dir} holds a run with other settings ({details or 'model config differs'}); "
                 "rerun with the same settings to resume, or use a new --output-dir"
+                + ("; other weights (weights_sha256) can be forced with --force-resume" if diff == ["weights_sha256"] else "")
             )
         was, now = saved.get("runtime") or {}, settings["runtime"]
         changed = [k for k in now if was.get(k) != now[k]]
@@ -513,6 +525,7 @@ def tokenize(
         "inputs": [str(Path(p).resolve()) for p in ([inputs] if isinstance(inputs, (str, os.PathLike)) else inputs)],
         "version": __version__,
         "model_config": cfg.to_dict(),
+        "weights_sha256": weights_fingerprint(model),
         "runtime": runtime_info(model),
     }
     lock = OutputLock(output_dir, rank)
@@ -559,8 +572,13 @@ def _run_rank(items, output_dir, settings, model, rank, world_size, window, batc
 
     shard_size = settings["shard_size"]
     num_shards = math.ceil(len(items) / shard_size)
-    done = completed_shards(output_dir, num_shards)
     mine = [k for k in range(num_shards) if k % world_size == rank]
+
+    def warn(shard: int, why: str) -> None:
+        if shard % world_size == rank:  # each rank speaks of its own shards
+            _say(f"warning: {why}")
+
+    done = completed_shards(output_dir, num_shards, warn=warn)
     # Finished shards with failures: with --retry-failed only their failed items are encoded again,
     # and the shard is rewritten (atomically) with the old rows plus the retried ones, in item order.
     retry = {k: {e["id"] for e in done[k]["errors"]} for k in mine if k in done and done[k]["failed"]} if retry_failed else {}
@@ -585,7 +603,7 @@ def _run_rank(items, output_dir, settings, model, rank, world_size, window, batc
     shard_left = {k: len(retry[k]) if k in retry else len(ranges[k]) for k in todo}
     shard_meta_base = {key: settings[key] for key in ("model", "bandwidth", "num_quantizers", "sample_rate", "frame_rate",
                                                       "hop_length", "codebook_size", "window_samples", "context_frames", "keep_json",
-                                                      "version", "model_config")}
+                                                      "weights_sha256", "version", "model_config")}
     sr, hop = settings["sample_rate"], settings["hop_length"]
     encoder = BatchEncoder(model, bandwidth, int(batch_seconds * sr) // hop * hop, max_batch_items,
                            window_samples=window, context_frames=settings["context_frames"])
@@ -637,7 +655,8 @@ def _run_rank(items, output_dir, settings, model, rank, world_size, window, batc
             rows = sorted(_shard_rows(output_dir / "shards" / done[k]["file"]) + rows, key=lambda r: order[r["id"]])
         name = shard_name(k, num_shards)
         write_shard(output_dir / "shards" / name, rows, {**shard_meta_base, "shard": k, "num_shards": num_shards})
-        journal.append({"shard": k, "file": name, "rows": len(rows), "failed": len(errors), "errors": errors,
+        digests = {"sha256": file_sha256(output_dir / "shards" / name), "ids_sha256": ids_sha256(r["id"] for r in rows)}
+        journal.append({"shard": k, "file": name, "rows": len(rows), "failed": len(errors), "errors": errors, **digests,
                         "audio_seconds": sum(r["duration"] for r in rows), "num_frames": sum(r["num_frames"] for r in rows)})
         stats["shards"] += 1
         for p in members:

@@ -204,7 +204,34 @@ def _journal_entries(output_dir: Path) -> list[dict]:
     return out
 
 
-def completed_shards(output_dir: Path, num_shards: int) -> dict[int, dict]:
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def ids_sha256(ids) -> str:
+    """Digest of an ordered id list (ids may hold any character: each is length-prefixed)."""
+    digest = hashlib.sha256()
+    for ident in ids:
+        raw = ident.encode("utf-8", "surrogatepass")
+        digest.update(len(raw).to_bytes(8, "little") + raw)
+    return digest.hexdigest()
+
+
+def shard_digests(path: Path) -> dict:
+    """What the journal records of a written shard, and what a resume checks it against."""
+    import pyarrow.parquet as pq
+
+    return {"sha256": file_sha256(path), "ids_sha256": ids_sha256(pq.read_table(path, columns=["id"]).column("id").to_pylist())}
+
+
+def completed_shards(output_dir: Path, num_shards: int, warn=None) -> dict[int, dict]:
+    """Journaled shards whose file still holds what was written: the row count, and (entries of
+    this version on) the file's sha256 and its ids. Anything else is redone; ``warn(shard, why)``
+    is told why."""
     import pyarrow.parquet as pq
 
     done = {}
@@ -213,10 +240,20 @@ def completed_shards(output_dir: Path, num_shards: int) -> dict[int, dict]:
             continue
         path = output_dir / "shards" / entry["file"]
         try:
-            if pq.read_metadata(path).num_rows == entry["rows"]:
-                done[shard] = entry
-        except (OSError, ValueError):
-            pass  # missing or damaged: redo it
+            if pq.read_metadata(path).num_rows != entry["rows"]:
+                raise ValueError(f"{entry['rows']} rows journaled, the file holds {pq.read_metadata(path).num_rows}")
+            if "sha256" in entry:
+                found = shard_digests(path)
+                if found["ids_sha256"] != entry["ids_sha256"]:
+                    raise ValueError("its item ids are not the ones written (another shard's file?)")
+                if found["sha256"] != entry["sha256"]:
+                    raise ValueError("its content differs from what was written (damaged?)")
+            done[shard] = entry
+        except FileNotFoundError:
+            pass  # never finished, or removed: redo it
+        except (OSError, ValueError) as exc:
+            if warn is not None:
+                warn(shard, f"{path.name} is redone: {exc}")
     return done
 
 
