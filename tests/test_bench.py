@@ -227,3 +227,17 @@ def test_long_results_render_between_their_markers(tmp_path):
     unmarked = tmp_path / "plain.md"
     unmarked.write_text("none\n")
     assert not report.render_long(unmarked, tmp_path) and unmarked.read_text() == "none\n"
+
+
+def test_results_older_than_the_kernels_are_marked_stale(monkeypatch):
+    code, head = report._git("rev-parse", "HEAD")
+    if code != 0:
+        pytest.skip("not a git checkout")
+    _, last_kernel_change = report._git("log", "-1", "--format=%H", "--", *report.KERNEL_SOURCES)
+    assert report.staleness({"git": {"commit": head}}) is None
+    code, before = report._git("rev-parse", f"{last_kernel_change}~1")
+    if code != 0:
+        pytest.skip("shallow clone: the commit before the last kernel change is not here")
+    assert "the kernels changed in" in report.staleness({"git": {"commit": before}})
+    assert "not in this checkout's history" in report.staleness({"git": {"commit": "0" * 40}})
+    assert report.staleness({"git": {}}) is None

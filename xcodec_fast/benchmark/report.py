@@ -211,8 +211,40 @@ def backend_notes(result: dict) -> str:
     )
 
 
+KERNEL_SOURCES = ("kernels", "xcodec_fast/ops")
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _git(*args: str) -> tuple[int, str]:
+    import subprocess
+
+    try:
+        proc = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.SubprocessError):
+        return -1, ""
+    return proc.returncode, proc.stdout.strip()
+
+
+def staleness(result: dict) -> str | None:
+    """Why a stored result no longer describes the kernels in this checkout, or None: the last
+    commit that changed ``kernels/`` or ``xcodec_fast/ops/`` must be the result's commit or an
+    ancestor of it."""
+    commit = (result.get("git") or {}).get("commit")
+    code, last = _git("log", "-1", "--format=%H", "--", *KERNEL_SOURCES)
+    if not commit or code != 0 or not last:
+        return None  # no git here, or a result without a commit: nothing to compare
+    code, _ = _git("merge-base", "--is-ancestor", last, commit)
+    if code == 0:
+        return None
+    if code == 1:
+        return f"the kernels changed in {last[:10]}, after this result's commit {commit[:10]}"
+    return f"this result's commit {commit[:10]} is not in this checkout's history"
+
+
 def summary_markdown(result: dict) -> str:
-    return "\n\n".join([machine_line(result), backend_notes(result), kernel_summary(result), e2e_table(result)])
+    why = staleness(result)
+    warning = [f"**STALE**: {why}; rerun `xcodec-fast bench` on this machine."] if why else []
+    return "\n\n".join(warning + [machine_line(result), backend_notes(result), kernel_summary(result), e2e_table(result)])
 
 
 # ---- stored results -> README ------------------------------------------------------------------
