@@ -7,6 +7,7 @@ import random
 import pytest
 import torch
 
+import tolerances
 import xcodec_fast
 from xcodec_fast import XcodecModel
 from xcodec_fast.config import XcodecConfig, tiny_config
@@ -15,10 +16,7 @@ from xcodec_fast.modeling.chunking import plan_windows
 torch.set_num_threads(1)
 
 BACKENDS = [name for name in ("eager", "native") if xcodec_fast.ops.availability(name)[0]]
-# Chunked vs whole, relative to the whole decode's peak. oneDNN's and MKL's summation order depends
-# on a call's width on some CPUs, so a window is not bit-identical to the same frames of the whole
-# stream; measured up to 6e-7 (tiny) and 2.4e-6 (full size) on a 2-core VM. See the README.
-CHUNK_REL_TOL = {"eager": 5e-6, "native": 5e-6, "triton": 5e-6}
+CHUNK_REL_TOL = tolerances.CHUNKED_DECODE  # relative to the whole decode's peak; why: tests/tolerances.py
 
 
 @pytest.fixture(scope="module")

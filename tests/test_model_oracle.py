@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import tolerances
 from near_ties import check_near_ties
 from oracle import SEMANTIC_VARIANTS, make_hf_model, random_audio, save_hf, tiny_variant
 from xcodec_fast import XcodecModel, use_backend
@@ -16,14 +17,14 @@ LENGTHS = [16000, 16001, 15999, 321, 48000]
 VARIANT_IDS = ["-".join(str(p) for p in v) for v in SEMANTIC_VARIANTS]
 
 
-def assert_audio_close(ours: torch.Tensor, reference: torch.Tensor, rel: float = 1e-5) -> None:
+def assert_audio_close(ours: torch.Tensor, reference: torch.Tensor, rel: float = tolerances.AUDIO_VS_REFERENCE) -> None:
     assert ours.shape == reference.shape
     scale = reference.abs().max().clamp_min(1e-3)
     error = (ours - reference).abs().max()
     assert error <= rel * scale, f"max error {error.item():.3g} > {rel} x scale {scale.item():.3g}"
 
 
-TIE_TOL = 2e-5  # fp32 near tie, relative to |r|^2 + max|e|^2 (as in tests/ops/test_triton_rvq.py)
+TIE_TOL = tolerances.TIE[torch.float32]
 
 
 def encode_with_embeddings(model, audio, **kwargs):

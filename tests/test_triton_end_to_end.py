@@ -13,6 +13,7 @@ import math
 import pytest
 import torch
 
+import tolerances
 import xcodec_fast.ops as ops
 from xcodec_fast.config import XcodecConfig, tiny_config
 from xcodec_fast.modeling import XcodecModel
@@ -29,7 +30,7 @@ if not ops.availability("triton", DEVICE)[0]:
 BATCH, SECONDS = (2, 10.0) if CUDA else (1, 0.2)
 HALF_DTYPES = [torch.float16] + ([torch.bfloat16] if CUDA else [])
 TRITON_OPS = ("snake", "residual_unit", "snake_conv1d", "snake_conv_transpose1d", "rvq_encode", "dequantize_project")
-TIE_TOL = 2e-5  # fp32 near tie, relative to |r|^2 + max|e|^2 (as in tests/ops/test_triton_rvq.py)
+TIE_TOL = tolerances.TIE[torch.float32]
 MAX_FP32_MISMATCH = 0.01
 
 

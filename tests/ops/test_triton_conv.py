@@ -11,6 +11,7 @@ import torch
 
 pytest.importorskip("triton")
 
+import tolerances  # noqa: E402
 from xcodec_fast import ops  # noqa: E402
 from xcodec_fast.ops import eager  # noqa: E402
 from xcodec_fast.ops.triton import conv  # noqa: E402
@@ -19,7 +20,7 @@ CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"
 DTYPES = [torch.float32, torch.float16] + ([torch.bfloat16] if CUDA else [])
 # Max |error| allowed, as a fraction of the reference's largest magnitude.
-TOL = {torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 5e-2}
+TOL = tolerances.TRITON_CONV
 
 # (channels, frames): odd sizes, channels not a power of two.
 RU_SHAPES = [(3, 1), (3, 7), (3, 321), (16, 7), (24, 7)] if not CUDA else [
