@@ -601,3 +601,57 @@ def test_a_damaged_settings_file_is_named(tmp_path, model):
     (out / "tokenize.json").write_text("{ not json")
     with pytest.raises(SettingsMismatch, match=r"tokenize.json is damaged .*--overwrite"):
         tokenize([data], out, model=model, num_workers=0, progress=False)
+
+
+def test_resume_says_when_the_inputs_changed(tmp_path, model, capsys):
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("a.wav", "b.wav"):
+        sf.write(data / name, _chirp(16000, 0.4, 1, 2), 16000)
+    (data / "c.m4a").write_bytes(b"\x00\x00\x00 ftypM4A ")  # an extension soundfile cannot read
+    out = tmp_path / "out"
+    kw = dict(model=model, num_workers=0, progress=False)
+    summary = tokenize([data], out, **kw)
+    errors = [json.loads(line) for line in (out / "errors.jsonl").read_text().splitlines()]
+    assert summary["ok"] == 2 and [e["id"] for e in errors] == ["c.m4a"]
+    assert "soundfile cannot decode .m4a audio; convert it first" in errors[0]["reason"]
+    sf.write(data / "new.wav", _chirp(16000, 0.4, 1, 3), 16000)
+    capsys.readouterr()
+    assert tokenize([data], out, **kw)["items_this_run"] == 0
+    err = capsys.readouterr().err
+    assert "1 items were added to the inputs since this run began (e.g. 'new.wav')" in err and "--overwrite" in err
+
+
+def test_a_first_attempt_that_wrote_nothing_does_not_fix_the_settings(tmp_path, model, monkeypatch):
+    import xcodec_fast.tokenize.engine as engine
+
+    data = tmp_path / "data"
+    data.mkdir()
+    sf.write(data / "a.wav", _chirp(16000, 0.4, 1, 2), 16000)
+    out = tmp_path / "out"
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt  # killed before any shard was finished
+
+    with monkeypatch.context() as patch:
+        patch.setattr(engine, "_run_rank", crash)
+        with pytest.raises(KeyboardInterrupt):
+            tokenize([data], out, model=model, num_workers=0, progress=False, bandwidth=2.0)
+    assert (out / "tokenize.json").exists()
+    summary = tokenize([data], out, model=model, num_workers=0, progress=False, bandwidth=1.0)
+    assert summary["ok"] == 1 and json.loads((out / "tokenize.json").read_text())["bandwidth"] == 1.0
+
+
+def test_npy_on_a_finished_run_writes_every_item(tmp_path, model):
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(3):
+        sf.write(data / f"{i}.wav", _chirp(16000, 0.3 + 0.1 * i, 1, i), 16000)
+    out = tmp_path / "out"
+    kw = dict(model=model, num_workers=0, progress=False, shard_size=2)
+    tokenize([data], out, **kw)
+    assert not (out / "npy").exists()
+    tokenize([data], out, npy=True, **kw)
+    table = pa.concat_tables(_rows(out)[1])
+    for row, codes in zip(table.to_pylist(), read_codes(table)):
+        np.testing.assert_array_equal(np.load(out / "npy" / (row["id"] + ".npy")), codes)

@@ -358,6 +358,12 @@ def _prepare(output_dir: Path, settings: dict, inputs, audio_column, id_column, 
         # Temp files of a killed run (tokenize.json, items.parquet, index.json, errors.jsonl: rank 0's).
         for tmp in output_dir.glob(".*.tmp-*"):
             tmp.unlink(missing_ok=True)
+    nothing_written = not any((output_dir / "journal").glob("rank-*.jsonl")) and not any(
+        (output_dir / "shards").glob("*.parquet"))
+    if settings_path.exists() and not overwrite and owner and nothing_written:
+        # A first attempt that failed before finishing a shard fixes nothing: start afresh.
+        _say(f"note: {output_dir} holds no finished shard of its earlier run; starting with this run's settings")
+        overwrite = True
     if settings_path.exists() and not overwrite:
         try:
             saved = json.loads(settings_path.read_text(encoding="utf-8"))
@@ -391,7 +397,10 @@ def _prepare(output_dir: Path, settings: dict, inputs, audio_column, id_column, 
             # Forced: keep the first runtime for later checks and record that the output is mixed.
             resumed = saved.get("resumed_with_other_runtime", []) + [now]
             atomic_write_json(settings_path, {**saved, "resumed_with_other_runtime": resumed})
-        return _read_items(items_path)
+        items = _read_items(items_path)
+        if owner:
+            _report_changed_inputs(output_dir, items, inputs, audio_column, id_column)
+        return items
     if overwrite:
         for stale in ("journal", "shards", ".tmp-npy"):
             for path in sorted((output_dir / stale).glob("*")) if (output_dir / stale).is_dir() else []:
@@ -405,6 +414,24 @@ def _prepare(output_dir: Path, settings: dict, inputs, audio_column, id_column, 
     os.replace(tmp, items_path)
     atomic_write_json(settings_path, {**settings, "num_items": len(items)})
     return items
+
+
+def _report_changed_inputs(output_dir: Path, items: list[Item], inputs, audio_column, id_column) -> None:
+    """A resume keeps the item list of the first run; say so when the inputs have changed since."""
+    try:
+        now = list_items(inputs, audio_column=audio_column, id_column=id_column)
+    except InputError as exc:
+        _say(f"warning: the inputs cannot be listed now ({exc}); resuming with the {len(items)} items of the first run")
+        return
+    frozen = {i.id for i in items}
+    added = [i.id for i in now if i.id not in frozen]
+    gone = len(frozen - {i.id for i in now})
+    if added:
+        _say(f"warning: {len(added)} items were added to the inputs since this run began (e.g. {added[0]!r}); "
+             f"a resume keeps the first run's {len(items)} items. Tokenize the new ones into another "
+             "--output-dir, or pass --overwrite to start again with all of them")
+    if gone:
+        _say(f"warning: {gone} items of this run are no longer in the inputs; they will be reported as errors if not done")
 
 
 def _item_columns() -> dict:
@@ -711,6 +738,14 @@ def _run_rank(items, output_dir, settings, model, rank, world_size, window, batc
     leftover = [k for k, n in shard_left.items() if n]
     if leftover:
         raise RuntimeError(f"internal error: shards {leftover[:5]} did not finish")
+    if npy:
+        # Shards finished by earlier runs (perhaps without --npy): their items' files too.
+        for k in (k for k in mine if k in done and k not in todo):
+            path = output_dir / "shards" / done[k]["file"]
+            for row in _shard_rows(path):
+                target = output_dir / "npy" / npy_paths[row["id"]]
+                if not target.exists():
+                    write_npy(target, row["codes"], npy_tmp / f"{k:05d}-{os.getpid()}.npy.tmp")
 
     wall = time.perf_counter() - wall_start
     audio_s = stats["audio_seconds"]

@@ -46,6 +46,8 @@ TEXT_MANIFESTS = (".txt", ".lst", ".list", ".tsv", ".scp")
 JSON_MANIFESTS = (".jsonl", ".ndjson")
 TABLE_EXTENSIONS = (".parquet", ".arrow")
 TAR_EXTENSIONS = (".tar", ".tar.gz", ".tgz")
+# Audio that soundfile (libsndfile) cannot decode: listed, so each one is reported, not skipped.
+UNREADABLE_AUDIO = (".m4a", ".aac", ".mp4", ".wma", ".amr", ".ape", ".webm", ".mka", ".ac3")
 
 
 class InputError(ValueError):
@@ -178,7 +180,7 @@ def _list_directory(root: Path, audio_column: str, id_column: str | None) -> lis
             if name.startswith("."):
                 continue
             full = Path(dirpath) / name
-            if suffix in AUDIO_EXTENSIONS:
+            if suffix in AUDIO_EXTENSIONS or suffix in UNREADABLE_AUDIO:
                 audio.append(full)
             elif suffix in TABLE_EXTENSIONS:
                 tables.append(full)
@@ -407,6 +409,10 @@ class ItemLoader:
             audio, _ = load_audio(self._tar_member(item), self.sample_rate, max_seconds=self.max_file_seconds,
                                   name=item.describe())
             return audio
+        if item.row < 0 and item.source.lower().endswith(UNREADABLE_AUDIO):
+            suffix = os.path.splitext(item.source)[1]
+            raise AudioError(f"{item.source}: soundfile cannot decode {suffix} audio; convert it first "
+                             f"(e.g. ffmpeg -i in{suffix} out.flac)")
         if item.row < 0:
             span = {}
             if item.start or item.duration >= 0:
