@@ -197,3 +197,13 @@ def test_directory_walk_survives_symlink_loops(tmp_path):
     (root / "a" / "b" / "loop").symlink_to(root, target_is_directory=True)
     (root / "again").symlink_to(root / "a", target_is_directory=True)
     assert [i.id for i in list_items([root])] == ["a/b/z.wav", "a/y.wav", "x.wav"]
+
+
+def test_null_ids_are_named(tmp_path):
+    table = pa.table({"name": ["a", None], "audio": [b"x", b"y"]})
+    pq.write_table(table, tmp_path / "t.parquet")
+    with pytest.raises(InputError, match=r"t.parquet row 1: the id column 'name' is null"):
+        list_items([tmp_path / "t.parquet"], id_column="name")
+    (tmp_path / "m.jsonl").write_text('{"path": "a.wav", "id": "a"}\n{"path": "b.wav", "id": null}\n')
+    with pytest.raises(InputError, match=r"m.jsonl:2: 'id' is null"):
+        list_items([tmp_path / "m.jsonl"])

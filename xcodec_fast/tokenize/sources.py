@@ -385,6 +385,8 @@ def _list_table(path: Path, rel: str, audio_column: str, id_column: str | None) 
     if id_column not in schema.names:
         raise InputError(f"{path} has no id column {id_column!r} (columns: {schema.names})")
     ids = (table.read(columns=[id_column]) if hasattr(table, "schema_arrow") else table).column(id_column).to_pylist()
+    if None in ids:
+        raise InputError(f"{path} row {ids.index(None)}: the id column {id_column!r} is null; every row needs an id")
     return [Item(str(ident), source, row) for row, ident in enumerate(ids)]
 
 
