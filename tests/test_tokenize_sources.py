@@ -207,3 +207,9 @@ def test_null_ids_are_named(tmp_path):
     (tmp_path / "m.jsonl").write_text('{"path": "a.wav", "id": "a"}\n{"path": "b.wav", "id": null}\n')
     with pytest.raises(InputError, match=r"m.jsonl:2: 'id' is null"):
         list_items([tmp_path / "m.jsonl"])
+
+
+def test_a_non_utf8_text_manifest_is_named(tmp_path):
+    (tmp_path / "list.txt").write_bytes("caf\xe9.wav\n".encode("latin-1"))
+    with pytest.raises(InputError, match=r"list.txt: not UTF-8 text"):
+        list_items([tmp_path / "list.txt"])

@@ -200,6 +200,13 @@ def _list_directory(root: Path, audio_column: str, id_column: str | None) -> lis
 
 
 def _list_text_manifest(path: Path) -> list[Item]:
+    try:
+        return _read_text_manifest(path)
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path}: not UTF-8 text ({exc}); save the manifest as UTF-8") from None
+
+
+def _read_text_manifest(path: Path) -> list[Item]:
     items = []
     with open(path, encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, 1):
