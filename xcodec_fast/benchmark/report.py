@@ -308,14 +308,14 @@ def long_markdown(result: dict) -> str:
     commit = (g.get("commit") or "unknown")[:10] + ("+dirty" if g.get("dirty") else "")
     parts = [f"**{m['id']}** ({m['cpu']}, {m['cpu_cores']} cores, {result['threads']} threads; "
              f"{result['created'][:10]}, commit {commit}; {result['config']}). Peak memory is the process's "
-             "peak resident set (`VmHWM`), each row in a fresh process; 'added' is above the peak after "
-             "loading the model and a warm-up call."]
+             "peak resident set (`VmHWM`), each row in a fresh process; 'added' is the call's own peak above the "
+             "resident set after loading the model, the input and a warm-up call."]
     rows = [[r["task"], _fmt(r["minutes"], "g"), "whole" if r["chunk_frames"] is None else str(r["chunk_frames"]),
              _fmt(r.get("seconds"), ".1f"), _fmt(r.get("realtime_factor"), ".2f"), _mb(r.get("peak_rss_mb")),
-             _mb(r.get("added_peak_mb")), r.get("error", "")[:80]]
+             _mb(r.get("added_peak_mb")), (r.get("error") or r.get("note") or "")[:160]]
             for r in result.get("lengths", [])]
     if rows:
-        parts.append(_table(["call", "minutes", "chunk (frames)", "s", "× real time", "peak MB", "added MB", "error"], rows))
+        parts.append(_table(["call", "minutes", "chunk (frames)", "s", "× real time", "peak MB", "added MB", "note"], rows))
     rows = [[str(r["chunk_frames"]), _fmt(r.get("seconds"), ".1f"), _fmt(r.get("realtime_factor"), ".2f"),
              _mb(r.get("added_peak_mb"))] for r in result.get("decode_chunk_sweep", [])]
     if rows:
