@@ -67,7 +67,9 @@ def test_reuse_serves_large_tensors_from_the_heap():
     )
     first_mmapped, second_mmapped, kept = map(int, out.split())
     assert first_mmapped == 0 and second_mmapped == 0  # served from the heap
-    assert kept >= 64 << 20  # and kept there once freed: the next tensor finds its pages mapped
+    # And kept there once freed: the next tensor finds its pages mapped. The heap grows by 64 MiB
+    # less the free space it already had at its top (seen: 188 KiB); trimmed, it would shrink back.
+    assert kept >= (64 << 20) - (1 << 20)
 
 
 def test_command_line_applies_it_unless_told_not_to(tmp_path):

@@ -425,8 +425,8 @@ class XcodecModel(nn.Module):
         hop = self.config.hop_length
         audio = None
         for window, piece in self.decode_windows(codes, chunk, lengths):
-            if window.low == 0 and window.high == codes.shape[-1]:
-                return piece
+            if window.start == 0 and window.end == codes.shape[-1]:
+                return piece  # one window: the whole decode, no copy
             if audio is None:
                 audio = piece.new_empty(codes.shape[0], 1, hop * codes.shape[-1])
             audio[..., window.start * hop : window.end * hop] = piece
