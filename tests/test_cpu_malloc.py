@@ -7,6 +7,7 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -45,8 +46,9 @@ PROBE = textwrap.dedent(
 def run(code: str, env_extra: dict | None = None) -> str:
     env = {k: v for k, v in os.environ.items() if k != "XCODEC_FAST_CPU_MALLOC"}
     env.update(env_extra or {}, PYTHONPATH=str(REPO))
-    result = subprocess.run([sys.executable, "-c", PROBE + textwrap.dedent(code)], env=env, capture_output=True,
-                            text=True, timeout=120)
+    with tempfile.TemporaryDirectory() as scratch:  # whatever the code writes stays out of the checkout
+        result = subprocess.run([sys.executable, "-c", PROBE + textwrap.dedent(code)], env=env, capture_output=True,
+                                text=True, timeout=120, cwd=scratch)
     assert result.returncode == 0, result.stderr
     return result.stdout.strip()
 
