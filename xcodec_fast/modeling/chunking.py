@@ -18,7 +18,7 @@ from torch import Tensor
 
 from ..cuda_graphs import GraphedFunction
 
-__all__ = ["Window", "plan_windows", "DecodeStream"]
+__all__ = ["Window", "plan_windows", "frame_count", "DecodeStream"]
 
 
 class Window(NamedTuple):
@@ -40,9 +40,11 @@ def plan_windows(total: int, chunk: int, left: int, right: int) -> Iterator[Wind
         yield Window(max(0, start - left), start, end, min(total, end + right))
 
 
-def _positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
+def frame_count(name: str, value, minimum: int = 1) -> int:
+    """A caller's frame-count argument (``chunk_frames``, ``context_frames``), checked."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        kind = "a positive int" if minimum == 1 else f"an int >= {minimum}"
+        raise ValueError(f"{name} must be {kind} or None, got {value!r}")
     return value
 
 
@@ -62,7 +64,7 @@ class DecodeStream:
 
     def __init__(self, model, chunk_frames: int | None = None, cuda_graph: bool = False):
         self.model = model
-        self.chunk_frames = None if chunk_frames is None else _positive_int("chunk_frames", chunk_frames)
+        self.chunk_frames = None if chunk_frames is None else frame_count("chunk_frames", chunk_frames)
         if cuda_graph and self.chunk_frames is None:
             raise ValueError("cuda_graph=True needs a fixed chunk_frames (one window shape to capture)")
         if cuda_graph and model.device.type != "cuda":

@@ -20,7 +20,7 @@ from ..cuda_graphs import CudaGraphCodec
 from ..config import XcodecConfig
 from .acoustic import DacDecoder, DacEncoder, zero_beyond
 from .adapter import SemanticDecoder, SemanticEncoder
-from .chunking import DecodeStream, Window, plan_windows
+from .chunking import DecodeStream, Window, frame_count, plan_windows
 from .outputs import XcodecDecoderOutput, XcodecEncoderOutput, XcodecOutput
 from .quantizer import ResidualVectorQuantizer
 from .semantic import SemanticModel
@@ -44,18 +44,11 @@ def _torch_conv_length(length: int, conv: nn.Conv1d) -> int:
     return int(numerator / conv.stride[0] + 1)
 
 
-def _frames(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        kind = "a positive int" if minimum == 1 else f"an int >= {minimum}"
-        raise ValueError(f"{name} must be {kind} or None, got {value!r}")
-    return value
-
-
 def _chunk_size(chunk_frames, total_frames: int, default: int) -> int:
     """Frames per window: the caller's, or ``default`` for streams longer than it, or all."""
     if chunk_frames is None:
         return total_frames if total_frames <= default else default
-    return min(_frames("chunk_frames", chunk_frames, 1), total_frames)
+    return min(frame_count("chunk_frames", chunk_frames), total_frames)
 
 
 class XcodecModel(nn.Module):
@@ -240,7 +233,7 @@ class XcodecModel(nn.Module):
                 self.check_length(audio.shape[-1])
                 total = self.code_frames(audio.shape[-1])
                 chunk = _chunk_size(chunk_frames, total, ENCODE_CHUNK_FRAMES)
-                context = ENCODE_CONTEXT_FRAMES if context_frames is None else _frames("context_frames", context_frames, 0)
+                context = ENCODE_CONTEXT_FRAMES if context_frames is None else frame_count("context_frames", context_frames, 0)
                 if chunk >= total:
                     codes = self.quantize(self.encode_latent(audio), num_quantizers)
                 else:

@@ -31,9 +31,8 @@ from .writer import (
     Journal,
     atomic_write_json,
     completed_shards,
-    file_sha256,
-    ids_sha256,
     read_codes,
+    shard_digests,
     shard_name,
     unique_relpaths,
     write_index,
@@ -573,7 +572,8 @@ def tokenize(
         group.barrier()
         if rank == 0 and merge:
             num_shards = math.ceil(len(items) / shard_size)
-            done = completed_shards(output_dir, num_shards)
+            # Verified at this run's start or written by it, under the lock: no need to hash them again.
+            done = completed_shards(output_dir, num_shards, verify=False)
             if len(done) == num_shards:
                 saved = {**settings, "num_items": len(items)}
                 summary["index"] = str(output_dir / "index.json")
@@ -682,7 +682,7 @@ def _run_rank(items, output_dir, settings, model, rank, world_size, window, batc
             rows = sorted(_shard_rows(output_dir / "shards" / done[k]["file"]) + rows, key=lambda r: order[r["id"]])
         name = shard_name(k, num_shards)
         write_shard(output_dir / "shards" / name, rows, {**shard_meta_base, "shard": k, "num_shards": num_shards})
-        digests = {"sha256": file_sha256(output_dir / "shards" / name), "ids_sha256": ids_sha256(r["id"] for r in rows)}
+        digests = shard_digests(output_dir / "shards" / name)  # what a resume checks it against
         journal.append({"shard": k, "file": name, "rows": len(rows), "failed": len(errors), "errors": errors, **digests,
                         "audio_seconds": sum(r["duration"] for r in rows), "num_frames": sum(r["num_frames"] for r in rows)})
         stats["shards"] += 1
