@@ -17,7 +17,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -265,8 +265,7 @@ class _Pending:
     item: Item
     shard: int
     num_samples: int = 0
-    windows: int = 0
-    codes: dict = field(default_factory=dict)
+    codes: np.ndarray | None = None
     error: str | None = None
 
 
@@ -645,8 +644,6 @@ def _run_rank(items, output_dir, settings, model, rank, world_size, window, batc
     wall_start = time.perf_counter()
 
     def finish_item(p: _Pending) -> None:
-        if p.error is None and len(p.codes) < p.windows:
-            return
         bar.update(1)
         if p.error is None:
             stats["ok"] += 1
@@ -667,12 +664,12 @@ def _run_rank(items, output_dir, settings, model, rank, world_size, window, batc
             if p.error is not None:
                 errors.append({"id": p.item.id, "source": p.item.source, "row": p.item.row, "reason": p.error})
                 continue
-            codes = np.concatenate([p.codes[w] for w in range(p.windows)], axis=1)
+            codes = p.codes
             rows.append({"id": p.item.id, "source": p.item.source, "row": p.item.row, "duration": p.num_samples / sr,
                          "num_samples": p.num_samples, "num_frames": codes.shape[1],
                          "num_windows": window_encodes(codes.shape[1], window // hop) if p.num_samples > window else 1,
                          "json": p.item.sidecar, "codes": codes})
-            p.codes = {}
+            p.codes = None
         if npy:
             for r in rows:
                 write_npy(output_dir / "npy" / npy_paths[r["id"]], r["codes"],
@@ -687,7 +684,7 @@ def _run_rank(items, output_dir, settings, model, rank, world_size, window, batc
                         "audio_seconds": sum(r["duration"] for r in rows), "num_frames": sum(r["num_frames"] for r in rows)})
         stats["shards"] += 1
         for p in members:
-            p.codes = {}
+            p.codes = None
         for e in errors:
             bar.write(f"failed: {e['id']}: {e['reason']}", file=sys.stderr)
 
@@ -706,13 +703,10 @@ def _run_rank(items, output_dir, settings, model, rank, world_size, window, batc
             for seg, out in zip(batch, encoder.encode(batch)):
                 p = pending[seg.key]
                 if isinstance(out, str):
-                    already_failed = p.error is not None
-                    p.error = p.error or (f"window {seg.index}: {out}" if p.windows > 1 else out)
-                    if not already_failed:
-                        finish_item(p)
-                elif p.error is None:
-                    p.codes[seg.index] = out
-                    finish_item(p)
+                    p.error = out
+                else:
+                    p.codes = out
+                finish_item(p)
         buffer, buffered = [], 0
 
     load_wait = 0.0
@@ -726,7 +720,6 @@ def _run_rank(items, output_dir, settings, model, rank, world_size, window, batc
         else:
             p.num_samples = len(audio)
             segment = Segment(position, 0, audio)
-            p.windows = 1
             buffer.append(segment)
             buffered += segment.length
             if buffered >= flush_at:

@@ -69,7 +69,7 @@ class XcodecTokenizeBatch:
         values = list(columns[self.audio_column])
         rates = list(columns[self.sampling_rate_column]) if self.sampling_rate_column else [None] * len(values)
         n = len(values)
-        errors, lengths, windows = [""] * n, [0] * n, [0] * n
+        errors, lengths = [""] * n, [0] * n
         segments = []
         for row, (value, rate) in enumerate(zip(values, rates)):
             try:
@@ -78,22 +78,21 @@ class XcodecTokenizeBatch:
                 errors[row] = str(exc) or type(exc).__name__
                 continue
             lengths[row] = len(audio)
-            windows[row] = 1
             segments.append(Segment(row, 0, audio))
-        pieces: dict[int, dict[int, np.ndarray]] = {}
+        encoded: dict[int, np.ndarray] = {}
         for group in self.encoder.pack(segments):
             for seg, out in zip(group, self.encoder.encode(group)):
                 if isinstance(out, str):
                     errors[seg.key] = errors[seg.key] or out
                 else:
-                    pieces.setdefault(seg.key, {})[seg.index] = out
+                    encoded[seg.key] = out
         n_q = self.encoder.model.config.num_quantizers_for_bandwidth(self.encoder.bandwidth)
         codes = np.empty(n, dtype=object)
         for row in range(n):
             if errors[row]:
                 codes[row] = np.zeros((n_q, 0), np.int16)
             else:
-                codes[row] = np.concatenate([pieces[row][w] for w in range(windows[row])], axis=1)
+                codes[row] = encoded[row]
         out = {k: v for k, v in columns.items() if k != self.audio_column}
         out.update(
             codes=codes,
