@@ -12,6 +12,7 @@ import torch
 from xcodec_fast import benchmark, ops
 from xcodec_fast.benchmark import cases, report
 from xcodec_fast.config import XcodecConfig, tiny_config
+from xcodec_fast.lengths import conv_output_length
 
 ALL_OPS = set(ops.OPS)
 
@@ -175,7 +176,7 @@ def test_cost_model_counts_bytes_and_flops():
     conv = cases.Site(
         "snake_conv1d", "x", dict(in_channels=4, out_channels=6, frames=40, kernel=4, stride=2, padding=1)
     )
-    t_out = cases.conv_out_len(40, 4, 2, 1)
+    t_out = conv_output_length(40, 4, 2, 1)
     assert (
         t_out == torch.nn.functional.conv1d(torch.zeros(1, 4, 40), torch.zeros(6, 4, 4), stride=2, padding=1).shape[-1]
     )

@@ -12,6 +12,10 @@ TIE = {torch.float32: 2e-5, torch.float16: 4e-3, torch.bfloat16: 3e-2}
 # Triton convolutions against a float64 reference, relative to the output's scale.
 TRITON_CONV = {torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 5e-2}
 
+# TF32 dots (fp32 convs on a GPU while torch.backends.cudnn.allow_tf32 is on): 10-bit mantissa
+# operands, fp32 accumulation.
+TRITON_CONV_TF32 = 5e-3
+
 # Decoded audio against transformers' (or eager's), relative to its peak: every backend, fp32.
 AUDIO_VS_REFERENCE = 1e-5
 

@@ -22,7 +22,7 @@ import xcodec_fast.ops as ops  # noqa: E402
 if not ops.availability("triton", "cuda" if torch.cuda.is_available() else "cpu")[0]:
     pytest.skip("triton backend unavailable", allow_module_level=True)
 
-from xcodec_fast.ops.triton import _compile, rvq, snake  # noqa: E402
+from xcodec_fast.ops.triton import _compile, _launch, _math, conv, gather_sum, residual_unit, rvq_encode, snake  # noqa: E402,E501
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ARCHS = (90, 80)
@@ -67,8 +67,9 @@ def test_kernel_compiles_without_spills(compiled, cfg, arch):
         assert r["tensor_core"] > 0, f"{cfg.name} on sm_{arch}: no HMMA/HGMMA; ops {r['ops']}"
 
 
-def _record_launches(monkeypatch, kernels):
-    """Wrap each kernel's run() to record (kernel, pointer dtypes, constexprs, num_warps)."""
+def _record_launches(monkeypatch, kernels, execute=True):
+    """Wrap each kernel's run() to record (kernel, pointer dtypes, constexprs, num_warps, num_stages);
+    with execute=False the kernel does not run (launch plans on meta tensors of any size)."""
     seen = []
     for kernel in kernels:
         run = kernel.run
@@ -77,17 +78,17 @@ def _record_launches(monkeypatch, kernels):
         def wrapper(*args, _run=run, _kernel=kernel, _names=names, **kwargs):
             ptrs = {n: "*" + _compile.TRITON_TYPES[a.dtype] for n, a in zip(_names, args) if isinstance(a, torch.Tensor)}
             consts = {k: v for k, v in kwargs.items() if k in _names}
-            seen.append((_kernel, ptrs, consts, kwargs.get("num_warps", 4)))
-            return _run(*args, **kwargs)
+            seen.append((_kernel, ptrs, consts, kwargs.get("num_warps", 4), kwargs.get("num_stages", 3)))
+            return _run(*args, **kwargs) if execute else None
 
         monkeypatch.setattr(kernel, "run", wrapper)
     return seen
 
 
 def _covered(launch) -> bool:
-    kernel, ptrs, consts, warps = launch
+    kernel, ptrs, consts, warps, stages = launch
     for c in CONFIGS:
-        if c.kernel is not kernel or c.num_warps != warps:
+        if c.kernel is not kernel or c.num_warps != warps or c.num_stages != stages:
             continue
         if all(c.signature[n] == t for n, t in ptrs.items()) and all(c.constexprs.get(k) == v for k, v in consts.items()):
             return True
@@ -95,28 +96,64 @@ def _covered(launch) -> bool:
 
 
 def test_configs_cover_what_the_launchers_run(monkeypatch):
-    """The compile check is only as good as its configs: run the ops at several sizes and check
-    that every launch (dtypes, constexprs, warps) is one of the registered configs."""
-    dev = "cuda" if torch.cuda.is_available() else "cpu"
-    seen = _record_launches(monkeypatch, [snake._snake_kernel, rvq._rvq_encode_kernel, rvq._gather_sum_kernel])
-    dtypes = [torch.float32, torch.float16] + ([torch.bfloat16] if dev == "cuda" else [])
-    with ops.use_backend("triton"):
-        for dt in dtypes:
-            for t in (1, 300, 2000):
-                x = torch.randn(1, 2, t, device=dev, dtype=dt)
-                alpha = torch.ones(2, device=dev, dtype=dt)
-                ops.snake(x, alpha)
-                ops.add_snake(x, x, alpha)
-            cb = torch.randn(2, 20, 16, device=dev, dtype=dt)
-            for t in (1, 40):
-                x = torch.randn(1, 16, t, device=dev, dtype=dt)
-                codes = ops.rvq_encode(x, cb, cb.float().pow(2).sum(-1), 2)
-                ops.rvq_decode(codes, cb)
-                w = torch.randn(8, 16, device=dev, dtype=dt)
-                ops.dequantize_project(codes, cb, w, torch.zeros(8, device=dev, dtype=dt))
-                ops.dequantize_project(codes, cb, w, torch.zeros(8, device=dev, dtype=dt),
-                                       torch.matmul(cb, w.t()))
-                ops.dequantize_project(codes, cb, w, None)
+    """The compile check is only as good as its configs: plan the snake and RVQ launches at several
+    sizes, in every dtype and frame tile, as a GPU would (meta tensors, kernels not run), and check
+    that every launch (dtypes, constexprs, warps, stages) is one of the registered configs."""
+    seen = _record_launches(monkeypatch, [snake._snake_kernel, rvq_encode._rvq_encode_kernel,
+                                          gather_sum._gather_sum_kernel], execute=False)
+    monkeypatch.setattr(_math, "fast_sin", lambda x: x.dtype != torch.float32)
+    for dt in (torch.float32, torch.float16, torch.bfloat16):
+        meta = lambda *shape, dtype=dt: torch.empty(*shape, device="meta", dtype=dtype)  # noqa: E731
+        for t in (1, 300, 2000):
+            snake._launch(meta(1, 2, t), None, meta(2))
+            snake._launch(meta(1, 2, t), meta(1, 2, t), meta(2))
+        cb = meta(8, 1024, 1024)
+        for block_t in rvq_encode.ENCODE_TILES[dt][2]:
+            monkeypatch.setattr(rvq_encode, "_encode_block_t", lambda *args, bt=block_t: bt)
+            rvq_encode._encode(meta(2, 1024, 75), cb, meta(8, 1024, dtype=torch.float32), 8)
+        codes = meta(2, 8, 75, dtype=torch.long)
+        gather_sum._decode(codes, cb)
+        for bias in (None, meta(256)):
+            gather_sum._dequantize_project(codes, cb, meta(256, 1024), bias, None)  # fp32 projected table
+            gather_sum._dequantize_project(codes, cb, meta(256, 1024), bias, meta(8, 1024, 256))
     assert seen
-    missing = [(_compile.kernel_name(k), p, c, w) for k, p, c, w in seen if not _covered((k, p, c, w))]
+    missing = [(_compile.kernel_name(launch[0]), *launch[1:]) for launch in seen if not _covered(launch)]
     assert not missing, f"launches without a compile config: {missing}"
+
+
+def test_configs_cover_every_conv_launch_of_the_default_model(monkeypatch):
+    """Plan (not run) every conv launch of the published model's sites on meta tensors, as a GPU
+    would: each math mode, half precision with MUFU sin, and inputs long enough (2^31 elements)
+    to need 64-bit offsets. Every planned launch must have a compile config."""
+    seen = _record_launches(monkeypatch, [conv._snake_conv1d_kernel, residual_unit._residual_unit_fused_kernel],
+                            execute=False)
+    monkeypatch.setattr(_math, "fast_sin", lambda x: x.dtype != torch.float32)
+    wide = 0
+    for dtype, precision in _launch.MATH_MODES:
+        monkeypatch.setattr(_math, "conv_dot_precision", lambda x, p=precision: p)
+        for site in _launch.default_model_sites():
+            p = site.params
+            for long_input in (False, True):
+                meta = lambda *shape: torch.empty(*shape, device="meta", dtype=dtype)  # noqa: E731
+                if site.op == "snake_conv1d":
+                    c_in, c_out, k = p["in_channels"], p["out_channels"], p["kernel"]
+                    frames = _launch.INT32_LIMIT // c_in + 1 if long_input else 4 * k
+                    conv.snake_conv1d_launch(meta(1, c_in, frames), meta(c_in), meta(c_out, c_in, k), meta(c_out),
+                                             p["stride"], p["padding"])
+                elif site.op == "residual_unit":
+                    c = p["channels"]
+                    frames = _launch.INT32_LIMIT // c + 1 if long_input else 100
+                    residual_unit.residual_unit_launch(meta(1, c, frames), meta(c), meta(c, c, 7), meta(c), 3, meta(c),
+                                                       meta(c, c, 1), meta(c))
+                wide += long_input
+    assert seen and any(consts["INT64"] for _, _, consts, _, _ in seen) and wide
+    missing = [(_compile.kernel_name(launch[0]), *launch[1:]) for launch in seen if not _covered(launch)]
+    assert not missing, f"launches without a compile config: {missing}"
+
+
+def test_int64_offsets_only_past_int32():
+    """The 64-bit variant runs exactly when some tensor of the launch reaches 2^31 elements."""
+    below = torch.empty(1, 64, _launch.INT32_LIMIT // 64 - 1, device="meta")
+    at = torch.empty(1, 64, _launch.INT32_LIMIT // 64, device="meta")
+    assert not _launch.needs_int64_offsets(below, None)
+    assert _launch.needs_int64_offsets(below, at)

@@ -13,8 +13,9 @@ pytest.importorskip("triton")
 
 import tolerances  # noqa: E402
 from xcodec_fast import ops  # noqa: E402
+from xcodec_fast.config import XcodecConfig  # noqa: E402
 from xcodec_fast.ops import eager  # noqa: E402
-from xcodec_fast.ops.triton import conv  # noqa: E402
+from xcodec_fast.ops.triton import conv, residual_unit  # noqa: E402
 
 CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"
@@ -29,6 +30,12 @@ CONV_CHANNELS = [(3, 5), (16, 24)] if not CUDA else [(3, 5), (64, 128), (256, 51
 CONV_FRAMES = [9, 40] if not CUDA else [9, 321, 16000]
 TCONV_CHANNELS = [(5, 3), (24, 16)] if not CUDA else [(5, 3), (128, 64), (1024, 512)]
 TCONV_FRAMES = [1, 7] if not CUDA else [1, 7, 2001]
+
+
+@pytest.fixture(autouse=True)
+def ieee_fp32(monkeypatch):
+    """The parity tests hold fp32 to IEEE; TF32 (torch's default for convs) has its own test below."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
 
 
 def _gen(seed):
@@ -77,14 +84,14 @@ def test_residual_unit_matches_eager(fused, c, t, dilation, dtype):
     if fused and c > 128:
         pytest.skip("the fused kernel holds all C output rows of a T block: it is only launched for small C")
     args = _residual_inputs(c, t, dilation, dtype, seed=c * 1000 + t + dilation)
-    out = conv.residual_unit_launch(*args, fused=fused)
+    out = residual_unit.residual_unit_launch(*args, fused=fused)
     _check(out, _oracle(eager.residual_unit, args), dtype)
 
 
 @pytest.mark.parametrize("fused", [True, False], ids=["fused", "two_kernel"])
 def test_residual_unit_without_bias(fused):
     args = _residual_inputs(16, 7, 3, torch.float32, seed=5, bias=False)
-    _check(conv.residual_unit_launch(*args, fused=fused), eager.residual_unit(*args), torch.float32)
+    _check(residual_unit.residual_unit_launch(*args, fused=fused), eager.residual_unit(*args), torch.float32)
 
 
 def test_residual_unit_through_dispatch_and_custom_op():
@@ -93,7 +100,7 @@ def test_residual_unit_through_dispatch_and_custom_op():
         assert ops.implementation("residual_unit", args[0].device)[0] == "triton"
         out = ops.residual_unit(*args)
     _check(out, eager.residual_unit(*args), torch.float32)
-    torch.testing.assert_close(torch.ops.xcodec_fast.residual_unit(*args), out, atol=0, rtol=0)
+    torch.testing.assert_close(torch.ops.xcodec_fast_triton.residual_unit(*args), out, atol=0, rtol=0)
 
 
 def test_residual_unit_non_contiguous_input():
@@ -185,17 +192,103 @@ def test_custom_ops_fake_shapes():
 
     with FakeTensorMode():
         x = torch.empty(2, 16, 50)
-        out = torch.ops.xcodec_fast.residual_unit(x, torch.empty(16), torch.empty(16, 16, 7), None, 3,
+        out = torch.ops.xcodec_fast_triton.residual_unit(x, torch.empty(16), torch.empty(16, 16, 7), None, 3,
                                                   torch.empty(16), torch.empty(16, 16, 1), None)
         assert out.shape == (2, 16, 50)
-        down = torch.ops.xcodec_fast.snake_conv1d(x, torch.empty(16), torch.empty(32, 16, 10), None, 5, 3)
+        down = torch.ops.xcodec_fast_triton.snake_conv1d(x, torch.empty(16), torch.empty(32, 16, 10), None, 5, 3)
         assert down.shape == (2, 32, 10)
-        up = torch.ops.xcodec_fast.snake_conv_transpose1d(x, torch.empty(16), torch.empty(16, 8, 10), None, 5, 3, 1)
+        up = torch.ops.xcodec_fast_triton.snake_conv_transpose1d(x, torch.empty(16), torch.empty(16, 8, 10), None, 5, 3, 1)
         assert up.shape == (2, 8, 250)
 
 
-def test_compile_configs_cover_every_launch_path():
-    names = [c.name for c in conv.COMPILE_CONFIGS]
-    for part in ("residual_unit_fused", "k7_snake_in_out", "k1_residual", "down_s8_k16"):
-        for dtype in ("float32", "float16", "bfloat16"):
-            assert any(part in n and dtype in n for n in names), (part, dtype)
+def test_compile_configs_cover_every_site_of_the_default_model():
+    """What the launchers pick at every conv site of the published model's config, in every math
+    mode and offset width, is among the compile configs (launch-level check: test_triton_compile.py)."""
+    from xcodec_fast.ops.triton._launch import MATH_MODES, config_key
+    from xcodec_fast.sites import model_sites
+
+    compiled = {config_key(c) for c in conv.COMPILE_CONFIGS + residual_unit.COMPILE_CONFIGS}
+    sites = 0
+    for site in model_sites(XcodecConfig(), 16_000, dilations=(1,)):
+        p = site.params
+        for dtype, precision in MATH_MODES:
+            for int64 in (False, True):
+                if site.op == "snake_conv1d":
+                    wanted = [conv.conv_compile_config("site", dtype, p["out_channels"], p["in_channels"], p["kernel"],
+                                                       True, False, False, precision, int64)]
+                elif site.op == "residual_unit":
+                    wanted = residual_unit._site_configs(p["channels"], dtype, precision, int64)
+                else:
+                    continue
+                sites += 1
+                for cfg in wanted:
+                    assert config_key(cfg) in compiled, (site, cfg.name)
+    assert sites == 13 * len(MATH_MODES) * 2  # 6 conv sites + 7 residual-unit sites (encoder and decoder)
+
+
+def test_conv_dots_follow_torchs_tf32_switch(monkeypatch):
+    """fp32 CUDA convs use TF32 exactly while torch lets cuDNN do so; CPU tensors and half dtypes
+    never do (the interpreter computes every dot in full fp32, so only the switch is testable here)."""
+    from types import SimpleNamespace
+
+    from xcodec_fast.ops.triton import _math
+
+    cuda32 = SimpleNamespace(dtype=torch.float32, device=torch.device("cuda"))
+    cuda16 = SimpleNamespace(dtype=torch.float16, device=torch.device("cuda"))
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    assert _math.conv_dot_precision(cuda32) == "tf32" and _math.math_mode(cuda32) == "tf32"
+    assert _math.conv_dot_precision(cuda16) == "ieee" and _math.math_mode(cuda16) == "fp16"
+    assert _math.conv_dot_precision(torch.zeros(1)) == "ieee"
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    assert _math.conv_dot_precision(cuda32) == "ieee" and _math.math_mode(cuda32) == "ieee"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "two_kernel"])
+@pytest.mark.parametrize("c,t", [(64, 16001), (512, 1001)])
+def test_tf32_residual_unit_agreement(c, t, fused, monkeypatch):
+    """With torch's default (cudnn.allow_tf32 on) fp32 dots run in TF32: within TF32's own error."""
+    if fused and c > 64:
+        pytest.skip("fused path is for C <= 64")
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    args = _residual_inputs(c, t, 3, torch.float32, seed=c + t)
+    out = residual_unit.residual_unit_launch(*args, fused=fused)
+    ref = eager.residual_unit(*[tolerances.to_reference(a) if isinstance(a, torch.Tensor) else a for a in args])
+    err = (tolerances.to_reference(out) - ref).abs().max().item() / ref.abs().max().item()
+    assert err <= tolerances.TRITON_CONV_TF32, err
+
+
+def test_weights_are_packed_once_and_repacked_when_they_change():
+    from xcodec_fast.ops.triton import _pack
+
+    args = list(_residual_inputs(16, 9, 3, torch.float32, seed=21))
+    conv7 = torch.nn.Parameter(args[2].clone())
+    args[2] = conv7
+    with torch.no_grad():
+        _pack.STATS.reset()
+        first = residual_unit.residual_unit_launch(*args)
+        assert _pack.STATS.packs == 2  # conv7 taps-first, 1x1 as a matrix
+        assert torch.equal(residual_unit.residual_unit_launch(*args), first)
+        assert _pack.STATS.packs == 2  # nothing repacked
+        conv7.copy_(conv7 * 0.5)  # in place (load_state_dict): new version, same storage
+        halved = residual_unit.residual_unit_launch(*args)
+        assert _pack.STATS.packs == 3
+        _check(halved, eager.residual_unit(*args), torch.float32)
+        conv7.data = conv7.data.to(torch.float64).to(torch.float32)  # module.to(): new storage, same Parameter
+        residual_unit.residual_unit_launch(*args)
+        assert _pack.STATS.packs == 4
+        assert torch.equal(residual_unit.residual_unit_launch(*args), halved)
+        assert _pack.STATS.packs == 4
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "two_kernel"])
+def test_int64_offset_variant_computes_the_same(monkeypatch, fused):
+    """The 64-bit offset variant (taken from 2^31 elements on) gives the int32 variant's results
+    bit for bit; forced here at small sizes (launch planning at 2^31: test_triton_compile.py)."""
+    ru = _residual_inputs(16, 37, 3, torch.float32, seed=31)
+    down = _down_inputs(16, 24, 41, 4, torch.float32, seed=32)
+    narrow = residual_unit.residual_unit_launch(*ru, fused=fused), conv.snake_conv1d_launch(*down)
+    monkeypatch.setattr(conv, "needs_int64_offsets", lambda *t: True)
+    monkeypatch.setattr(residual_unit, "needs_int64_offsets", lambda *t: True)
+    wide = residual_unit.residual_unit_launch(*ru, fused=fused), conv.snake_conv1d_launch(*down)
+    assert all(torch.equal(a, b) for a, b in zip(narrow, wide))

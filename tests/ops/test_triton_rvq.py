@@ -21,7 +21,7 @@ DEVICE = torch.device("cuda" if CUDA else "cpu")
 if not ops.availability("triton", DEVICE)[0]:
     pytest.skip(f"triton backend unavailable: {ops.availability('triton', DEVICE)[1]}", allow_module_level=True)
 
-from xcodec_fast.ops.triton import rvq as trvq  # noqa: E402
+from xcodec_fast.ops.triton import _launch, gather_sum, rvq_encode  # noqa: E402
 import tolerances  # noqa: E402
 from near_ties import check_near_ties
 
@@ -137,8 +137,8 @@ def test_huge_planes_are_split_along_frames(monkeypatch):
     x = _signal(2, 16, 50, cb)
     codes_ref = eager.rvq_encode(x, cb, norms, 3)
     w, bvec = torch.randn(6, 16, device=DEVICE), torch.randn(6, device=DEVICE)
-    monkeypatch.setattr(trvq, "MAX_ROW_OFFSET", 16 * 20)  # 16-frame chunks for D = 16
-    assert len(trvq._frame_chunks(50, 16)) == 4
+    monkeypatch.setattr(_launch, "INT32_LIMIT", 16 * 20)  # 16-frame chunks for D = 16
+    assert len(_launch.frame_chunks(50, 16)) == 4
     with ops.use_backend("triton"):
         codes = ops.rvq_encode(x, cb, norms, 3)
         dec = ops.rvq_decode(codes_ref, cb)
@@ -243,15 +243,15 @@ def test_device_mix_is_an_error():
 
 def test_dispatch_and_custom_ops():
     with ops.use_backend("triton"):
-        for name in ("rvq_encode", "rvq_decode", "dequantize_project"):
-            assert ops.backend.implementation(name, DEVICE) == ("triton", getattr(trvq, name))
+        for name, module in (("rvq_encode", rvq_encode), ("rvq_decode", gather_sum), ("dequantize_project", gather_sum)):
+            assert ops.backend.implementation(name, DEVICE) == ("triton", getattr(module, name))
     cb, norms = _codebooks(2, 32, 16, torch.float32)
     x = _signal(1, 16, 5, cb)
     codes = _codes(1, 2, 5, 32)
     w, bvec = torch.randn(6, 16, device=DEVICE), torch.randn(6, device=DEVICE)
-    torch.library.opcheck(trvq.rvq_encode_op, (x, cb, norms, 2))
-    torch.library.opcheck(trvq.rvq_decode_op, (codes, cb))
-    torch.library.opcheck(trvq.dequantize_project_op, (codes, cb, w, bvec, None))
+    torch.library.opcheck(rvq_encode.rvq_encode_op, (x, cb, norms, 2))
+    torch.library.opcheck(gather_sum.rvq_decode_op, (codes, cb))
+    torch.library.opcheck(gather_sum.dequantize_project_op, (codes, cb, w, bvec, None))
 
 
 def test_torch_compile_traces_the_custom_ops():
@@ -260,8 +260,8 @@ def test_torch_compile_traces_the_custom_ops():
     w, bvec = torch.randn(6, 16, device=DEVICE), torch.randn(6, device=DEVICE)
 
     def roundtrip(x):
-        codes = trvq.rvq_encode_op(x, cb, norms, 2)
-        return codes, trvq.rvq_decode_op(codes, cb), trvq.dequantize_project_op(codes, cb, w, bvec, None)
+        codes = rvq_encode.rvq_encode_op(x, cb, norms, 2)
+        return codes, gather_sum.rvq_decode_op(codes, cb), gather_sum.dequantize_project_op(codes, cb, w, bvec, None)
 
     got = torch.compile(roundtrip, backend="aot_eager", fullgraph=True)(x)
     for a, b in zip(got, roundtrip(x)):
@@ -272,13 +272,13 @@ def test_torch_compile_traces_the_custom_ops():
 def test_cuda_graph_capture():
     cb, norms = _codebooks(8, 1024, 1024, torch.float16)
     x = _signal(2, 1024, 300, cb)
-    codes = trvq.rvq_encode_op(x, cb, norms, 8)  # compile outside the capture
-    trvq.rvq_decode_op(codes, cb)
+    codes = rvq_encode.rvq_encode_op(x, cb, norms, 8)  # compile outside the capture
+    gather_sum.rvq_decode_op(codes, cb)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        codes = trvq.rvq_encode_op(x, cb, norms, 8)
-        dec = trvq.rvq_decode_op(codes, cb)
+        codes = rvq_encode.rvq_encode_op(x, cb, norms, 8)
+        dec = gather_sum.rvq_decode_op(codes, cb)
     x.copy_(_signal(2, 1024, 300, cb, seed=9))
     graph.replay()
-    assert torch.equal(codes, trvq.rvq_encode_op(x, cb, norms, 8))
-    assert torch.equal(dec, trvq.rvq_decode_op(codes, cb))
+    assert torch.equal(codes, rvq_encode.rvq_encode_op(x, cb, norms, 8))
+    assert torch.equal(dec, gather_sum.rvq_decode_op(codes, cb))

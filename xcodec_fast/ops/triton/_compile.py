@@ -14,6 +14,10 @@ The kernels must be real ``@triton.jit`` functions, so this runs in a process wi
 ``TRITON_INTERPRET``:
 
     python -m xcodec_fast.ops.triton._compile [--arch 90 80] [--filter snake] [--json] [--jobs N]
+        [--record bench/results/triton-sass-<major.minor>.json]
+
+``--record`` stores the per-config figures (registers, stack, spills, shared memory, tensor-core
+instructions) for the Triton version at hand; the kernel docstrings cite those files.
 """
 
 from __future__ import annotations
@@ -209,17 +213,44 @@ def _line(r: dict) -> str:
     )
 
 
+RECORD_FIELDS = ("name", "arch", "num_warps", "regs", "stack", "shared", "spill_loads", "spill_stores", "tensor_core")
+
+
+def record(results: list[dict], path: str) -> None:
+    """Store compile figures, one row per config and arch, with the Triton version they are for."""
+    import datetime
+
+    import triton
+
+    rows = [{k: r.get(k) for k in RECORD_FIELDS + ("error",) if k in r} for r in results]
+    doc = {
+        "triton": triton.__version__,
+        "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "how": "host-side compile, no GPU: python -m xcodec_fast.ops.triton._compile --record",
+        "configs": len({r["name"] for r in results}),
+        "failed": sum("error" in r for r in results),
+        "spilling": sum(1 for r in results if r.get("spill_loads") or r.get("spill_stores")),
+        "rows": rows,
+    }
+    with open(path, "w") as f:
+        json.dump(doc, f, indent=1)
+        f.write("\n")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--arch", type=int, nargs="+", default=[90, 80])
     ap.add_argument("--filter", default=None, help="only configs whose name contains this")
     ap.add_argument("--json", action="store_true", help="print one JSON list (for the tests)")
     ap.add_argument("--jobs", type=int, default=None, help="compile processes (default: one per CPU)")
+    ap.add_argument("--record", default=None, help="write the figures to this JSON file")
     a = ap.parse_args(argv)
     import warnings
 
     warnings.filterwarnings("ignore")
     results = compile_all(a.arch, a.filter, a.jobs)
+    if a.record:
+        record(results, a.record)
     if a.json:
         json.dump(results, sys.stdout)
     else:
