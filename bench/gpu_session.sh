@@ -1,55 +1,49 @@
 #!/usr/bin/env bash
-# GPU tests and the full benchmark on a lent GPU machine (H100/H200, no network there), one phase
-# per device call: a call may run at most 600 s and bring back at most 8 files from $OUT, so each
-# phase stops itself after PHASE_LIMIT seconds in all (default 480, setup included) and writes
-# 2-3 files. Limits: /work/.library/device/README.md and KINDS.md.
+# The one-call GPU check: everything a first GPU run must learn, in one device call of at most
+# 7 minutes (420 s) wall time on an H100/H200 (no network there), most important first. Each part
+# stops itself at its own time budget, so a slow part cannot eat the next one's; a part that runs
+# out still leaves its log. At most six files come back, in $OUT (default bench/out/gpu):
+#   gpu.txt        card, driver, versions, commit                              (setup,     30 s)
+#   session.log    every part's output, the tests' verdicts first               (all)
+#   kernels.json   Triton vs eager kernels at the real sites, batch 16          (kernels,   70 s)
+#   e2e-b1.json    end to end, 10 s clip, batch 1: vs transformers eager with   (e2e-b1,    50 s)
+#                  torch's defaults (TF32 convs) and torch.compile
+#   e2e-b16.json   the same at batch 16                                        (e2e-b16,   60 s)
+#   tokenize.json  tokenizer audio-hours per GPU-hour over 10 min of audio      (tokenize,  40 s)
+# Before them, in session.log: the GPU tests (every Triton op at the real model's shapes against
+# eager: fp32-IEEE codes equal, TF32/bf16/fp16 agreement, CUDA-graph capture and replay, the
+# sync-free check, the whole model end to end)                                 (tests,    170 s)
 #
-# 0. Here, with network, once (wheels for soundfile/soxr, which the image lacks; no phase below
-#    imports them, so a call without them only warns):   bash bench/gpu_session.sh --prepare
-#    Commit first: the call sends the working tree as it is (anyone's uncommitted edits too), and
-#    the copy there has no .git, so the result's git commit is filled in by `merge` below.
-# 1. Device calls, back to back (a machine stays warm 30 s after a call; a fresh start costs 1-2
-#    minutes of the session's 30 minutes of device time; check `status` budget_left_s first):
-#      run(command="bash bench/gpu_session.sh tests",   carry=[".gpu_wheels"], timeout_s=600)
-#      run(command="bash bench/gpu_session.sh kernels", carry=[".gpu_wheels"], timeout_s=600)
-#      run(command="bash bench/gpu_session.sh e2e",     carry=[".gpu_wheels"], timeout_s=600)
-#    Each ends within PHASE_LIMIT + 10 s = 490 s by construction (wall times not measured yet; a
-#    phase killed at its limit still returns its log). Files back per call:
-#      tests   -> gpu.txt tests.log
-#      kernels -> gpu.txt kernels.log kernels.json   (kernel micro-benchmarks + roofline, --no-e2e)
-#      e2e     -> gpu.txt e2e.log e2e.json           (end to end vs transformers + torch.compile, --no-kernels)
-#    If a phase runs out of time, split it into these instead (each its own call):
-#      tests-ops, tests-model        (tests/ops; the end-to-end, CUDA-graph and oracle tests)
-#      kernels-fp32, kernels-half    (--dtypes float32; --dtypes bfloat16,float16)
-#      e2e-b1, e2e-b16               (--e2e-batches 1; --e2e-batches 16)
-#    Extra arguments go to pytest (tests*) or bench/run.py (kernels*, e2e*); any of those
-#    changes the workload, so `merge` then marks the result -custom and render.py leaves it out.
-# 2. Here, afterwards: copy each call's files out of its files_at folder before the next call
-#    (e.g. into bench/out/gpu/, renamed per phase), then
-#      bash bench/gpu_session.sh merge bench/out/gpu/kernels.json bench/out/gpu/e2e.json
-#        -> bench/results/gpu-<device>.json: the full-mode result, "standard" when the parts add
-#           up to the full workload (render.py skips partial runs; this puts them back together)
-#      python bench/render.py          # README performance section
-#      python bench/plot.py bench/results/gpu-*.json   # PNGs into bench/out/ (none are made there)
+#   run(command="bash bench/gpu_session.sh", carry=[".gpu_wheels"], timeout_s=480)
 #
-# DRY_RUN=1 prints each phase's commands instead of running them (no GPU needed).
+# Here, with network, once before (wheels for soundfile/soxr, which the image lacks; only the
+# tokenizer part needs them):   bash bench/gpu_session.sh --prepare
+# Commit first: the call sends the working tree, and the copy there has no .git, so `merge` fills
+# in the commit. Afterwards, here: copy the files out of files_at, then
+#   bash bench/gpu_session.sh merge <files_at>/kernels.json <files_at>/e2e-b1.json <files_at>/e2e-b16.json
+#       -> bench/results/gpu-<device>.json (render.py marks it partial: batch 16 kernels only)
+#   cp <files_at>/tokenize.json bench/results/tokenize-gpu-<device>.json; python bench/render.py
+# A second call, only for what the first could not fit (all dtypes and batches of the kernel
+# suite, every dilation):   run(command="bash bench/gpu_session.sh more", carry=[".gpu_wheels"])
+#
+# DRY_RUN=1 prints each part's command and time budget, and the total (no GPU needed).
 set -uo pipefail
 export GPU_SESSION_CWD="$PWD"  # merge reads its paths from where it was called
 cd "$(dirname "$0")/.."
-PHASE_LIMIT="${PHASE_LIMIT:-480}"
 PYTHON="${PYTHON:-python3}"
 WHEELS=(soundfile==0.14.0 soxr==1.1.0 cffi==2.1.1 pycparser==3.12)  # soundfile needs cffi, cffi pycparser
-TESTS_OPS=(tests/ops)
-TESTS_MODEL=(tests/test_triton_end_to_end.py tests/test_cuda_graphs.py tests/test_model_oracle.py)
+GPU_TESTS=(tests/ops tests/test_triton_end_to_end.py tests/test_cuda_graphs.py tests/test_sync_free.py
+           tests/test_long_decode.py tests/test_model_oracle.py)
+# part name, seconds; in the order they run
+PARTS=(setup:30 tests:170 kernels:70 e2e-b1:50 e2e-b16:60 tokenize:40)
 
 usage() {
     sed -n '2,/^set -uo/p' "$0" | sed '$d' >&2
-    echo "usage: bash bench/gpu_session.sh --prepare | merge [-o OUT.json] [--commit SHA] PART.json... |" \
-        "tests|tests-ops|tests-model|kernels|kernels-fp32|kernels-half|e2e|e2e-b1|e2e-b16 [ARGS...]" >&2
+    echo "usage: bash bench/gpu_session.sh [more] | --prepare | merge [-o OUT.json] [--commit SHA] PART.json..." >&2
     exit 2
 }
 
-phase="${1:-}"
+phase="${1:-check}"
 [ $# -gt 0 ] && shift
 case "$phase" in
 --prepare)
@@ -158,79 +152,82 @@ print(f"wrote {output} ({'standard' if result['standard'] else 'custom: render.p
       f"{len(result.get('kernels', []))} kernel records, {len(result.get('end_to_end', {}).get('results', []))} end-to-end)")
 PY
     ;;
-tests) cmd=(-m pytest "${TESTS_OPS[@]}" "${TESTS_MODEL[@]}") ;;
-tests-ops) cmd=(-m pytest "${TESTS_OPS[@]}") ;;
-tests-model) cmd=(-m pytest "${TESTS_MODEL[@]}") ;;
-kernels) cmd=(bench/run.py --no-e2e) ;;
-kernels-fp32) cmd=(bench/run.py --no-e2e --dtypes float32) ;;
-kernels-half) cmd=(bench/run.py --no-e2e --dtypes bfloat16,float16) ;;
-e2e) cmd=(bench/run.py --no-kernels) ;;
-e2e-b1) cmd=(bench/run.py --no-kernels --e2e-batches 1) ;;
-e2e-b16) cmd=(bench/run.py --no-kernels --e2e-batches 16) ;;
+check|more) ;;
 *) usage ;;
 esac
 
-# ---- a phase on the GPU machine -----------------------------------------------------------------
+# ---- on the GPU machine ----------------------------------------------------------------------
 OUT="${OUT:-bench/out/gpu}"
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # the checkout itself: no pip install of the package
-log="$OUT/$phase.log"
+log="$OUT/session.log"
 : >"$log"
+say() { echo "gpu_session: $*" | tee -a "$log"; }
 
-# Runs "$@" under what is left of the phase's time, its output into the log (kept if it is killed).
-timed() {
-    local left=$((PHASE_LIMIT - SECONDS))
-    if [ "$left" -lt 30 ]; then
-        echo "gpu_session: ${left}s left of ${PHASE_LIMIT}s, not starting: $*" | tee -a "$log"
-        return 124
-    fi
-    echo "+ timeout -k 10 $left $*" | tee -a "$log"
+# part NAME SECONDS CMD...: run CMD under its own budget, output into the log (kept if killed).
+part() {
+    local name="$1" budget="$2"
+    shift 2
+    say "part $name: budget ${budget} s: $*"
     [ -n "${DRY_RUN:-}" ] && return 0
-    timeout -k 10 "$left" "$@" 2>&1 | tee -a "$log"
-    local rc=$?
-    [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ] && echo "gpu_session: stopped at the phase limit (${PHASE_LIMIT}s)" | tee -a "$log"
-    return "$rc"
+    local start=$SECONDS
+    timeout -k 5 "$budget" "$@" 2>&1 | tee -a "$log"
+    local rc=${PIPESTATUS[0]}
+    [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ] && say "part $name stopped at its budget (${budget} s)"
+    say "part $name: exit $rc after $((SECONDS - start)) s"
+    return 0
 }
 
-if ls .gpu_wheels/*.whl >/dev/null 2>&1; then
-    # --no-index --no-deps: exactly the carried wheels, into their own folder (the image is left alone)
-    if timed "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-        --target /tmp/gpu_session_site .gpu_wheels/*.whl; then
-        export PYTHONPATH="/tmp/gpu_session_site:$PYTHONPATH"
-    else
-        echo "gpu_session: warning: wheel install failed (no phase needs soundfile/soxr)" | tee -a "$log"
-    fi
-else
-    echo "gpu_session: no .gpu_wheels (carry it for soundfile/soxr; no phase needs them)" | tee -a "$log"
-fi
-if [ -z "${DRY_RUN:-}" ]; then
-    {
-        timeout 30 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
-        echo "commit $(git rev-parse HEAD 2>/dev/null || echo unknown: no .git here)"
-        timeout 120 "$PYTHON" -c "import sys, torch, triton, transformers, xcodec_fast; print('python', sys.version.split()[0], \
-'torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__, 'transformers', \
-transformers.__version__, 'xcodec_fast', xcodec_fast.__version__, 'from', xcodec_fast.__file__); \
-sys.exit(0 if torch.cuda.is_available() else 'torch sees no CUDA device')"
-    } 2>&1 | tee "$OUT/gpu.txt" | tee -a "$log"
-    [ "${PIPESTATUS[0]}" -eq 0 ] || { echo "gpu_session: environment check failed" | tee -a "$log"; exit 1; }
-fi
+budget() {  # budget NAME -> seconds from PARTS
+    local item
+    for item in "${PARTS[@]}"; do [ "${item%%:*}" = "$1" ] && echo "${item#*:}"; done
+}
 
-case "$phase" in
-tests*)
-    # -v: a phase killed at its limit still shows how far it got; --timeout needs pytest-timeout (in the image).
-    extra=(-v -ra --durations=30 --maxfail=25)
-    "$PYTHON" -c "import pytest_timeout" 2>/dev/null && extra+=(--timeout=300)
-    timed "$PYTHON" "${cmd[@]}" "${extra[@]}" "$@"
-    ;;
-*)
-    # --device cuda: never a CPU run by mistake; --no-plots: only the JSON (plots are redrawn here from it).
-    timed "$PYTHON" "${cmd[@]}" --device cuda --no-plots --output "$OUT/$phase.json" "$@"
-    ;;
-esac
-rc=$?
+total=0
+for item in "${PARTS[@]}"; do total=$((total + ${item#*:})); done
+say "plan: ${PARTS[*]} (name:seconds); total ${total} s"
+
+setup() {
+    if ls .gpu_wheels/*.whl >/dev/null 2>&1; then
+        # --no-index --no-deps: exactly the carried wheels, into their own folder (the image is left alone)
+        "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+            --target /tmp/gpu_session_site .gpu_wheels/*.whl || echo "wheel install failed (the tokenizer part needs soundfile)"
+    else
+        echo "no .gpu_wheels (carry it: the tokenizer part needs soundfile)"
+    fi
+    {
+        nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+        echo "commit $(git rev-parse HEAD 2>/dev/null || echo unknown: no .git here)"
+        PYTHONPATH="/tmp/gpu_session_site:$PYTHONPATH" "$PYTHON" -c "import sys, torch, triton, transformers, xcodec_fast; \
+print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', \
+triton.__version__, 'transformers', transformers.__version__, 'xcodec_fast', xcodec_fast.__version__); \
+import xcodec_fast.ops as ops; print('triton backend:', ops.availability('triton', 'cuda')); \
+sys.exit(0 if torch.cuda.is_available() else 'torch sees no CUDA device')"
+    } >"$OUT/gpu.txt" 2>&1
+    local rc=$?
+    cat "$OUT/gpu.txt"
+    return $rc
+}
+
+if [ "$phase" = more ]; then
+    part kernels-all 400 "$PYTHON" bench/run.py --no-e2e --device cuda --no-plots --output "$OUT/kernels-all.json"
+    exit 0
+fi
+part setup "$(budget setup)" setup
+export PYTHONPATH="/tmp/gpu_session_site:$PYTHONPATH"
+# -x off, --maxfail: a broken op must not hide the others; -ra lists every failure at the end.
+part tests "$(budget tests)" "$PYTHON" -m pytest -q -ra --maxfail=40 --durations=15 -p no:cacheprovider \
+    --ignore=tests/ops/test_triton_compile.py "${GPU_TESTS[@]}"
+part kernels "$(budget kernels)" "$PYTHON" bench/run.py --no-e2e --device cuda --no-plots --batches 16 --dilations 1 \
+    --output "$OUT/kernels.json"
+part e2e-b1 "$(budget e2e-b1)" "$PYTHON" bench/run.py --no-kernels --device cuda --no-plots --e2e-batches 1 \
+    --output "$OUT/e2e-b1.json"
+part e2e-b16 "$(budget e2e-b16)" "$PYTHON" bench/run.py --no-kernels --device cuda --no-plots --e2e-batches 16 \
+    --output "$OUT/e2e-b16.json"
+part tokenize "$(budget tokenize)" "$PYTHON" -m xcodec_fast.tokenize.bench --device cuda --tiny-seconds 0 \
+    --full-seconds 600 --threads 1 --output "$OUT/tokenize.json"
 files=$(find "$OUT" -type f | wc -l)
 ls -la "$OUT" | tee -a "$log"
-[ "$files" -le 8 ] || echo "gpu_session: warning: $files files in \$OUT; only 8 come back" | tee -a "$log"
-echo "gpu_session: phase $phase exit $rc after ${SECONDS}s" | tee -a "$log"
-exit "$rc"
+[ "$files" -le 6 ] || say "warning: $files files in \$OUT, more than the six this plan allows"
+say "done after ${SECONDS} s of the ${total} s planned"

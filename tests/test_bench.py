@@ -80,6 +80,9 @@ def test_kernel_records_cover_every_op_and_ratios_follow_from_times(quick_run):
         assert _close(r["speedup_vs_eager"], base["median_s"] / median)
         if r["backend"] != "eager":
             assert "code_match" in r or "max_rel_err" in r
+        # CPU fp32: every side computes in IEEE fp32 (no TF32 off a GPU)
+        expected = "ieee" if r["dtype"] == "float32" else {"bfloat16": "bf16", "float16": "fp16"}[r["dtype"]]
+        assert r["math_mode"] == r["eager_math_mode"] == expected
 
 
 def test_end_to_end_records(quick_run):
@@ -94,6 +97,7 @@ def test_end_to_end_records(quick_run):
     assert result["settings"]["cpu_malloc_kernels"] == "reuse"
     base = {(r["stage"], r["batch"], r["cpu_malloc"]): r["median_s"] for r in ok if r["impl"] == "transformers eager"}
     for r in ok:
+        assert r["math_mode"] == {"conv": "ieee", "matmul": "ieee"}
         assert _close(r["realtime_factor"], r["batch"] * e2e["clip_seconds"] / r["median_s"])
         assert _close(r["speedup_vs_transformers"], base[(r["stage"], r["batch"], r["cpu_malloc"])] / r["median_s"])
         assert r["peak_memory_mb"] >= 0
@@ -242,3 +246,45 @@ def test_results_older_than_the_kernels_are_marked_stale(monkeypatch):
     assert "the kernels changed in" in report.staleness({"git": {"commit": before}})
     assert "not in this checkout's history" in report.staleness({"git": {"commit": "0" * 40}})
     assert report.staleness({"git": {}}) is None
+
+
+def test_gpu_session_plan_fits_seven_minutes(tmp_path):
+    """The one-call GPU check's dry run prints every part with its budget, in order, and a total
+    of at most 420 s; at most six files are planned into $OUT."""
+    import os
+    import re
+    import subprocess
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "DRY_RUN": "1", "OUT": str(tmp_path)}
+    out = subprocess.run(["bash", os.path.join(root, "bench", "gpu_session.sh")], env=env, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    parts = re.findall(r"part (\S+): budget (\d+) s", out.stdout)
+    assert [name for name, _ in parts] == ["setup", "tests", "kernels", "e2e-b1", "e2e-b16", "tokenize"]
+    total = int(re.search(r"total (\d+) s", out.stdout).group(1))
+    assert total == sum(int(s) for _, s in parts) <= 420
+    planned = set(re.findall(r"--output \S*/([\w.-]+)", out.stdout)) | {"gpu.txt", "session.log"}
+    assert len(planned) <= 6, planned
+
+
+def test_math_modes_follow_torchs_switches(monkeypatch):
+    from xcodec_fast.benchmark.machine import math_modes, op_math_mode
+
+    cuda = torch.device("cuda")
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    saved = torch.backends.cuda.matmul.allow_tf32  # a module-like object monkeypatch cannot patch
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        assert math_modes(cuda, torch.float32) == {"conv": "tf32", "matmul": "tf32"}
+        torch.backends.cuda.matmul.allow_tf32 = False
+        assert math_modes(cuda, torch.float32) == {"conv": "tf32", "matmul": "ieee"}
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = saved
+    assert op_math_mode("residual_unit", "triton", cuda, torch.float32) == "tf32"
+    assert op_math_mode("rvq_encode", "triton", cuda, torch.float32) == "ieee"  # codes stay exact
+    assert op_math_mode("residual_unit", "eager", cuda, torch.float32) == "tf32"
+    assert op_math_mode("residual_unit", "native", torch.device("cpu"), torch.float32) == "ieee"
+    assert math_modes(cuda, torch.bfloat16) == {"conv": "bf16", "matmul": "bf16"}
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    assert op_math_mode("residual_unit", "triton", cuda, torch.float32) == "ieee"

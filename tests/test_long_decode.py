@@ -57,7 +57,9 @@ def test_context_is_exactly_the_receptive_field(config):
     with xcodec_fast.use_backend("eager"), torch.inference_mode():
         latent = model.dequantize(random_codes(1, frames, seed=6))
         bumped = latent.clone()
-        bumped[..., j] += 50
+        # large: the edge frames' share passes through every conv's outermost tap and must not be
+        # absorbed by fp32 rounding (a bump of 50 vanished at the last frame on an AMD EPYC VM)
+        bumped[..., j] += 1000
         diff = (model.decode_latent(bumped) - model.decode_latent(latent)).abs()[0, 0].view(frames, hop).amax(-1)
     changed = (diff > 0).nonzero().flatten().tolist()
     assert changed[0] == j - right and changed[-1] == j + left

@@ -168,3 +168,28 @@ def test_cuda_graph_capture():
     graph.replay()
     y_ref, s_ref = tsnake.add_snake_op(x, h, alpha)
     assert torch.equal(y, y_ref) and torch.equal(s, s_ref)
+
+
+def test_a_failing_probe_launch_makes_the_backend_unavailable(monkeypatch):
+    """Before auto (or a request by name) can run Triton on a device, a probe launch of each kernel
+    family must build and agree with eager; otherwise the backend is unavailable, with the reason
+    that `xcodec-fast info` prints."""
+    import xcodec_fast.ops.triton as triton_backend
+    from xcodec_fast.ops import backend
+
+    assert triton_backend.probe(DEVICE) is None
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("ptxas fatal: unsupported gpu architecture")
+
+    monkeypatch.setattr(tsnake, "_launch", broken)
+    assert "ptxas fatal" in triton_backend.probe(DEVICE)
+    monkeypatch.setattr(backend, "_availability", {})  # forget the cached answer for this test only
+    ok, reason = ops.availability("triton", DEVICE)
+    assert not ok and "probe launch failed" in reason and "ptxas fatal" in reason
+    assert backend.resolve_auto(torch.device(DEVICE)) != "triton"
+    assert "probe launch failed" in backend.describe(DEVICE)["triton"]
+    with ops.use_backend("triton"), pytest.raises(ops.BackendUnavailableError, match="probe launch failed"):
+        ops.snake(torch.zeros(1, 2, 3, device=DEVICE), torch.ones(2, device=DEVICE))
+    monkeypatch.setattr(tsnake, "_launch", lambda x, h, alpha: (None, x * 0 + 1))  # builds, wrong values
+    assert "snake differs from eager" in triton_backend.probe(DEVICE)

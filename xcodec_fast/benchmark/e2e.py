@@ -13,6 +13,7 @@ import torch
 
 from ..config import XcodecConfig
 from ..errors import short_error
+from .machine import math_modes
 from .timing import Policy, measure_once, peak_memory, summarize, synchronize
 
 
@@ -214,7 +215,9 @@ def _time_stage(
     slowest = 0.0
     with torch.inference_mode():
         for impl, fn in fns.items():
-            record = records[impl] = {"impl": impl, "stage": stage, "batch": batch}
+            # every implementation runs under the same torch switches: convs and matmuls per math_modes
+            record = records[impl] = {"impl": impl, "stage": stage, "batch": batch,
+                                      "math_mode": math_modes(device, torch.float32)}
             try:
                 started = time.perf_counter()
                 firsts[impl] = fn(*arg_sets[0])  # also triggers torch.compile: its cost is reported apart

@@ -10,7 +10,7 @@ import torch
 from .. import ops
 from ..ops import backend as dispatch
 from . import cases
-from .machine import last_level_cache_bytes
+from .machine import last_level_cache_bytes, op_math_mode
 from ..errors import short_error
 from .timing import Policy, measure, rotation_count, summarize
 
@@ -165,7 +165,8 @@ def _run_case(site, batch, dtype_name, backends, device, ceilings, policy, cache
 
     records, reference, eager_median = [], None, None
     for name, status in backends.items():
-        record = dict(base, backend=name)
+        record = dict(base, backend=name, math_mode=op_math_mode(site.op, name, device, dtype),
+                      eager_math_mode=op_math_mode(site.op, "eager", device, dtype))
         records.append(record)
         if not status["available"]:
             record.update(status="skipped", reason=status["reason"])

@@ -104,3 +104,32 @@ def git_state() -> dict:
     except (OSError, subprocess.SubprocessError):
         return {"commit": None, "dirty": None}
     return {"commit": commit, "dirty": bool(dirty)}
+
+
+RVQ_OPS = ("rvq_encode", "rvq_decode", "dequantize_project")
+
+
+def math_modes(device: torch.device, dtype: torch.dtype) -> dict:
+    """What torch computes in on ``device`` for ``dtype`` under its current switches:
+    convolutions (cuDNN, ``torch.backends.cudnn.allow_tf32``, on by default) and matmuls
+    (``torch.backends.cuda.matmul.allow_tf32``, off by default): ieee / tf32 / fp16 / bf16."""
+    if dtype != torch.float32:
+        name = {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(dtype, str(dtype))
+        return {"conv": name, "matmul": name}
+    cuda = torch.device(device).type == "cuda"
+    return {
+        "conv": "tf32" if cuda and torch.backends.cudnn.allow_tf32 else "ieee",
+        "matmul": "tf32" if cuda and torch.backends.cuda.matmul.allow_tf32 else "ieee",
+    }
+
+
+def op_math_mode(op: str, backend: str, device: torch.device, dtype: torch.dtype) -> str:
+    """The math mode of one op on one backend: eager follows torch's switches (RVQ scores are a
+    matmul, the rest convolutions); Triton's conv dots follow torch's conv switch and its RVQ
+    scores are always IEEE fp32; native computes in fp32 (half dtypes stored reduced)."""
+    modes = math_modes(device, dtype)
+    if backend == "eager":
+        return modes["matmul"] if op in RVQ_OPS else modes["conv"]
+    if backend == "triton":
+        return ("ieee" if dtype == torch.float32 else modes["conv"]) if op in RVQ_OPS else modes["conv"]
+    return modes["conv"] if dtype != torch.float32 else "ieee"

@@ -21,16 +21,18 @@ from torch import Tensor, nn
 from .. import ops
 from ..config import AcousticConfig
 from ..lengths import conv_output_length
+from ..sites import RESIDUAL_DILATIONS, RESIDUAL_KERNEL
 
-RESIDUAL_DILATIONS = (1, 3, 9)
-RESIDUAL_KERNEL = 7
+def _on(lengths: Tensor, device: torch.device) -> Tensor:
+    # Host lengths (the model keeps them on the CPU) go to the device without a stream sync.
+    return lengths.to(device, non_blocking=True)
 
 
 def zero_beyond(x: Tensor, lengths: Tensor | None) -> Tensor:
     """Zero the frames of x (B, C, T) at or after each item's length; no-op without lengths."""
     if lengths is None:
         return x
-    valid = torch.arange(x.shape[-1], device=x.device)[None, :] < lengths[:, None].to(x.device)
+    valid = torch.arange(x.shape[-1], device=x.device)[None, :] < _on(lengths, x.device)[:, None]
     return x.masked_fill(~valid[:, None, :], 0)
 
 
@@ -39,9 +41,9 @@ def zero_outside(x: Tensor, starts: Tensor | None, lengths: Tensor | None) -> Te
     if starts is None:
         return zero_beyond(x, lengths)
     frames = torch.arange(x.shape[-1], device=x.device)[None, :]
-    valid = frames >= starts[:, None].to(x.device)
+    valid = frames >= _on(starts, x.device)[:, None]
     if lengths is not None:
-        valid &= frames < lengths[:, None].to(x.device)
+        valid &= frames < _on(lengths, x.device)[:, None]
     return x.masked_fill(~valid[:, None, :], 0)
 
 

@@ -112,13 +112,16 @@ class XcodecModel(nn.Module):
     # inside ``with model.running():``.
     @contextlib.contextmanager
     def running(self) -> Iterator[None]:
-        """Inference mode with this model's backend selected: the context every core call runs in."""
-        with torch.inference_mode():
-            if self._backend is None:
-                yield
-            else:
-                with ops.use_backend(self._backend):
-                    yield
+        """Inference mode with this model's backend selected: the context every core call runs in.
+        Off the CPU the ops skip their value checks (each a device sync): the entry checks of
+        encode / decode have validated the inputs, so the core runs without host synchronisation."""
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(torch.inference_mode())
+            if self.device.type != "cpu":
+                stack.enter_context(ops.skip_value_checks())
+            if self._backend is not None:
+                stack.enter_context(ops.use_backend(self._backend))
+            yield
 
     def _return_dict(self, return_dict: bool | None) -> bool:
         return bool(self.config.extra.get("return_dict", True)) if return_dict is None else bool(return_dict)
@@ -192,7 +195,9 @@ class XcodecModel(nn.Module):
             raise ValueError(
                 f"padding_mask item {bad} is not right-padded: valid samples must come first, then only padding"
             )
-        return lengths.long()
+        # The entry check's one sync: from here on lengths live on the host, so every padding
+        # decision is made there and the device never waits for the host.
+        return lengths.long().cpu()
 
     def check_length(self, num_samples: int) -> None:
         """Raise ValueError when ``num_samples`` is too short to encode."""
@@ -307,6 +312,9 @@ class XcodecModel(nn.Module):
         return self.quantizer.encode(embeddings, num_quantizers)
 
     def _encode_padded(self, audio: Tensor, lengths: Tensor, num_quantizers: int) -> tuple[Tensor, Tensor]:
+        """Core: audio and host (CPU) ``lengths`` -> codes zeroed past each item's frames, and
+        those frame counts (on the audio's device)."""
+        lengths = lengths.cpu()
         for index, length in enumerate(lengths.tolist()):
             if length == 0:
                 raise ValueError(f"padding_mask item {index} has no valid samples")
@@ -321,24 +329,25 @@ class XcodecModel(nn.Module):
         else:
             codes, code_lengths = self._encode_masked(audio, lengths, num_quantizers)
         codes = zero_beyond(codes, code_lengths)
-        return F.pad(codes, (0, total_frames - codes.shape[-1])), code_lengths
+        return F.pad(codes, (0, total_frames - codes.shape[-1])), code_lengths.to(audio.device, non_blocking=True)
 
     def _encode_masked(self, audio: Tensor, lengths: Tensor, num_quantizers: int) -> tuple[Tensor, Tensor]:
         pad = self.pad
         semantic_lengths = lengths + 2 * pad
         features = self.semantic_model(F.pad(audio[:, 0], (pad, pad)), semantic_lengths)
-        frames = self.semantic_model.frame_lengths(semantic_lengths).to(audio.device)
+        frames = self.semantic_model.frame_lengths(semantic_lengths)
         e_semantic, code_lengths = self.encoder_semantic(features.transpose(1, 2), frames)
         acoustic_size = self.config.acoustic_model_config.hidden_size
         e_acoustic = e_semantic.new_zeros(audio.shape[0], acoustic_size, e_semantic.shape[-1])
         # Items may differ in transformers' pad decision: run the acoustic encoder per decision.
-        decisions = torch.tensor([self._acoustic_needs_padding(n) for n in lengths.tolist()], device=audio.device)
+        decisions = [self._acoustic_needs_padding(n) for n in lengths.tolist()]
         for padded in (False, True):
-            items = (decisions == padded).nonzero()[:, 0]
+            items = torch.tensor([i for i, d in enumerate(decisions) if d == padded], dtype=torch.long)
             if items.numel() == 0:
                 continue
+            on_device = items.to(audio.device, non_blocking=True)
             group_lengths = lengths[items]
-            group = audio[items, :, : int(group_lengths.max())]
+            group = audio[on_device, :, : int(group_lengths.max())]
             if padded:
                 group, group_lengths = F.pad(group, (pad, pad)), group_lengths + 2 * pad
             encoded, encoded_lengths = self.acoustic_encoder(group, group_lengths)
@@ -348,7 +357,7 @@ class XcodecModel(nn.Module):
                     f"{code_lengths[items].tolist()}; this config's strides do not line up"
                 )
             frames_kept = min(encoded.shape[-1], e_acoustic.shape[-1])
-            e_acoustic[items, :, :frames_kept] = encoded[..., :frames_kept]
+            e_acoustic[on_device, :, :frames_kept] = encoded[..., :frames_kept]
         return self.quantize(self._join(e_acoustic, e_semantic), num_quantizers), code_lengths
 
     # ---- decode ----------------------------------------------------------------------------
@@ -378,7 +387,8 @@ class XcodecModel(nn.Module):
     def _check_code_lengths(self, audio_code_lengths, codes: Tensor) -> Tensor | None:
         if audio_code_lengths is None:
             return None
-        lengths = torch.as_tensor(audio_code_lengths, device=codes.device)
+        # host lengths (the entry check's one sync): windows and masks are planned on the host
+        lengths = torch.as_tensor(audio_code_lengths).cpu()
         if lengths.shape != (codes.shape[0],) or lengths.is_floating_point():
             raise ValueError(
                 f"audio_code_lengths must be {codes.shape[0]} integers (one per item), "

@@ -458,7 +458,9 @@ class SemanticModel(nn.Module):
         frame_valid = None
         sample_lengths = None
         if lengths is not None:
-            lengths = torch.as_tensor(lengths, device=input_values.device)
+            # Checked and planned on the host (free for host lengths, as the codec passes them);
+            # only the masks go to the device, without a stream sync.
+            lengths = torch.as_tensor(lengths).cpu()
             if lengths.shape != (batch,):
                 raise ValueError(f"lengths must have shape ({batch},) for this batch, got {tuple(lengths.shape)}")
             if (lengths > num_samples).any():
@@ -466,8 +468,9 @@ class SemanticModel(nn.Module):
             frames = self.frame_lengths(lengths)
             # Masking only where some item really has fewer frames; otherwise take the unmasked path.
             if (frames < total_frames).any():
-                sample_lengths = lengths.long()
-                frame_valid = torch.arange(total_frames, device=input_values.device)[None, :] < frames[:, None]
+                device = input_values.device
+                sample_lengths = lengths.long().to(device, non_blocking=True)
+                frame_valid = torch.arange(total_frames, device=device)[None, :] < frames.to(device, non_blocking=True)[:, None]
 
         if norm_statistics is not None and lengths is not None:
             raise ValueError("norm_statistics and lengths cannot be combined (a window of one recording has no padding)")

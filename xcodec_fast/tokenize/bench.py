@@ -43,9 +43,9 @@ def make_audio(root: Path, seconds: float, seed: int = 0, sample_rate: int = 160
     return total
 
 
-def run_one(data: Path, work: Path, model: str, threads: int, extra: list[str]) -> dict:
+def run_one(data: Path, work: Path, model: str, threads: int, extra: list[str], device: str = "cpu") -> dict:
     out, summary = work / f"out-{model}-{threads}", work / f"summary-{model}-{threads}.json"
-    cmd = [sys.executable, "-m", "xcodec_fast.tokenize", str(data), "-o", str(out), "--model", model, "--device", "cpu",
+    cmd = [sys.executable, "-m", "xcodec_fast.tokenize", str(data), "-o", str(out), "--model", model, "--device", device,
            "--threads", str(threads), "--no-progress", "--overwrite", "--json-summary", str(summary), *extra]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -73,9 +73,10 @@ def main(argv=None) -> int:
     p.add_argument("--full-seconds", type=float, default=60.0, help="audio for the full model (default 60)")
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     p.add_argument("--num-workers", type=int, default=None, help="decode workers (default: tokenize's)")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where the model runs (default cpu)")
     args = p.parse_args(argv)
 
-    machine = machine_info(torch.device("cpu"))
+    machine = machine_info(torch.device(args.device))
     output = args.output or ROOT / "bench" / "results" / f"tokenize-{machine['id']}.json"
     extra = [] if args.num_workers is None else ["--num-workers", str(args.num_workers)]
     runs = []
@@ -88,8 +89,8 @@ def main(argv=None) -> int:
             audio_seconds = make_audio(data, seconds)
             for threads in args.threads:
                 load = _load()
-                s = run_one(data, work, model, threads, extra)
-                runs.append({"model": model, "threads": threads, "audio_seconds": audio_seconds,
+                s = run_one(data, work, model, threads, extra, args.device)
+                runs.append({"model": model, "device": args.device, "threads": threads, "audio_seconds": audio_seconds,
                              "load_average_before": load, "summary": s})
                 print(f"{model:12s} threads {threads}: {s['audio_hours_per_hour']:8.1f} audio-h/h, model busy "
                       f"{s['model_busy_seconds']:.1f} s of {s['wall_seconds']:.1f} s wall "
@@ -98,7 +99,7 @@ def main(argv=None) -> int:
     result = {
         "schema": SCHEMA,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {k: machine[k] for k in ("id", "cpu", "cpu_cores", "os", "python")},
+        "machine": {k: machine.get(k) for k in ("id", "cpu", "cpu_cores", "gpu", "os", "python")},
         "load_average_after": _load(),
         "versions": versions(),
         "git": git_state(),
