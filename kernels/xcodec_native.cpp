@@ -462,6 +462,13 @@ at::Tensor residual_unit_gemm(const at::Tensor& x, const at::Tensor& alpha1, con
   return out;
 }
 
+at::Tensor residual_unit_onednn(const at::Tensor& x_in, const at::Tensor& alpha1, const at::Tensor& weight1,
+                                const std::optional<at::Tensor>& bias1, int64_t dilation, const at::Tensor& alpha2,
+                                const at::Tensor& weight2, const std::optional<at::Tensor>& bias2);
+
+// The untuned default (XCODEC_FAST_TUNE=off, or a shape not measured yet under torch.compile):
+// the crossover below was measured on one Intel VM; with tuning on, xcodec_fast.ops.tuning times
+// every implementation on the machine at hand and this choice is not used.
 at::Tensor residual_unit(const at::Tensor& x_in, const at::Tensor& alpha1, const at::Tensor& weight1,
                          const std::optional<at::Tensor>& bias1, int64_t dilation, const at::Tensor& alpha2,
                          const at::Tensor& weight2, const std::optional<at::Tensor>& bias2) {
@@ -474,6 +481,14 @@ at::Tensor residual_unit(const at::Tensor& x_in, const at::Tensor& alpha1, const
       weight2.scalar_type() == x.scalar_type()) {
     return residual_unit_gemm(x, alpha1, weight1, bias1, dilation, alpha2, weight2, bias2, 0);
   }
+  return residual_unit_onednn(x, alpha1, weight1, bias1, dilation, alpha2, weight2, bias2);
+}
+
+at::Tensor residual_unit_onednn(const at::Tensor& x_in, const at::Tensor& alpha1, const at::Tensor& weight1,
+                                const std::optional<at::Tensor>& bias1, int64_t dilation, const at::Tensor& alpha2,
+                                const at::Tensor& weight2, const std::optional<at::Tensor>& bias2) {
+  const at::Tensor x = unit_stride_time(x_in);
+  const int64_t kernel = weight1.size(-1);
   const int64_t padding = (kernel - 1) * dilation / 2;
   at::Tensor h = at::conv1d(snake(x, alpha1), weight1, bias1, {1}, {padding}, {dilation});
   snake_(h, alpha2);  // h is ours alone
@@ -718,6 +733,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
                                  const at::Tensor& weight2, const std::optional<at::Tensor>& bias2, int64_t chunk) {
     return residual_unit_gemm(unit_stride_time(x), alpha1, weight1, bias1, dilation, alpha2, weight2, bias2, chunk);
   }, "residual unit as chunked implicit GEMM (chunk <= 0: default); for tuning");
+  m.def("residual_unit_onednn", &residual_unit_onednn, "residual unit as snake + oneDNN convolutions");
   m.def("snake_conv1d", &snake_conv1d, "conv1d(snake(x))");
   m.def("snake_conv_transpose1d", &snake_conv_transpose1d, "conv_transpose1d(snake(x))");
   m.def("snake_conv1d_gemm", &snake_conv1d_gemm, "snake_conv1d as chunked implicit GEMM (chunk <= 0: default)");

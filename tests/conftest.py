@@ -10,6 +10,11 @@ if not torch.cuda.is_available():
 # the command line does, in subprocesses).
 os.environ.setdefault("XCODEC_FAST_CPU_MALLOC", "default")
 
+# Measured dispatch picks by timing, which would make results depend on this machine's load: the
+# suite runs each native op's untuned default, and tests/ops/test_tuning.py turns measuring on
+# with a dispatch table of its own.
+os.environ.setdefault("XCODEC_FAST_TUNE", "off")
+
 import pytest  # noqa: E402
 
 

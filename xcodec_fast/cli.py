@@ -225,6 +225,13 @@ def cmd_info(args) -> int:
         print(f"backends on {device} (auto -> {report.pop('auto')}, selected: {report.pop('selected')}):")
         for name, line in report.items():
             print(f"  {name:7s} {line}")
+    from .ops import availability
+
+    if availability("native", "cpu")[0]:
+        from .ops import native
+
+        for line in native.tuning.describe(native.source_digest()):
+            print(line)
     if args.model is None:
         return 0
     from .loading import load_model

@@ -133,6 +133,16 @@ def run_kernels(
     return records
 
 
+def _pack_stats(backend: str):
+    """The Triton backend's weight-packing counter, reset for one case (None for other backends)."""
+    if backend != "triton":
+        return None
+    from ..ops.triton import _pack
+
+    _pack.STATS.reset()
+    return _pack.STATS
+
+
 def _run_case(site, batch, dtype_name, backends, device, ceilings, policy, cache_bytes, memory_budget_bytes, seed, log):
     dtype = DTYPES[dtype_name]
     nbytes, flops = cases.cost(site, batch, dtype)
@@ -175,9 +185,13 @@ def _run_case(site, batch, dtype_name, backends, device, ceilings, policy, cache
             record.update(status="skipped", reason=f"{name} does not implement {site.op} (it would run eagerly)")
             continue
         try:
+            packs = _pack_stats(name)
             with ops.use_backend(name):
                 result = run_once(first)
                 times = measure(run_once, arg_sets, device, policy, cache_bytes)
+            if packs is not None:
+                # weights are packed on the first call only: what that cost, kept out of the timings
+                record.update(weight_packs=packs.packs, weight_pack_s=packs.seconds)
         except Exception as exc:  # an unsupported dtype or a failing kernel: record it, go on
             record.update(status="error", reason=short_error(exc))
             log(f"  {name:7s} {site.op} {site.label()} b={batch} {dtype_name}: {record['reason']}")

@@ -10,30 +10,7 @@ from pathlib import Path
 
 import torch
 
-
-def slug(text: str) -> str:
-    """'Intel(R) Xeon(R) Platinum 8480+ CPU @ 2.0GHz' -> 'intel-xeon-platinum-8480': stable, filename-safe."""
-    text = text.lower().split("@")[0]
-    text = re.sub(r"\((r|tm|c)\)", "", text)
-    text = re.sub(r"\b(cpu|processor)\b", " ", text)
-    return re.sub(r"[^a-z0-9]+", "-", text).strip("-") or "unknown"
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown-cpu"
-
-
-def cpu_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))  # the cores this process may use, not the host's
-    except AttributeError:
-        return os.cpu_count() or 1
+from ..hardware import cpu_cores, cpu_name, slug  # noqa: F401  (re-exported for the benchmark's callers)
 
 
 def last_level_cache_bytes(device: torch.device) -> int:

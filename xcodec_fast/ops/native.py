@@ -30,9 +30,15 @@ Build
 Inference only: with autograd recording (grad enabled and an input requiring grad) every op
 runs the eager implementation instead.
 
+Dispatch: residual units and strided / transposed convs have several implementations here
+(chunked implicit GEMM, Snake fused with oneDNN convolutions, plain eager). Which one runs at a
+site is measured once per machine (:mod:`xcodec_fast.ops.tuning`: timed on a random input of the
+site's geometry, stored per CPU model, thread count, torch version and kernel sources); the
+crossovers written in kernels/xcodec_native.cpp (one Intel VM's) are only the untuned default
+(``XCODEC_FAST_TUNE=off``).
+
 Speed: measured by the benchmark suite (``xcodec-fast bench``), stored per machine in
-bench/results/ and rendered into the README; per-shape crossover numbers for the GEMM residual
-unit are in kernels/xcodec_native.cpp.
+bench/results/ and rendered into the README.
 """
 
 from __future__ import annotations
@@ -47,7 +53,7 @@ from pathlib import Path
 import torch
 
 from ..lengths import conv_output_length, conv_transpose_output_length
-from . import eager
+from . import eager, tuning
 from .backend import register
 
 _PACKAGE_DIR = Path(__file__).resolve().parents[1]
@@ -230,21 +236,95 @@ def add_snake(x: torch.Tensor, h: torch.Tensor, alpha: torch.Tensor) -> tuple[to
 def residual_unit(x, alpha1, weight1, bias1, dilation, alpha2, weight2, bias2) -> torch.Tensor:
     if _recording_autograd(x, alpha1, weight1, bias1, alpha2, weight2, bias2):
         return eager.residual_unit(x, alpha1, weight1, bias1, dilation, alpha2, weight2, bias2)
-    return _kernels().residual_unit(x, alpha1, weight1, bias1, dilation, alpha2, weight2, bias2)
+    if torch.compiler.is_compiling():
+        return torch.ops.xcodec_fast_native.residual_unit(x, alpha1, weight1, bias1, dilation, alpha2, weight2, bias2)
+    return _tuned_residual_unit(x, alpha1, weight1, bias1, dilation, alpha2, weight2, bias2)
 
 
 @register("snake_conv1d", "native")
 def snake_conv1d(x, alpha, weight, bias, stride, padding) -> torch.Tensor:
     if _recording_autograd(x, alpha, weight, bias):
         return eager.snake_conv1d(x, alpha, weight, bias, stride, padding)
-    return _kernels().snake_conv1d(x, alpha, weight, bias, stride, padding)
+    if torch.compiler.is_compiling():
+        return torch.ops.xcodec_fast_native.snake_conv1d(x, alpha, weight, bias, stride, padding)
+    return _tuned_snake_conv1d(x, alpha, weight, bias, stride, padding)
 
 
 @register("snake_conv_transpose1d", "native")
 def snake_conv_transpose1d(x, alpha, weight, bias, stride, padding, output_padding) -> torch.Tensor:
     if _recording_autograd(x, alpha, weight, bias):
         return eager.snake_conv_transpose1d(x, alpha, weight, bias, stride, padding, output_padding)
-    return _kernels().snake_conv_transpose1d(x, alpha, weight, bias, stride, padding, output_padding)
+    if torch.compiler.is_compiling():
+        return torch.ops.xcodec_fast_native.snake_conv_transpose1d(x, alpha, weight, bias, stride, padding,
+                                                                   output_padding)
+    return _tuned_snake_conv_transpose1d(x, alpha, weight, bias, stride, padding, output_padding)
+
+
+# ---- measured dispatch (xcodec_fast.ops.tuning): per shape, the fastest implementation here -----
+
+
+_source_digest: str | None = None
+
+
+def source_digest() -> str:
+    """Digest of the kernel sources of the loaded extension (part of the dispatch table's key)."""
+    global _source_digest
+    if _source_digest is None:
+        _source_digest = _info(extension())["source"]
+    return _source_digest
+
+
+def tuner() -> tuning.Tuner:
+    """This machine's dispatch table for the kernels loaded now."""
+    return tuning.tuner(source_digest())
+
+
+def _site_key(op: str, x: torch.Tensor, *geometry) -> str:
+    return "|".join([op, *map(str, geometry), str(x.dtype).replace("torch.", "")])
+
+
+def _tuned_residual_unit(x, alpha1, weight1, bias1, dilation, alpha2, weight2, bias2):
+    ext = extension()
+    rest = (alpha1, weight1, bias1, int(dilation), alpha2, weight2, bias2)
+    c = x.shape[1]
+    candidates = {
+        "onednn": lambda v: ext.residual_unit_onednn(v, *rest),
+        "eager": lambda v: eager.residual_unit(v, *rest),
+    }
+    # the chunked implicit GEMM needs a square unit with an odd kernel, all in x's dtype
+    if (weight1.dim() == 3 and tuple(weight1.shape[:2]) == (c, c) and weight1.shape[2] % 2 == 1
+            and tuple(weight2.shape) == (c, c, 1) and alpha2.numel() == c
+            and weight1.dtype == weight2.dtype == x.dtype):
+        candidates["gemm"] = lambda v: ext.residual_unit_gemm(v, *rest, 0)
+    key = _site_key("residual_unit", x, f"C{c}", f"k{weight1.shape[-1]}", f"d{int(dilation)}")
+    return tuner().pick(key, candidates, x, default=lambda v: ext.residual_unit(v, *rest))
+
+
+def _tuned_snake_conv1d(x, alpha, weight, bias, stride, padding):
+    ext = extension()
+    rest = (alpha, weight, bias, int(stride), int(padding))
+    candidates = {
+        "onednn": lambda v: ext.snake_conv1d_onednn(v, *rest),
+        "eager": lambda v: eager.snake_conv1d(v, *rest),
+    }
+    if x.dtype == weight.dtype and weight.dim() == 3 and weight.shape[1] == x.shape[1]:
+        candidates["gemm"] = lambda v: ext.snake_conv1d_gemm(v, *rest, 0)
+    key = _site_key("snake_conv1d", x, f"{x.shape[1]}->{weight.shape[0]}", f"k{weight.shape[-1]}", f"s{int(stride)}")
+    return tuner().pick(key, candidates, x, default=lambda v: ext.snake_conv1d(v, *rest))
+
+
+def _tuned_snake_conv_transpose1d(x, alpha, weight, bias, stride, padding, output_padding):
+    ext = extension()
+    rest = (alpha, weight, bias, int(stride), int(padding), int(output_padding))
+    candidates = {
+        "onednn": lambda v: ext.snake_conv_transpose1d_onednn(v, *rest),
+        "eager": lambda v: eager.snake_conv_transpose1d(v, *rest),
+    }
+    if x.dtype == weight.dtype and weight.dim() == 3 and weight.shape[0] == x.shape[1]:
+        candidates["gemm"] = lambda v: ext.snake_conv_transpose1d_gemm(v, *rest, 0)
+    key = _site_key("snake_conv_transpose1d", x, f"{x.shape[1]}->{weight.shape[1]}", f"k{weight.shape[-1]}",
+                    f"s{int(stride)}")
+    return tuner().pick(key, candidates, x, default=lambda v: ext.snake_conv_transpose1d(v, *rest))
 
 
 # torch.library registrations, so that torch.compile / torch.export can treat the kernels as opaque
@@ -294,7 +374,7 @@ def _residual_unit_op(
     weight2: torch.Tensor,
     bias2: torch.Tensor | None,
 ) -> torch.Tensor:
-    return extension().residual_unit(x, alpha1, weight1, bias1, dilation, alpha2, weight2, bias2)
+    return _tuned_residual_unit(x, alpha1, weight1, bias1, dilation, alpha2, weight2, bias2)
 
 
 @_residual_unit_op.register_fake
@@ -308,7 +388,7 @@ def _(x, alpha1, weight1, bias1, dilation, alpha2, weight2, bias2):
 def _snake_conv1d_op(
     x: torch.Tensor, alpha: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: int, padding: int
 ) -> torch.Tensor:
-    return extension().snake_conv1d(x, alpha, weight, bias, stride, padding)
+    return _tuned_snake_conv1d(x, alpha, weight, bias, stride, padding)
 
 
 @_snake_conv1d_op.register_fake
@@ -327,7 +407,7 @@ def _snake_conv_transpose1d_op(
     padding: int,
     output_padding: int,
 ) -> torch.Tensor:
-    return extension().snake_conv_transpose1d(x, alpha, weight, bias, stride, padding, output_padding)
+    return _tuned_snake_conv_transpose1d(x, alpha, weight, bias, stride, padding, output_padding)
 
 
 @_snake_conv_transpose1d_op.register_fake

@@ -1,0 +1,147 @@
+"""Measured dispatch: the native backend times its implementations once per site and machine."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from xcodec_fast.ops import eager, native, tuning
+
+if not native.availability(torch.device("cpu"))[0]:
+    pytest.skip("native backend unavailable", allow_module_level=True)
+
+
+@pytest.fixture
+def tuned(tmp_path, monkeypatch):
+    """Measuring on, with a dispatch table in tmp_path and no tuner left from other tests."""
+    monkeypatch.setenv(tuning.MODE_ENV, "auto")
+    monkeypatch.setenv(tuning.CACHE_ENV, str(tmp_path))
+    monkeypatch.setattr(tuning, "_tuners", {})
+    return tmp_path
+
+
+def _ident():
+    return tuning.identity("digest0")
+
+
+def test_the_fastest_candidate_wins_and_later_calls_do_not_measure(tuned):
+    calls = {"slow": 0, "fast": 0}
+
+    def slow(x):
+        calls["slow"] += 1
+        torch.ones(200, 200) @ torch.ones(200, 200)  # clearly more work
+        return x + 1
+
+    def fast(x):
+        calls["fast"] += 1
+        return x + 1
+
+    t = tuning.Tuner(_ident())
+    x = torch.zeros(1, 3, 5)
+    out = t.pick("op|C3|float32", {"slow": slow, "fast": fast}, x, default=slow)
+    assert torch.equal(out, x + 1) and t.table["op|C3|float32"]["choice"] == "fast" and t.measured == 1
+    before = dict(calls)
+    t.pick("op|C3|float32", {"slow": slow, "fast": fast}, x, default=slow)
+    assert calls == {"slow": before["slow"], "fast": before["fast"] + 1}  # one call, no timing
+    stored = json.loads(t.path.read_text())
+    assert stored["identity"] == _ident() and stored["entries"]["op|C3|float32"]["choice"] == "fast"
+    # a new process (tuner) reads the stored choice instead of measuring
+    again = tuning.Tuner(_ident())
+    again.pick("op|C3|float32", {"slow": slow, "fast": fast}, x, default=slow)
+    assert again.measured == 0
+
+
+def test_the_table_is_keyed_by_cpu_threads_torch_and_sources(tuned):
+    base = _ident()
+    paths = {tuning.cache_path(base)}
+    for field, value in (("cpu", "Other CPU 9000"), ("threads", base["threads"] + 1), ("torch", "0.0.1"),
+                         ("source", "digest1")):
+        paths.add(tuning.cache_path({**base, field: value}))
+    assert len(paths) == 5 and all(p.parent == tuned for p in paths)
+
+
+@pytest.mark.parametrize("damage", ["not json", "other identity", "wrong schema"])
+def test_a_corrupt_or_stale_table_is_ignored(tuned, damage):
+    ident = _ident()
+    path = tuning.cache_path(ident)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    entries = {"op|C3|float32": {"choice": "slow", "ms": {}}}
+    doc = {"schema": tuning.SCHEMA, "identity": ident, "entries": entries}
+    if damage == "not json":
+        path.write_text("{ half a file")
+    elif damage == "other identity":
+        path.write_text(json.dumps({**doc, "identity": {**ident, "torch": "0.0.1"}}))
+    else:
+        path.write_text(json.dumps({**doc, "schema": "something-else/9"}))
+    with pytest.warns(UserWarning, match="ignoring the dispatch table"):
+        t = tuning.Tuner(ident)
+    assert t.table == {}
+    t.pick("op|C3|float32", {"slow": lambda x: x, "fast": lambda x: x}, torch.zeros(1, 3, 4), default=lambda x: x)
+    assert t.measured == 1 and json.loads(path.read_text())["schema"] == tuning.SCHEMA  # rewritten whole
+
+
+def test_off_measures_nothing_and_retune_measures_again(tuned, monkeypatch):
+    used = []
+    candidates = {"a": lambda x: used.append("a") or x, "b": lambda x: used.append("b") or x}
+    default = lambda x: used.append("default") or x  # noqa: E731
+    monkeypatch.setenv(tuning.MODE_ENV, "off")
+    t = tuning.Tuner(_ident())
+    t.pick("k", candidates, torch.zeros(1, 1, 1), default)
+    assert used == ["default"] and t.measured == 0 and not t.path.exists()
+    monkeypatch.setenv(tuning.MODE_ENV, "auto")
+    t.pick("k", candidates, torch.zeros(1, 1, 1), default)
+    assert t.measured == 1 and t.path.exists()
+    monkeypatch.setenv(tuning.MODE_ENV, "retune")
+    fresh = tuning.Tuner(_ident())  # ignores the stored table
+    assert fresh.table == {}
+    fresh.pick("k", candidates, torch.zeros(1, 1, 1), default)
+    assert fresh.measured == 1
+    fresh.retune()  # from code: forget everything, file included
+    assert fresh.table == {} and not fresh.path.exists()
+    monkeypatch.setenv(tuning.MODE_ENV, "sometimes")
+    with pytest.raises(ValueError, match="XCODEC_FAST_TUNE"):
+        tuning.mode()
+
+
+def _residual_args(c, t, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *s, scale=1.0: torch.randn(*s, generator=g) * scale  # noqa: E731
+    return (r(2, c, t), r(c).abs() + 0.5, r(c, c, 7, scale=1 / math.sqrt(7 * c)), r(c, scale=0.1), 3,
+            r(c).abs() + 0.5, r(c, c, 1, scale=1 / math.sqrt(c)), r(c, scale=0.1))
+
+
+def test_native_ops_pick_by_measurement_and_agree_with_eager(tuned):
+    """Each native op measures its site once (gemm, oneDNN with fused Snake, plain eager), records
+    the times, and its result is the chosen implementation's, within fp32 rounding of eager."""
+    args = _residual_args(24, 301)
+    out = native.residual_unit(*args)
+    t = native.tuner()
+    key = "residual_unit|C24|k7|d3|float32"
+    entry = t.table[key]
+    assert set(entry["ms"]) == {"gemm", "onednn", "eager"} and entry["choice"] in entry["ms"]
+    torch.testing.assert_close(out, eager.residual_unit(*args), rtol=2e-5, atol=2e-5)
+    g = torch.Generator().manual_seed(1)
+    x, alpha = torch.randn(1, 16, 80, generator=g), torch.rand(16, generator=g) + 0.5
+    w, b = torch.randn(32, 16, 8, generator=g) * 0.1, torch.randn(32, generator=g) * 0.1
+    down = native.snake_conv1d(x, alpha, w, b, 4, 2)
+    torch.testing.assert_close(down, eager.snake_conv1d(x, alpha, w, b, 4, 2), rtol=2e-5, atol=2e-5)
+    wt = torch.randn(16, 8, 8, generator=g) * 0.1
+    up = native.snake_conv_transpose1d(x, alpha, wt, None, 4, 2, 0)
+    torch.testing.assert_close(up, eager.snake_conv_transpose1d(x, alpha, wt, None, 4, 2, 0), rtol=2e-5, atol=2e-5)
+    assert {"snake_conv1d|16->32|k8|s4|float32", "snake_conv_transpose1d|16->8|k8|s4|float32"} <= set(t.table)
+    # one choice per site: a longer call at the same site measures nothing new
+    measured = t.measured
+    native.residual_unit(*_residual_args(24, 2000, seed=3))
+    assert t.measured == measured
+    lines = tuning.describe(native.source_digest())
+    assert any(key in line and entry["choice"] in line for line in lines)
+
+
+def test_info_prints_the_dispatch_table(tuned, capsys):
+    from xcodec_fast import cli
+
+    native.residual_unit(*_residual_args(8, 50))
+    assert cli.main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert "dispatch table" in out and "residual_unit|C8|k7|d3|float32" in out

@@ -1,0 +1,194 @@
+"""Measured dispatch: on each machine the native backend picks, per call shape, the fastest of its
+implementations of an op, by timing them once on the real inputs.
+
+The CPUs users run on differ (the same suite showed the native residual unit 2.2x oneDNN on one
+Intel VM and a tie on an AMD one), so no constant can decide. The first call of an op at a new
+site (op, channels, kernel, stride or dilation, dtype) times every candidate on a random input of
+that geometry, about ``MEASURE_ELEMENTS`` values long (the size of the real model's busiest sites,
+bounded so that measuring costs well under a second per site), and records the times; that call
+and every later one at the site run the fastest. One choice per
+site, not per length: an item then takes the same implementation alone as in a padded batch, so
+their results stay equal. The table lives in one JSON file per CPU model, thread
+count, torch version and kernel source digest, so a new machine, a new torch or changed kernels
+measure afresh; a file that does not parse, or whose fields do not match, is ignored.
+
+``XCODEC_FAST_TUNE``: ``auto`` (default) measures unknown shapes and stores them; ``off`` measures
+nothing and uses the stored choice, else the op's default; ``retune`` ignores the stored table and
+measures again (then stores). ``XCODEC_FAST_TUNE_CACHE`` overrides the file's directory.
+:func:`retune` does the same from code. ``xcodec-fast info`` prints the table.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import threading
+import time
+import warnings
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from ..hardware import cpu_name, slug
+
+MODE_ENV = "XCODEC_FAST_TUNE"
+CACHE_ENV = "XCODEC_FAST_TUNE_CACHE"
+MODES = ("auto", "off", "retune")
+SCHEMA = "xcodec-fast-dispatch/1"
+MIN_REPS, MAX_REPS, MIN_SECONDS = 2, 10, 0.05  # timed calls per candidate after one warm-up
+MEASURE_ELEMENTS = 1 << 21  # channels x frames of the timed input
+
+
+def mode() -> str:
+    value = os.environ.get(MODE_ENV, "auto").strip().lower() or "auto"
+    if value not in MODES:
+        raise ValueError(f"environment variable {MODE_ENV}={value!r}: choose one of {', '.join(MODES)}")
+    return value
+
+
+def identity(source_digest: str) -> dict:
+    """What a measurement is valid for."""
+    return {
+        "cpu": cpu_name(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__.split("+")[0],
+        "source": source_digest,
+    }
+
+
+def cache_dir() -> Path:
+    root = os.environ.get(CACHE_ENV)
+    if root:
+        return Path(root)
+    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(xdg) / "xcodec_fast" / "dispatch"
+
+
+def cache_path(ident: dict) -> Path:
+    name = f"{slug(ident['cpu'])}-{ident['threads']}t-torch{ident['torch']}-{ident['source']}.json"
+    return cache_dir() / name
+
+
+class Tuner:
+    """One machine's dispatch table, loaded from and saved to its file."""
+
+    def __init__(self, ident: dict):
+        self.ident = ident
+        self.path = cache_path(ident)
+        self.lock = threading.Lock()
+        self.table: dict[str, dict] = {} if mode() == "retune" else self._load()
+        self.measured = 0  # how many shapes this process has timed
+
+    def _load(self) -> dict[str, dict]:
+        try:
+            doc = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            warnings.warn(f"ignoring the dispatch table {self.path}: {exc}; shapes will be measured again",
+                          stacklevel=3)
+            return {}
+        if not isinstance(doc, dict) or doc.get("schema") != SCHEMA or doc.get("identity") != self.ident or \
+                not isinstance(doc.get("entries"), dict):
+            warnings.warn(f"ignoring the dispatch table {self.path}: written for another machine, torch or "
+                          "kernel sources, or damaged; shapes will be measured again", stacklevel=3)
+            return {}
+        return {k: v for k, v in doc["entries"].items() if isinstance(v, dict) and isinstance(v.get("choice"), str)}
+
+    def save(self) -> None:
+        """Write the table atomically, merged with what other processes stored meanwhile."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            merged = {**self._load_quietly(), **self.table}
+            tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+            tmp.write_text(json.dumps({"schema": SCHEMA, "identity": self.ident, "entries": merged},
+                                      indent=1, sort_keys=True) + "\n")
+            os.replace(tmp, self.path)
+        except OSError as exc:  # a read-only cache only costs the next process a measurement
+            warnings.warn(f"could not store the dispatch table at {self.path}: {exc}", stacklevel=3)
+
+    def _load_quietly(self) -> dict:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return self._load()
+
+    def pick(self, key: str, candidates: dict[str, Callable[[torch.Tensor], torch.Tensor]], x: torch.Tensor,
+             default: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """``candidates[choice](x)`` for ``key``'s stored choice; with none stored, time every
+        candidate first (``auto`` / ``retune``), or run ``default`` (``off``, or while torch.compile
+        traces)."""
+        entry = self.table.get(key)
+        if entry is None or entry["choice"] not in candidates:
+            if mode() == "off" or torch.compiler.is_compiling():
+                return default(x)
+            entry = self._measure(key, candidates, x)
+        return candidates[entry["choice"]](x)
+
+    def _measure(self, key: str, candidates, x: torch.Tensor) -> dict:
+        channels = max(1, math.prod(x.shape[1:-1]))
+        frames = min(max(MEASURE_ELEMENTS // channels, 256), 1 << 16)
+        probe = torch.randn(1, *x.shape[1:-1], frames, generator=torch.Generator().manual_seed(0)).to(x.dtype)
+        times: dict[str, list[float]] = {name: [] for name in candidates}
+        with torch.no_grad():
+            for run in candidates.values():
+                run(probe)  # warm-up: first-touch allocations, oneDNN primitive creation
+            # round robin, so that a change in the machine's load falls on every candidate alike
+            while True:
+                for name, run in candidates.items():
+                    start = time.perf_counter()
+                    run(probe)
+                    times[name].append(time.perf_counter() - start)
+                reps = len(times[name])
+                if reps >= MAX_REPS or (reps >= MIN_REPS and min(sum(t) for t in times.values()) >= MIN_SECONDS):
+                    break
+        seconds = {name: min(t) for name, t in times.items()}
+        entry = {"choice": min(seconds, key=seconds.get), "ms": {k: round(v * 1e3, 4) for k, v in seconds.items()},
+                 "measured_frames": frames}
+        with self.lock:
+            self.table[key] = entry
+            self.measured += 1
+            self.save()
+        return entry
+
+    def retune(self) -> None:
+        with self.lock:
+            self.table = {}
+            try:
+                self.path.unlink()
+            except OSError:
+                pass
+
+
+_tuners: dict[tuple, Tuner] = {}
+_tuners_lock = threading.Lock()
+
+
+def tuner(source_digest: str) -> Tuner:
+    """The tuner for this machine as it is now (thread count included)."""
+    ident = identity(source_digest)
+    key = tuple(sorted(ident.items()))
+    with _tuners_lock:
+        if key not in _tuners:
+            _tuners[key] = Tuner(ident)
+        return _tuners[key]
+
+
+def retune() -> None:
+    """Forget every stored choice for this machine: the next calls measure again."""
+    with _tuners_lock:
+        tuners = list(_tuners.values())
+    for t in tuners:
+        t.retune()
+
+
+def describe(source_digest: str) -> list[str]:
+    """The table as lines, for ``xcodec-fast info``."""
+    t = tuner(source_digest)
+    lines = [f"dispatch table {t.path} ({MODE_ENV}={mode()}): {len(t.table)} shapes measured"]
+    for key in sorted(t.table):
+        entry = t.table[key]
+        times = ", ".join(f"{name} {ms:.3g} ms" for name, ms in sorted(entry.get("ms", {}).items()))
+        lines.append(f"  {key}: {entry['choice']}  ({times})")
+    return lines
