@@ -12,9 +12,10 @@ import sys
 from pathlib import Path
 
 KERNEL_DIR = Path(__file__).resolve().parent
-SOURCES = ("xcodec_native.cpp",)
+SOURCES = ("snake.cpp", "residual_unit.cpp", "conv.cpp", "bindings.cpp")
 # Files whose content decides the binary (the cache key hashes them).
-HASHED_FILES = SOURCES + ("build_config.py",)
+HEADERS = ("common.h", "defaults.h", "ops.h")
+HASHED_FILES = SOURCES + HEADERS + ("build_config.py",)
 
 _ISA_FLAGS = {
     # The same ISA set ATen compiles its own CPU_CAPABILITY kernels with, so that Vectorized<float>

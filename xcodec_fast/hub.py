@@ -8,6 +8,7 @@ may be left over are training-only buffers listed in :data:`IGNORED_SUFFIXES`.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import math
@@ -356,42 +357,44 @@ def _outer_layer(index: int, tail: str, blocks: int) -> str | None:
     return {0: f"conv1.{tail}", blocks + 1: f"snake1.{tail}", blocks + 2: f"conv2.{tail}"}.get(index)
 
 
-def _acoustic_encoder_key(rest: str, blocks: int) -> str | None:
-    match = re.match(r"block\.(\d+)\.(.*)", rest)
+@dataclasses.dataclass(frozen=True)
+class _BlockLayout:
+    """Where the original checkpoint keeps the layers of a DAC encoder / decoder block."""
+
+    top: str  # the module list of blocks: "block" (encoder) or "model" (decoder)
+    units: str  # regex of the residual units' positions inside a block
+    unit_offset: int  # original position + this = our res_unitN
+    layers: dict  # other positions inside a block -> our layer name
+
+
+_ENCODER_LAYOUT = _BlockLayout("block", r"\d+", 1, {"3": "snake1", "4": "conv1"})
+_DECODER_LAYOUT = _BlockLayout("model", r"[2-4]", -1, {"0": "snake1", "1": "conv_t1"})
+
+
+def _acoustic_key(rest: str, blocks: int, layout: _BlockLayout) -> str | None:
+    match = re.match(rf"{layout.top}\.(\d+)\.(.*)", rest)
     if match is None:
         return None
     index, tail = int(match.group(1)), match.group(2)
     outer = _outer_layer(index, tail, blocks)
     if outer is not None:
         return outer
-    unit = re.match(r"block\.(\d+)\.block\.([0-3])\.(.*)", tail)
+    unit = re.match(rf"block\.({layout.units})\.block\.([0-3])\.(.*)", tail)
     if unit is not None:
         layer = _UNIT_LAYERS[int(unit.group(2))]
-        return f"block.{index - 1}.res_unit{int(unit.group(1)) + 1}.{layer}.{unit.group(3)}"
-    tail_match = re.match(r"block\.([34])\.(.*)", tail)
-    if tail_match is not None:
-        layer = "snake1" if tail_match.group(1) == "3" else "conv1"
-        return f"block.{index - 1}.{layer}.{tail_match.group(2)}"
+        return f"block.{index - 1}.res_unit{int(unit.group(1)) + layout.unit_offset}.{layer}.{unit.group(3)}"
+    other = re.match(r"block\.(\d+)\.(.*)", tail)
+    if other is not None and other.group(1) in layout.layers:
+        return f"block.{index - 1}.{layout.layers[other.group(1)]}.{other.group(2)}"
     return None
+
+
+def _acoustic_encoder_key(rest: str, blocks: int) -> str | None:
+    return _acoustic_key(rest, blocks, _ENCODER_LAYOUT)
 
 
 def _acoustic_decoder_key(rest: str, blocks: int) -> str | None:
-    match = re.match(r"model\.(\d+)\.(.*)", rest)
-    if match is None:
-        return None
-    index, tail = int(match.group(1)), match.group(2)
-    outer = _outer_layer(index, tail, blocks)
-    if outer is not None:
-        return outer
-    unit = re.match(r"block\.([2-4])\.block\.([0-3])\.(.*)", tail)
-    if unit is not None:
-        layer = _UNIT_LAYERS[int(unit.group(2))]
-        return f"block.{index - 1}.res_unit{int(unit.group(1)) - 1}.{layer}.{unit.group(3)}"
-    head = re.match(r"block\.([01])\.(.*)", tail)
-    if head is not None:
-        layer = "snake1" if head.group(1) == "0" else "conv_t1"
-        return f"block.{index - 1}.{layer}.{head.group(2)}"
-    return None
+    return _acoustic_key(rest, blocks, _DECODER_LAYOUT)
 
 
 def original_key_to_transformers(key: str, blocks: int) -> str | None:

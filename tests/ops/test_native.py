@@ -121,7 +121,7 @@ def residual_args(batch, channels, frames, dilation, dtype=torch.float32):
     return tuple(a.to(dtype) if isinstance(a, torch.Tensor) else a for a in (x, alpha1, w1, b1, dilation, alpha2, w2, b2))
 
 
-# Up to 256 channels the residual unit is a chunked implicit GEMM (see kernels/xcodec_native.cpp):
+# Up to 256 channels the residual unit is a chunked implicit GEMM (see kernels/defaults.h):
 # same math as eager in another summation order, so within 1e-6 of the output scale, not bit-equal.
 # 16001 frames span many chunks (halos at chunk edges); 300 channels take the oneDNN path.
 @pytest.mark.parametrize("dilation", (1, 3, 9))
@@ -233,7 +233,7 @@ def test_gemm_paths_give_an_item_its_alone_result_in_a_longer_padded_row(frames)
 
 def test_conv_dispatch_takes_the_measured_path():
     # C_in <= 256 strided convs and all transposed convs take the GEMM path, wider strided convs oneDNN
-    # (crossover tables in kernels/xcodec_native.cpp): the dispatched result is that path's, bit for bit.
+    # (crossover tables in kernels/defaults.h): the dispatched result is that path's, bit for bit.
     ext = native.extension()
     x, alpha = make_input(1, 256, 40)
     w, b = dac_weights(256, 8, 4)

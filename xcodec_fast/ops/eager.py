@@ -56,15 +56,8 @@ def snake_conv1d(
 
 
 @register("snake_conv_transpose1d", "eager")
-def snake_conv_transpose1d(
-    x: torch.Tensor,
-    alpha: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    stride: int,
-    padding: int,
-    output_padding: int,
-) -> torch.Tensor:
+def snake_conv_transpose1d(x: torch.Tensor, alpha: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                           stride: int, padding: int, output_padding: int) -> torch.Tensor:
     return F.conv_transpose1d(snake(x, alpha), weight, bias, stride=stride, padding=padding, output_padding=output_padding)
 
 

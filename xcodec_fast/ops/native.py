@@ -7,15 +7,15 @@ What it does
       Vectorized::sin). bf16/fp16 are stored reduced and computed in fp32 (rounded once, so they
       differ from eager's per-step rounding by about one bf16 ulp).
     * ``add_snake``: ``y = x + h`` and ``snake(y)`` in one pass, both written.
-    * ``residual_unit``: at C <= 256 a chunked implicit GEMM (snake -> im2col -> MKL sgemm ->
-      snake -> sgemm + residual per L2-sized time chunk, tasks in parallel; ~1e-6 of the output
-      scale from eager, not bit-equal; 2.2x over the oneDNN version at 64 x 160000, crossover
-      table in kernels/xcodec_native.cpp); wider units: fused snake + oneDNN convolutions.
-    * ``snake_conv1d``: at C_in <= 256 a chunked implicit GEMM over the stride's phases (snake ->
-      de-interleave -> im2col -> sgemm per time chunk); wider inputs: snake + oneDNN.
+    * ``residual_unit``: a chunked implicit GEMM (snake -> im2col -> MKL sgemm -> snake -> sgemm
+      + residual per L2-sized time chunk, tasks in parallel; ~1e-6 of the output scale from eager,
+      not bit-equal), or Snake fused around oneDNN convolutions, or plain eager.
+    * ``snake_conv1d``: a chunked implicit GEMM over the stride's phases (snake -> de-interleave ->
+      im2col -> sgemm per time chunk), or snake + oneDNN, or eager.
     * ``snake_conv_transpose1d``: chunked GEMM Z = Wᵀ·snake(x) on W as stored (no per-call weight
-      repacking), then each output frame gathers its taps from Z. Crossover tables (GEMM path vs
-      snake + oneDNN per model site) in kernels/xcodec_native.cpp.
+      repacking), then each output frame gathers its taps from Z; or snake + oneDNN, or eager.
+    Which of them runs at a site is measured (see Dispatch below). Sources: kernels/snake.cpp,
+    residual_unit.cpp, conv.cpp (common.h: row helpers and the GEMM; bindings.cpp: the module).
     * :func:`snake_` (not a dispatched op): snake in place. A model may use it only on a tensor it
       owns and will not read again, e.g. a conv output about to be activated, never on a module
       input or a tensor that autograd saved.
@@ -34,7 +34,7 @@ Dispatch: residual units and strided / transposed convs have several implementat
 (chunked implicit GEMM, Snake fused with oneDNN convolutions, plain eager). Which one runs at a
 site is measured once per machine (:mod:`xcodec_fast.ops.tuning`: timed on a random input of the
 site's geometry, stored per CPU model, thread count, torch version and kernel sources); the
-crossovers written in kernels/xcodec_native.cpp (one Intel VM's) are only the untuned default
+crossovers in kernels/defaults.h (one Intel VM's, with its table) are only the untuned default
 (``XCODEC_FAST_TUNE=off``).
 
 Speed: measured by the benchmark suite (``xcodec-fast bench``), stored per machine in

@@ -1,0 +1,51 @@
+// Native CPU kernels for xcodec_fast: the Python module (see xcodec_fast/ops/native.py for build, dispatch and timings).
+//
+// Snake is `x + (α + 1e-9)⁻¹ · sin(αx)²`. Eager torch makes five passes over memory for it; here
+// each (batch, channel) row is processed in L1-sized chunks in one pass. For fp32 every step is
+// rounded exactly as eager rounds it (same operation order, no FMA contraction: build with
+// -ffp-contract=off, and the same sin as torch.sin: MKL VML in HA mode on x86 builds, otherwise
+// ATen's Vectorized::sin), so fp32 results are bit-identical to the eager reference.
+// bf16/fp16 are stored reduced and computed in fp32 (one rounding at the end, unlike eager).
+// The residual unit at C <= 256, snake + strided conv at C_in <= 256 and snake + transposed conv are
+// chunked implicit GEMMs on MKL sgemm (not bit-identical to eager, within ~1e-6 of the output scale);
+// the other convolutions stay on ATen (oneDNN).
+// Built with -fopenmp (build_config.py): at::parallel_for is serial without it.
+
+#include "common.h"
+#include "ops.h"
+
+std::string build_info() {
+  return std::string("capability=") + XCODEC_CPU_CAPABILITY + ";source=" + XCODEC_STRINGIFY(XCODEC_SOURCE_DIGEST) +
+         ";sin=" + (XCODEC_SIN_MKL ? "mkl-vml-ha" : "aten-vec") +
+         ";torch=" + std::to_string(TORCH_VERSION_MAJOR) + "." + std::to_string(TORCH_VERSION_MINOR) + "." +
+         std::to_string(TORCH_VERSION_PATCH);
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "xcodec_fast native CPU kernels";
+  m.def("snake", &snake, "snake(x, alpha) in one pass");
+  m.def("snake_", &snake_, "snake in place on x");
+  m.def("add_snake", &add_snake, "(x + h, snake(x + h)) in one pass");
+  m.def("residual_unit", &residual_unit, "DAC residual unit with fused snakes");
+  m.def("residual_unit_gemm", [](const at::Tensor& x, const at::Tensor& alpha1, const at::Tensor& weight1,
+                                 const std::optional<at::Tensor>& bias1, int64_t dilation, const at::Tensor& alpha2,
+                                 const at::Tensor& weight2, const std::optional<at::Tensor>& bias2, int64_t chunk) {
+    return residual_unit_gemm(unit_stride_time(x), alpha1, weight1, bias1, dilation, alpha2, weight2, bias2, chunk);
+  }, "residual unit as chunked implicit GEMM (chunk <= 0: default); for tuning");
+  m.def("residual_unit_onednn", &residual_unit_onednn, "residual unit as snake + oneDNN convolutions");
+  m.def("snake_conv1d", &snake_conv1d, "conv1d(snake(x))");
+  m.def("snake_conv_transpose1d", &snake_conv_transpose1d, "conv_transpose1d(snake(x))");
+  m.def("snake_conv1d_gemm", &snake_conv1d_gemm, "snake_conv1d as chunked implicit GEMM (chunk <= 0: default)");
+  m.def("snake_conv_transpose1d_gemm", &snake_conv_transpose1d_gemm,
+        "snake_conv_transpose1d as chunked implicit GEMM (chunk <= 0: default)");
+  m.def("snake_conv1d_onednn", [](const at::Tensor& x, const at::Tensor& alpha, const at::Tensor& weight,
+                                  const std::optional<at::Tensor>& bias, int64_t stride, int64_t padding) {
+    return at::conv1d(snake(x, alpha), weight, bias, {stride}, {padding});
+  }, "snake then ATen conv1d; for tuning");
+  m.def("snake_conv_transpose1d_onednn", [](const at::Tensor& x, const at::Tensor& alpha, const at::Tensor& weight,
+                                            const std::optional<at::Tensor>& bias, int64_t stride, int64_t padding,
+                                            int64_t output_padding) {
+    return at::conv_transpose1d(snake(x, alpha), weight, bias, {stride}, {padding}, {output_padding});
+  }, "snake then ATen conv_transpose1d; for tuning");
+  m.def("build_info", &build_info, "how this binary was built");
+}

@@ -1,0 +1,43 @@
+// The kernels' entry points, one declaration each: snake.cpp, residual_unit.cpp, conv.cpp define
+// them, bindings.cpp exposes them to Python.
+#pragma once
+
+#include <torch/extension.h>
+
+#include <optional>
+#include <string>
+#include <tuple>
+
+at::Tensor snake(const at::Tensor& x_in, const at::Tensor& alpha);
+
+at::Tensor& snake_(at::Tensor& x, const at::Tensor& alpha);
+
+std::tuple<at::Tensor, at::Tensor> add_snake(const at::Tensor& x_in, const at::Tensor& h_in, const at::Tensor& alpha);
+
+at::Tensor residual_unit_gemm(const at::Tensor& x, const at::Tensor& alpha1, const at::Tensor& weight1,
+                              const std::optional<at::Tensor>& bias1, int64_t dilation, const at::Tensor& alpha2,
+                              const at::Tensor& weight2, const std::optional<at::Tensor>& bias2, int64_t chunk);
+
+at::Tensor residual_unit(const at::Tensor& x_in, const at::Tensor& alpha1, const at::Tensor& weight1,
+                         const std::optional<at::Tensor>& bias1, int64_t dilation, const at::Tensor& alpha2,
+                         const at::Tensor& weight2, const std::optional<at::Tensor>& bias2);
+
+at::Tensor residual_unit_onednn(const at::Tensor& x_in, const at::Tensor& alpha1, const at::Tensor& weight1,
+                                const std::optional<at::Tensor>& bias1, int64_t dilation, const at::Tensor& alpha2,
+                                const at::Tensor& weight2, const std::optional<at::Tensor>& bias2);
+
+at::Tensor snake_conv1d_gemm(const at::Tensor& x_in, const at::Tensor& alpha, const at::Tensor& weight,
+                             const std::optional<at::Tensor>& bias, int64_t stride, int64_t padding, int64_t chunk);
+
+at::Tensor snake_conv_transpose1d_gemm(const at::Tensor& x_in, const at::Tensor& alpha, const at::Tensor& weight,
+                                       const std::optional<at::Tensor>& bias, int64_t stride, int64_t padding,
+                                       int64_t output_padding, int64_t chunk);
+
+at::Tensor snake_conv1d(const at::Tensor& x, const at::Tensor& alpha, const at::Tensor& weight,
+                        const std::optional<at::Tensor>& bias, int64_t stride, int64_t padding);
+
+at::Tensor snake_conv_transpose1d(const at::Tensor& x, const at::Tensor& alpha, const at::Tensor& weight,
+                                  const std::optional<at::Tensor>& bias, int64_t stride, int64_t padding,
+                                  int64_t output_padding);
+
+std::string build_info();
