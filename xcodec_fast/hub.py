@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from .config import AcousticConfig, ConfigError, SemanticConfig, XcodecConfig
+from .dtypes import parse_dtype
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -49,22 +50,6 @@ class CheckpointError(ValueError):
 
 
 # ---- dtype ----------------------------------------------------------------------------------
-_DTYPE_NAMES = {"float32": torch.float32, "float": torch.float32, "float16": torch.float16, "half": torch.float16,
-                "bfloat16": torch.bfloat16}
-
-
-def _parse_dtype(value, where: str) -> torch.dtype:
-    if isinstance(value, torch.dtype):
-        dtype = value
-    elif isinstance(value, str) and value.removeprefix("torch.") in _DTYPE_NAMES:
-        dtype = _DTYPE_NAMES[value.removeprefix("torch.")]
-    else:
-        raise ValueError(f"{where}: unsupported dtype {value!r}; use float32, float16, bfloat16 or 'auto'")
-    if dtype not in (torch.float32, torch.float16, torch.bfloat16):
-        raise ValueError(f"{where}: unsupported dtype {dtype}; use float32, float16 or bfloat16")
-    return dtype
-
-
 def resolve_dtype(dtype, config: XcodecConfig, tensors: Mapping[str, Tensor]) -> torch.dtype:
     """None -> float32; 'auto' -> the dtype the checkpoint says it holds; else the named dtype."""
     if dtype is None:
@@ -72,12 +57,12 @@ def resolve_dtype(dtype, config: XcodecConfig, tensors: Mapping[str, Tensor]) ->
     if isinstance(dtype, str) and dtype == "auto":
         stored = config.extra.get("dtype") or config.extra.get("torch_dtype")
         if stored is not None:
-            return _parse_dtype(stored, "config.json dtype")
+            return parse_dtype(stored, "config.json dtype")
         for tensor in tensors.values():
             if tensor.is_floating_point():
-                return _parse_dtype(tensor.dtype, "checkpoint tensors")
+                return parse_dtype(tensor.dtype, "checkpoint tensors")
         return torch.float32
-    return _parse_dtype(dtype, "dtype")
+    return parse_dtype(dtype, "dtype")
 
 
 # ---- files ----------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from urllib.parse import urlparse
 import torch
 
 from .config import XcodecConfig, tiny_config
+from .dtypes import parse_dtype
 from .errors import short_error
 from .hub import hub_offline
 
@@ -95,7 +96,7 @@ def load_model(spec=None, device=None, dtype=None, backend=None, random_fallback
     if device is not None:
         model = model.to(device)
     if dtype not in (None, "auto"):
-        model = model.to(getattr(torch, dtype) if isinstance(dtype, str) else dtype)
+        model = model.to(parse_dtype(dtype))
     return model, model_id
 
 

@@ -52,13 +52,13 @@ def test_the_fastest_candidate_wins_and_later_calls_do_not_measure(tuned):
     assert again.measured == 0
 
 
-def test_the_table_is_keyed_by_cpu_threads_torch_and_sources(tuned):
+def test_the_table_is_keyed_by_cpu_threads_torch_sources_and_malloc_mode(tuned):
     base = _ident()
     paths = {tuning.cache_path(base)}
     for field, value in (("cpu", "Other CPU 9000"), ("threads", base["threads"] + 1), ("torch", "0.0.1"),
-                         ("source", "digest1")):
+                         ("source", "digest1"), ("malloc", "reuse" if base["malloc"] == "default" else "default")):
         paths.add(tuning.cache_path({**base, field: value}))
-    assert len(paths) == 5 and all(p.parent == tuned for p in paths)
+    assert len(paths) == 6 and all(p.parent == tuned for p in paths)
 
 
 @pytest.mark.parametrize("damage", ["not json", "other identity", "wrong schema"])

@@ -8,13 +8,14 @@ from typing import Callable
 import torch
 
 from .. import ops
+from ..dtypes import BY_NAME
 from ..ops import backend as dispatch
 from . import cases
 from .machine import last_level_cache_bytes, op_math_mode
 from ..errors import short_error
 from .timing import Policy, measure, rotation_count, summarize
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = {name: BY_NAME[name] for name in ("float32", "bfloat16", "float16")}  # the report's order
 
 
 def backend_status(backends: list[str], device: torch.device) -> dict:

@@ -10,7 +10,8 @@ and every later one at the site run the fastest. One choice per
 site, not per length: an item then takes the same implementation alone as in a padded batch, so
 their results stay equal. The table lives in one JSON file per CPU model, thread
 count, torch version and kernel source digest, so a new machine, a new torch or changed kernels
-measure afresh; a file that does not parse, or whose fields do not match, is ignored.
+measure afresh (and the glibc malloc mode, see :func:`identity`); a file that does not parse, or
+whose fields do not match, is ignored.
 
 ``XCODEC_FAST_TUNE``: ``auto`` (default) measures unknown shapes and stores them; ``off`` measures
 nothing and uses the stored choice, else the op's default; ``retune`` ignores the stored table and
@@ -49,12 +50,17 @@ def mode() -> str:
 
 
 def identity(source_digest: str) -> dict:
-    """What a measurement is valid for."""
+    """What a measurement is valid for. The malloc mode is part of it: with glibc's default every
+    large block is page-faulted afresh, which favours the implementations that allocate least, so
+    the command line (reuse) and a library caller (default) can need different choices."""
+    from .. import cpu_malloc
+
     return {
         "cpu": cpu_name(),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__.split("+")[0],
         "source": source_digest,
+        "malloc": "reuse" if cpu_malloc.mode() == "reuse" else "default",
     }
 
 
@@ -67,7 +73,7 @@ def cache_dir() -> Path:
 
 
 def cache_path(ident: dict) -> Path:
-    name = f"{slug(ident['cpu'])}-{ident['threads']}t-torch{ident['torch']}-{ident['source']}.json"
+    name = f"{slug(ident['cpu'])}-{ident['threads']}t-{ident['malloc']}-torch{ident['torch']}-{ident['source']}.json"
     return cache_dir() / name
 
 
