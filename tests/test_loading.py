@@ -324,3 +324,33 @@ def test_hf_hub_offline_reads_as_huggingface_hub_does(monkeypatch, value, offlin
     assert hub_offline() is offline is _is_true(value)
     if offline:
         assert loading.hub_reachable() is False  # decided without touching the network
+
+
+def test_unreadable_model_files_name_the_file_and_the_permission(copy_of, monkeypatch):
+    """A model file the process may not read (tests run as root, which reads anything: the OS
+    error is raised where the file is opened) gets a message naming the file, not 'corrupt'."""
+    import builtins
+
+    import safetensors.torch
+
+    weights = copy_of / "model.safetensors"
+
+    def denied_weights(path, device="cpu"):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(safetensors.torch, "load_file", denied_weights)
+    with pytest.raises(CheckpointError, match=re.escape(str(weights)) + ": permission denied"):
+        XcodecModel.from_pretrained(copy_of)
+    monkeypatch.undo()
+
+    config = copy_of / "config.json"
+    real_open = builtins.open
+
+    def denied_config(path, *args, **kwargs):
+        if str(path) == str(config):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", denied_config)
+    with pytest.raises(ValueError, match=re.escape(str(config)) + ": permission denied"):
+        XcodecModel.from_pretrained(copy_of)

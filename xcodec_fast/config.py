@@ -266,6 +266,9 @@ class XcodecConfig:
                 data = json.load(fh)
         except json.JSONDecodeError as exc:
             raise ConfigError(f"{path} is not valid JSON: {exc}") from exc
+        except PermissionError as exc:
+            raise ConfigError(f"{path}: permission denied, cannot read the model's config (check the file's "
+                              "permissions)") from exc
         if not isinstance(data, dict):
             raise ConfigError(f"{path} must hold a JSON object, got {type(data).__name__}")
         try:

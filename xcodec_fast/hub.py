@@ -72,6 +72,9 @@ def read_safetensors(path: str | os.PathLike) -> dict[str, Tensor]:
 
     try:
         return load_file(str(path), device="cpu")
+    except PermissionError as exc:
+        raise CheckpointError(f"{path}: permission denied, cannot read the model's weights (check the file's "
+                              "permissions)") from exc
     except Exception as exc:  # safetensors raises its own error types for every kind of damage
         raise CheckpointError(f"{path} is not a readable safetensors file (truncated or corrupt?): {exc}") from exc
 
