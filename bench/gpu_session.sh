@@ -63,7 +63,7 @@ import argparse, json, os, subprocess, sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path.cwd()))
-from xcodec_fast import benchmark as bench  # noqa: E402
+from xcodec_fast.benchmark import suite as bench  # noqa: E402
 from xcodec_fast.benchmark.kernels import DTYPES  # noqa: E402
 
 p = argparse.ArgumentParser(prog="gpu_session.sh merge", description="merge partial bench/run.py results")
