@@ -655,3 +655,20 @@ def test_npy_on_a_finished_run_writes_every_item(tmp_path, model):
     table = pa.concat_tables(_rows(out)[1])
     for row, codes in zip(table.to_pylist(), read_codes(table)):
         np.testing.assert_array_equal(np.load(out / "npy" / (row["id"] + ".npy")), codes)
+
+
+def test_options_object_and_keywords_are_the_same_run(tmp_path):
+    """tokenize() takes its settings as keywords or as one TokenizeOptions (keywords override it);
+    a misspelt setting is a TypeError naming it, a bad value a ValueError naming the option."""
+    import dataclasses
+
+    from xcodec_fast.tokenize import TokenizeOptions
+
+    opts = TokenizeOptions(shard_size=3, progress=False, num_workers=0)
+    assert dataclasses.replace(opts, npy=True).npy and not opts.npy
+    with pytest.raises(TypeError, match="shard_sise"):
+        tokenize([str(tmp_path)], tmp_path / "out", model="random-tiny", options=opts, shard_sise=2)
+    with pytest.raises(ValueError, match="shard_size must be at least 1"):
+        tokenize([str(tmp_path)], tmp_path / "out", model="random-tiny", options=opts, shard_size=0)
+    with pytest.raises(ValueError, match="--threads must be a positive integer"):
+        TokenizeOptions(threads=0).check()

@@ -46,7 +46,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
-import sys
 import threading
 from pathlib import Path
 

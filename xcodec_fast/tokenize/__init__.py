@@ -28,12 +28,13 @@ from .. import cpu_malloc
 from ..hub import CheckpointError
 from ..loading import DEFAULT_MODEL, load_model, weights_fingerprint
 from ..ops.backend import BackendUnavailableError
-from .engine import BatchEncoder, OutputInUse, RuntimeMismatch, SettingsMismatch, merge, tokenize
+from .engine import BatchEncoder, OutputInUse, RuntimeMismatch, SettingsMismatch, TokenizeOptions, merge, tokenize
 from .sources import InputError, Item, list_items
 from .writer import atomic_write_json, read_codes, unique_relpaths
 
 __all__ = [
     "tokenize",
+    "TokenizeOptions",
     "detokenize",
     "merge",
     "load_model",

@@ -17,6 +17,7 @@ import math
 import os
 import sys
 import time
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -458,35 +459,64 @@ def _context_frames(context_seconds: float, cfg) -> int:
     return int(round(context_seconds * cfg.frame_rate))
 
 
-def tokenize(
-    inputs,
-    output_dir,
-    model=None,
-    bandwidth: float | None = None,
-    batch_seconds: float | None = None,
-    max_seconds: float = 60.0,
-    context_seconds: float | None = None,
-    max_file_seconds: float = 4 * 3600.0,
-    shard_size: int = 1000,
-    num_workers: int | None = None,
-    npy: bool = False,
-    keep_json: bool = False,
-    audio_column: str = "audio",
-    id_column: str | None = None,
-    device: str | None = None,
-    dtype: str | None = None,
-    backend: str | None = None,
-    max_batch_items: int | None = None,
-    sort_buffer: int = 8,
-    progress: bool = True,
-    overwrite: bool = False,
-    rank: int | None = None,
-    world_size: int | None = None,
-    merge: bool = True,
-    threads: int | None = None,
-    retry_failed: bool = False,
-    force_resume: bool = False,
-) -> dict:
+@dataclass(frozen=True)
+class TokenizeOptions:
+    """How a tokenize run works (everything but what it reads, where it writes and the model);
+    ``tokenize(inputs, out, model, **fields)`` or ``tokenize(inputs, out, model, options=...)``.
+    Field meanings: :func:`tokenize`."""
+
+    bandwidth: float | None = None
+    batch_seconds: float | None = None
+    max_seconds: float = 60.0
+    context_seconds: float | None = None
+    max_file_seconds: float = 4 * 3600.0
+    shard_size: int = 1000
+    num_workers: int | None = None
+    npy: bool = False
+    keep_json: bool = False
+    audio_column: str = "audio"
+    id_column: str | None = None
+    device: str | None = None
+    dtype: str | None = None
+    backend: str | None = None
+    max_batch_items: int | None = None
+    sort_buffer: int = 8
+    progress: bool = True
+    overwrite: bool = False
+    rank: int | None = None
+    world_size: int | None = None
+    merge: bool = True
+    threads: int | None = None
+    retry_failed: bool = False
+    force_resume: bool = False
+
+    def check(self) -> None:
+        """Reject values no run can use, naming the option."""
+        if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int)
+                                         or self.threads < 1):
+            raise ValueError(f"--threads must be a positive integer, got {self.threads!r}")
+        if self.shard_size < 1:
+            raise ValueError(f"shard_size must be at least 1, got {self.shard_size}")
+        if self.batch_seconds is not None and not self.batch_seconds > 0:
+            raise ValueError(f"--batch-seconds must be positive, got {self.batch_seconds}")
+
+
+@dataclass
+class RankRun:
+    """One rank's share of a run, with what every part of it reads."""
+
+    items: list
+    output_dir: Path
+    settings: dict
+    model: object
+    rank: int
+    world_size: int
+    window: int  # samples per encode window of a long file
+    batch_seconds: float  # resolved for the model's device
+    options: TokenizeOptions
+
+
+def tokenize(inputs, output_dir, model=None, options: TokenizeOptions | None = None, **fields) -> dict:
     """Tokenize ``inputs`` (files, directories, manifests, tables: see ``sources``) into Parquet
     shards under ``output_dir`` (layout and schema: see ``writer``). Resumable: rerunning the same
     call finishes what an interrupted one left. Returns this rank's summary dict.
@@ -513,21 +543,19 @@ def tokenize(
     from ..modeling.codec import ENCODE_CONTEXT_FRAMES
 
     wall_start = time.perf_counter()
-    rank, world_size = _dist_env(rank, world_size)
-    if threads is not None:
-        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-            raise ValueError(f"--threads must be a positive integer, got {threads!r}")
-        torch.set_num_threads(threads)
-    if shard_size < 1:
-        raise ValueError(f"shard_size must be at least 1, got {shard_size}")
-    if batch_seconds is not None and not batch_seconds > 0:
-        raise ValueError(f"--batch-seconds must be positive, got {batch_seconds}")
+    opts = dataclasses.replace(options or TokenizeOptions(), **fields)  # an unknown field is a TypeError
+    opts.check()
+    bandwidth, batch_seconds, shard_size, device = opts.bandwidth, opts.batch_seconds, opts.shard_size, opts.device
+    audio_column, id_column = opts.audio_column, opts.id_column
+    rank, world_size = _dist_env(opts.rank, opts.world_size)
+    if opts.threads is not None:
+        torch.set_num_threads(opts.threads)
     if device is None and torch.cuda.is_available():
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0)) % torch.cuda.device_count()}"
-    model, model_id = load_model(model, device=device, dtype=dtype, backend=backend)
+    model, model_id = load_model(model, device=device, dtype=opts.dtype, backend=opts.backend)
     cfg = model.config
     n_q = cfg.num_quantizers_for_bandwidth(bandwidth)
-    window = window_samples(max_seconds, cfg.sample_rate, cfg.hop_length)
+    window = window_samples(opts.max_seconds, cfg.sample_rate, cfg.hop_length)
     if batch_seconds is None:
         batch_seconds = default_batch_seconds(model.device)
     output_dir = Path(output_dir)
@@ -541,12 +569,13 @@ def tokenize(
         "hop_length": cfg.hop_length,
         "codebook_size": cfg.codebook_size,
         "window_samples": window,
-        "context_frames": ENCODE_CONTEXT_FRAMES if context_seconds is None else _context_frames(context_seconds, cfg),
+        "context_frames": (ENCODE_CONTEXT_FRAMES if opts.context_seconds is None
+                           else _context_frames(opts.context_seconds, cfg)),
         "shard_size": shard_size,
-        "keep_json": bool(keep_json),
+        "keep_json": bool(opts.keep_json),
         "audio_column": audio_column,
         "id_column": id_column,
-        "max_file_seconds": max_file_seconds,
+        "max_file_seconds": opts.max_file_seconds,
         "inputs": [str(Path(p).resolve()) for p in ([inputs] if isinstance(inputs, (str, os.PathLike)) else inputs)],
         "version": __version__,
         "model_config": cfg.to_dict(),
@@ -557,19 +586,16 @@ def tokenize(
     group = _Group(world_size)
     try:
         if rank == 0:
-            items = _prepare(output_dir, settings, inputs, audio_column, id_column, overwrite, force_resume)
+            items = _prepare(output_dir, settings, inputs, audio_column, id_column, opts.overwrite, opts.force_resume)
         group.barrier()
         if rank != 0:
             if world_size > 1 and not group.active and not (output_dir / "tokenize.json").exists():
                 raise RuntimeError(f"rank {rank} without torchrun: run rank 0 first (it lists the inputs)")
             items = _prepare(output_dir, settings, inputs, audio_column, id_column, overwrite=False,
-                             force_resume=force_resume, owner=False)
-        summary = _run_rank(
-            items, output_dir, settings, model, rank, world_size, window, batch_seconds, max_file_seconds,
-            num_workers, npy, audio_column, max_batch_items, sort_buffer, progress, bandwidth, retry_failed,
-        )
+                             force_resume=opts.force_resume, owner=False)
+        summary = _run_rank(RankRun(items, output_dir, settings, model, rank, world_size, window, batch_seconds, opts))
         group.barrier()
-        if rank == 0 and merge:
+        if rank == 0 and opts.merge:
             num_shards = math.ceil(len(items) / shard_size)
             # Verified at this run's start or written by it, under the lock: no need to hash them again.
             done = completed_shards(output_dir, num_shards, verify=False)
@@ -592,9 +618,15 @@ def _say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def _run_rank(items, output_dir, settings, model, rank, world_size, window, batch_seconds, max_file_seconds,
-              num_workers, npy, audio_column, max_batch_items, sort_buffer, progress, bandwidth, retry_failed) -> dict:
+def _run_rank(run: RankRun) -> dict:
     from tqdm import tqdm
+
+    items, output_dir, settings, model = run.items, run.output_dir, run.settings, run.model
+    rank, world_size, window, batch_seconds = run.rank, run.world_size, run.window, run.batch_seconds
+    o = run.options
+    max_file_seconds, num_workers, npy, audio_column = o.max_file_seconds, o.num_workers, o.npy, o.audio_column
+    max_batch_items, sort_buffer, progress, bandwidth = o.max_batch_items, o.sort_buffer, o.progress, o.bandwidth
+    retry_failed = o.retry_failed
 
     shard_size = settings["shard_size"]
     num_shards = math.ceil(len(items) / shard_size)
