@@ -377,22 +377,14 @@ def _acoustic_key(rest: str, blocks: int, layout: _BlockLayout) -> str | None:
     return None
 
 
-def _acoustic_encoder_key(rest: str, blocks: int) -> str | None:
-    return _acoustic_key(rest, blocks, _ENCODER_LAYOUT)
-
-
-def _acoustic_decoder_key(rest: str, blocks: int) -> str | None:
-    return _acoustic_key(rest, blocks, _DECODER_LAYOUT)
-
-
 def original_key_to_transformers(key: str, blocks: int) -> str | None:
     """One original X-Codec (``soundstream_semantic``) key in transformers' naming, or None."""
     top, _, rest = key.partition(".")
     if top == "encoder":
-        mapped = _acoustic_encoder_key(rest, blocks)
+        mapped = _acoustic_key(rest, blocks, _ENCODER_LAYOUT)
         return None if mapped is None else f"acoustic_encoder.{mapped}"
     if top == "decoder_2":
-        mapped = _acoustic_decoder_key(rest, blocks)
+        mapped = _acoustic_key(rest, blocks, _DECODER_LAYOUT)
         return None if mapped is None else f"acoustic_decoder.{mapped}"
     if top in ("encoder_semantic", "decoder_semantic"):
         # The original wraps each conv in a module named ``conv``: drop that level.

@@ -278,52 +278,43 @@ def tuner() -> tuning.Tuner:
     return tuning.tuner(source_digest())
 
 
-def _site_key(op: str, x: torch.Tensor, *geometry) -> str:
-    return "|".join([op, *map(str, geometry), str(x.dtype).replace("torch.", "")])
+def _tuned(op: str, x, geometry: tuple, rest: tuple, onednn, eager_fn, gemm, default):
+    """Run ``op`` on ``x`` (other arguments ``rest``) with this site's measured implementation:
+    Snake + oneDNN, plain eager, or the chunked GEMM (``gemm`` None where it cannot run)."""
+    candidates = {"onednn": lambda v: onednn(v, *rest), "eager": lambda v: eager_fn(v, *rest)}
+    if gemm is not None:
+        candidates["gemm"] = lambda v: gemm(v, *rest, 0)
+    key = "|".join([op, *map(str, geometry), str(x.dtype).replace("torch.", "")])
+    return tuner().pick(key, candidates, x, default=lambda v: default(v, *rest))
 
 
 def _tuned_residual_unit(x, alpha1, weight1, bias1, dilation, alpha2, weight2, bias2):
     ext = extension()
-    rest = (alpha1, weight1, bias1, int(dilation), alpha2, weight2, bias2)
     c = x.shape[1]
-    candidates = {
-        "onednn": lambda v: ext.residual_unit_onednn(v, *rest),
-        "eager": lambda v: eager.residual_unit(v, *rest),
-    }
     # the chunked implicit GEMM needs a square unit with an odd kernel, all in x's dtype
-    if (weight1.dim() == 3 and tuple(weight1.shape[:2]) == (c, c) and weight1.shape[2] % 2 == 1
-            and tuple(weight2.shape) == (c, c, 1) and alpha2.numel() == c
-            and weight1.dtype == weight2.dtype == x.dtype):
-        candidates["gemm"] = lambda v: ext.residual_unit_gemm(v, *rest, 0)
-    key = _site_key("residual_unit", x, f"C{c}", f"k{weight1.shape[-1]}", f"d{int(dilation)}")
-    return tuner().pick(key, candidates, x, default=lambda v: ext.residual_unit(v, *rest))
+    square = (weight1.dim() == 3 and tuple(weight1.shape[:2]) == (c, c) and weight1.shape[2] % 2 == 1
+              and tuple(weight2.shape) == (c, c, 1) and alpha2.numel() == c and weight1.dtype == weight2.dtype == x.dtype)
+    return _tuned("residual_unit", x, (f"C{c}", f"k{weight1.shape[-1]}", f"d{int(dilation)}"),
+                  (alpha1, weight1, bias1, int(dilation), alpha2, weight2, bias2), ext.residual_unit_onednn,
+                  eager.residual_unit, ext.residual_unit_gemm if square else None, ext.residual_unit)
 
 
 def _tuned_snake_conv1d(x, alpha, weight, bias, stride, padding):
     ext = extension()
-    rest = (alpha, weight, bias, int(stride), int(padding))
-    candidates = {
-        "onednn": lambda v: ext.snake_conv1d_onednn(v, *rest),
-        "eager": lambda v: eager.snake_conv1d(v, *rest),
-    }
-    if x.dtype == weight.dtype and weight.dim() == 3 and weight.shape[1] == x.shape[1]:
-        candidates["gemm"] = lambda v: ext.snake_conv1d_gemm(v, *rest, 0)
-    key = _site_key("snake_conv1d", x, f"{x.shape[1]}->{weight.shape[0]}", f"k{weight.shape[-1]}", f"s{int(stride)}")
-    return tuner().pick(key, candidates, x, default=lambda v: ext.snake_conv1d(v, *rest))
+    fits = x.dtype == weight.dtype and weight.dim() == 3 and weight.shape[1] == x.shape[1]
+    return _tuned("snake_conv1d", x, (f"{x.shape[1]}->{weight.shape[0]}", f"k{weight.shape[-1]}", f"s{int(stride)}"),
+                  (alpha, weight, bias, int(stride), int(padding)), ext.snake_conv1d_onednn, eager.snake_conv1d,
+                  ext.snake_conv1d_gemm if fits else None, ext.snake_conv1d)
 
 
 def _tuned_snake_conv_transpose1d(x, alpha, weight, bias, stride, padding, output_padding):
     ext = extension()
-    rest = (alpha, weight, bias, int(stride), int(padding), int(output_padding))
-    candidates = {
-        "onednn": lambda v: ext.snake_conv_transpose1d_onednn(v, *rest),
-        "eager": lambda v: eager.snake_conv_transpose1d(v, *rest),
-    }
-    if x.dtype == weight.dtype and weight.dim() == 3 and weight.shape[0] == x.shape[1]:
-        candidates["gemm"] = lambda v: ext.snake_conv_transpose1d_gemm(v, *rest, 0)
-    key = _site_key("snake_conv_transpose1d", x, f"{x.shape[1]}->{weight.shape[1]}", f"k{weight.shape[-1]}",
-                    f"s{int(stride)}")
-    return tuner().pick(key, candidates, x, default=lambda v: ext.snake_conv_transpose1d(v, *rest))
+    fits = x.dtype == weight.dtype and weight.dim() == 3 and weight.shape[0] == x.shape[1]
+    return _tuned("snake_conv_transpose1d", x,
+                  (f"{x.shape[1]}->{weight.shape[1]}", f"k{weight.shape[-1]}", f"s{int(stride)}"),
+                  (alpha, weight, bias, int(stride), int(padding), int(output_padding)),
+                  ext.snake_conv_transpose1d_onednn, eager.snake_conv_transpose1d,
+                  ext.snake_conv_transpose1d_gemm if fits else None, ext.snake_conv_transpose1d)
 
 
 # torch.library registrations, so that torch.compile / torch.export can treat the kernels as opaque

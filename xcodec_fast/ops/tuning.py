@@ -175,6 +175,9 @@ def tuner(source_digest: str) -> Tuner:
     """The tuner for this machine as it is now (thread count included)."""
     ident = identity(source_digest)
     key = tuple(sorted(ident.items()))
+    found = _tuners.get(key)  # the common case: no lock on the op's path
+    if found is not None:
+        return found
     with _tuners_lock:
         if key not in _tuners:
             _tuners[key] = Tuner(ident)
