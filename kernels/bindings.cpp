@@ -24,20 +24,32 @@ std::string build_info() {
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "xcodec_fast native CPU kernels";
   m.def("snake", &snake, "snake(x, alpha) in one pass");
-  m.def("snake_", &snake_, "snake in place on x");
   m.def("add_snake", &add_snake, "(x + h, snake(x + h)) in one pass");
   m.def("residual_unit", &residual_unit, "DAC residual unit with fused snakes");
+  // The GEMM paths take weights packed once by the caller (pack_*), or pack them per call.
   m.def("residual_unit_gemm", [](const at::Tensor& x, const at::Tensor& alpha1, const at::Tensor& weight1,
                                  const std::optional<at::Tensor>& bias1, int64_t dilation, const at::Tensor& alpha2,
-                                 const at::Tensor& weight2, const std::optional<at::Tensor>& bias2, int64_t chunk) {
-    return residual_unit_gemm(unit_stride_time(x), alpha1, weight1, bias1, dilation, alpha2, weight2, bias2, chunk);
-  }, "residual unit as chunked implicit GEMM (chunk <= 0: default); for tuning");
+                                 const at::Tensor& weight2, const std::optional<at::Tensor>& bias2, int64_t chunk,
+                                 const std::optional<at::Tensor>& packed1, const std::optional<at::Tensor>& packed2) {
+    return residual_unit_gemm(unit_stride_time(x), alpha1, weight1, bias1, dilation, alpha2, weight2, bias2, chunk,
+                              packed1, packed2);
+  }, "residual unit as chunked implicit GEMM (chunk <= 0: default)", py::arg("x"), py::arg("alpha1"),
+        py::arg("weight1"), py::arg("bias1"), py::arg("dilation"), py::arg("alpha2"), py::arg("weight2"),
+        py::arg("bias2"), py::arg("chunk") = 0, py::arg("packed1") = py::none(), py::arg("packed2") = py::none());
+  m.def("pack_residual_weight", &pack_residual_weight, "a residual unit conv's weight as residual_unit_gemm reads it");
+  m.def("pack_conv1d_weight", &pack_conv1d_weight, "a strided conv's weight as snake_conv1d_gemm reads it");
+  m.def("pack_conv_transpose1d_weight", &pack_conv_transpose1d_weight,
+        "a transposed conv's weight as snake_conv_transpose1d_gemm reads it");
   m.def("residual_unit_onednn", &residual_unit_onednn, "residual unit as snake + oneDNN convolutions");
   m.def("snake_conv1d", &snake_conv1d, "conv1d(snake(x))");
   m.def("snake_conv_transpose1d", &snake_conv_transpose1d, "conv_transpose1d(snake(x))");
-  m.def("snake_conv1d_gemm", &snake_conv1d_gemm, "snake_conv1d as chunked implicit GEMM (chunk <= 0: default)");
+  m.def("snake_conv1d_gemm", &snake_conv1d_gemm, "snake_conv1d as chunked implicit GEMM (chunk <= 0: default)",
+        py::arg("x"), py::arg("alpha"), py::arg("weight"), py::arg("bias"), py::arg("stride"), py::arg("padding"),
+        py::arg("chunk") = 0, py::arg("packed") = py::none());
   m.def("snake_conv_transpose1d_gemm", &snake_conv_transpose1d_gemm,
-        "snake_conv_transpose1d as chunked implicit GEMM (chunk <= 0: default)");
+        "snake_conv_transpose1d as chunked implicit GEMM (chunk <= 0: default)", py::arg("x"), py::arg("alpha"),
+        py::arg("weight"), py::arg("bias"), py::arg("stride"), py::arg("padding"), py::arg("output_padding"),
+        py::arg("chunk") = 0, py::arg("packed") = py::none());
   m.def("snake_conv1d_onednn", [](const at::Tensor& x, const at::Tensor& alpha, const at::Tensor& weight,
                                   const std::optional<at::Tensor>& bias, int64_t stride, int64_t padding) {
     return at::conv1d(snake(x, alpha), weight, bias, {stride}, {padding});

@@ -281,4 +281,17 @@ void gemm_rm(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, bool 
   at::addmm_out(C, C, A, B, beta, 1.0);
 }
 
+// A GEMM path's weight: the caller's packed copy (checked: float32, contiguous, the expected shape), or
+// pack(weight) now.
+template <typename Pack>
+at::Tensor packed_weight(const std::optional<at::Tensor>& packed, const at::Tensor& weight, at::IntArrayRef sizes,
+                         const Pack& pack, const char* op) {
+  if (!packed.has_value()) return pack(weight);
+  const at::Tensor& p = *packed;
+  TORCH_CHECK(p.scalar_type() == at::kFloat && p.is_contiguous() && p.device().is_cpu() && p.sizes() == sizes, op,
+              ": packed weight must be a contiguous CPU float32 tensor of shape ", sizes, ", got ", p.scalar_type(),
+              " ", p.sizes());
+  return p;
+}
+
 }  // namespace

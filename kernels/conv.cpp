@@ -25,8 +25,24 @@ void check_conv_args(const at::Tensor& x, const at::Tensor& alpha, const at::Ten
 // y = conv1d(snake(x), W, b, stride s, padding p). With k = m·s + r and P[(c, r)][u] = snake(x)[c, u·s + r - p]:
 //   y[o, t] = b[o] + Σ_m Σ_(c, r) W[o, c, m·s + r] · P[(c, r)][t + m]
 // so the im2col rows (m, c, r) are P's rows shifted by m, and the GEMM's K is ⌈k/s⌉·s·C_in.
+at::Tensor pack_conv1d_weight(const at::Tensor& weight, int64_t stride) {
+  TORCH_CHECK(weight.dim() == 3 && stride >= 1, "pack_conv1d_weight: expected a (C_out, C_in, k) weight and stride >= 1");
+  const int64_t out_channels = weight.size(0), in_channels = weight.size(1), kernel = weight.size(2);
+  const int64_t taps = (kernel + stride - 1) / stride;
+  return at::constant_pad_nd(weight.detach().to(at::kFloat), {0, taps * stride - kernel})
+      .view({out_channels, in_channels, taps, stride})
+      .permute({0, 2, 1, 3})
+      .contiguous();
+}
+
+at::Tensor pack_conv_transpose1d_weight(const at::Tensor& weight) {
+  TORCH_CHECK(weight.dim() == 3, "pack_conv_transpose1d_weight: expected a (C_in, C_out, k) weight");
+  return weight.detach().to(at::kFloat).contiguous();
+}
+
 at::Tensor snake_conv1d_gemm(const at::Tensor& x_in, const at::Tensor& alpha, const at::Tensor& weight,
-                             const std::optional<at::Tensor>& bias, int64_t stride, int64_t padding, int64_t chunk) {
+                             const std::optional<at::Tensor>& bias, int64_t stride, int64_t padding, int64_t chunk,
+                             const std::optional<at::Tensor>& packed) {
   const at::Tensor x = unit_stride_time(x_in);
   check_conv_args(x, alpha, weight, weight.size(1), stride, padding, "snake_conv1d");
   const int64_t batch = x.size(0), in_channels = x.size(1), frames = x.size(2);
@@ -38,10 +54,9 @@ at::Tensor snake_conv1d_gemm(const at::Tensor& x_in, const at::Tensor& alpha, co
   if (out.numel() == 0) return out;
   const int64_t taps = (kernel + stride - 1) / stride, phase_rows = in_channels * stride, rows = taps * phase_rows;
   // W as (C_out, taps, C_in, s) with zeros for k >= kernel, matching the im2col rows.
-  const at::Tensor w = at::constant_pad_nd(weight.detach().to(at::kFloat), {0, taps * stride - kernel})
-                           .view({out_channels, in_channels, taps, stride})
-                           .permute({0, 2, 1, 3})
-                           .contiguous();
+  const at::Tensor w = packed_weight(packed, weight, {out_channels, taps, in_channels, stride},
+                                     [stride](const at::Tensor& v) { return pack_conv1d_weight(v, stride); },
+                                     "snake_conv1d");
   const float* wp = w.data_ptr<float>();
   const std::vector<float> b = bias_values(bias, out_channels);
   const auto [a, inv] = snake_coefficients(alpha);
@@ -103,7 +118,7 @@ inline int64_t floor_div(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a +
 // Repacking W per phase instead cost more than the convolution for 1024 × 512 × 16 weights.
 at::Tensor snake_conv_transpose1d_gemm(const at::Tensor& x_in, const at::Tensor& alpha, const at::Tensor& weight,
                                        const std::optional<at::Tensor>& bias, int64_t stride, int64_t padding,
-                                       int64_t output_padding, int64_t chunk) {
+                                       int64_t output_padding, int64_t chunk, const std::optional<at::Tensor>& packed) {
   const at::Tensor x = unit_stride_time(x_in);
   check_conv_args(x, alpha, weight, weight.size(0), stride, padding, "snake_conv_transpose1d");
   const int64_t batch = x.size(0), in_channels = x.size(1), frames = x.size(2);
@@ -114,7 +129,8 @@ at::Tensor snake_conv_transpose1d_gemm(const at::Tensor& x_in, const at::Tensor&
                        x.options().memory_format(at::MemoryFormat::Contiguous));
   if (out.numel() == 0) return out;
   const std::vector<float> b = bias_values(bias, out_channels);
-  const at::Tensor wf = weight.detach().to(at::kFloat).contiguous();
+  const at::Tensor wf = packed_weight(packed, weight, {in_channels, out_channels, kernel}, pack_conv_transpose1d_weight,
+                                      "snake_conv_transpose1d");
   const float* wp = wf.data_ptr<float>();
   const int64_t z_rows = out_channels * kernel;
   const auto [a, inv] = snake_coefficients(alpha);
@@ -191,7 +207,7 @@ at::Tensor snake_conv1d(const at::Tensor& x, const at::Tensor& alpha, const at::
                         const std::optional<at::Tensor>& bias, int64_t stride, int64_t padding) {
   if (x.scalar_type() == weight.scalar_type() && weight.dim() == 3 && weight.size(1) == x.size(1) &&
       x.size(1) <= kConvGemmMaxInChannels) {
-    return snake_conv1d_gemm(x, alpha, weight, bias, stride, padding, 0);
+    return snake_conv1d_gemm(x, alpha, weight, bias, stride, padding, 0, std::nullopt);
   }
   return at::conv1d(snake(x, alpha), weight, bias, {stride}, {padding});
 }
@@ -200,7 +216,7 @@ at::Tensor snake_conv_transpose1d(const at::Tensor& x, const at::Tensor& alpha, 
                                   const std::optional<at::Tensor>& bias, int64_t stride, int64_t padding,
                                   int64_t output_padding) {
   if (x.scalar_type() == weight.scalar_type() && weight.dim() == 3 && weight.size(0) == x.size(1)) {
-    return snake_conv_transpose1d_gemm(x, alpha, weight, bias, stride, padding, output_padding, 0);
+    return snake_conv_transpose1d_gemm(x, alpha, weight, bias, stride, padding, output_padding, 0, std::nullopt);
   }
   return at::conv_transpose1d(snake(x, alpha), weight, bias, {stride}, {padding}, {output_padding});
 }

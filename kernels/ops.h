@@ -16,7 +16,14 @@ std::tuple<at::Tensor, at::Tensor> add_snake(const at::Tensor& x_in, const at::T
 
 at::Tensor residual_unit_gemm(const at::Tensor& x, const at::Tensor& alpha1, const at::Tensor& weight1,
                               const std::optional<at::Tensor>& bias1, int64_t dilation, const at::Tensor& alpha2,
-                              const at::Tensor& weight2, const std::optional<at::Tensor>& bias2, int64_t chunk);
+                              const at::Tensor& weight2, const std::optional<at::Tensor>& bias2, int64_t chunk,
+                              const std::optional<at::Tensor>& packed1, const std::optional<at::Tensor>& packed2);
+
+// Weights in the layouts the GEMM paths read (float32): the caller packs once per weight and passes
+// them in, or the kernel packs per call.
+at::Tensor pack_residual_weight(const at::Tensor& weight);
+at::Tensor pack_conv1d_weight(const at::Tensor& weight, int64_t stride);
+at::Tensor pack_conv_transpose1d_weight(const at::Tensor& weight);
 
 at::Tensor residual_unit(const at::Tensor& x_in, const at::Tensor& alpha1, const at::Tensor& weight1,
                          const std::optional<at::Tensor>& bias1, int64_t dilation, const at::Tensor& alpha2,
@@ -27,11 +34,12 @@ at::Tensor residual_unit_onednn(const at::Tensor& x_in, const at::Tensor& alpha1
                                 const at::Tensor& weight2, const std::optional<at::Tensor>& bias2);
 
 at::Tensor snake_conv1d_gemm(const at::Tensor& x_in, const at::Tensor& alpha, const at::Tensor& weight,
-                             const std::optional<at::Tensor>& bias, int64_t stride, int64_t padding, int64_t chunk);
+                             const std::optional<at::Tensor>& bias, int64_t stride, int64_t padding, int64_t chunk,
+                             const std::optional<at::Tensor>& packed);
 
 at::Tensor snake_conv_transpose1d_gemm(const at::Tensor& x_in, const at::Tensor& alpha, const at::Tensor& weight,
                                        const std::optional<at::Tensor>& bias, int64_t stride, int64_t padding,
-                                       int64_t output_padding, int64_t chunk);
+                                       int64_t output_padding, int64_t chunk, const std::optional<at::Tensor>& packed);
 
 at::Tensor snake_conv1d(const at::Tensor& x, const at::Tensor& alpha, const at::Tensor& weight,
                         const std::optional<at::Tensor>& bias, int64_t stride, int64_t padding);

@@ -18,9 +18,15 @@ int64_t residual_chunk_frames(int64_t channels) {
   return std::clamp<int64_t>((int64_t{1} << 15) / std::max<int64_t>(channels, 1), 128, 512);
 }
 
+at::Tensor pack_residual_weight(const at::Tensor& weight) {
+  TORCH_CHECK(weight.dim() == 3, "pack_residual_weight: expected a (C_out, C_in, k) weight, got ", weight.sizes());
+  return weight.detach().to(at::kFloat).permute({0, 2, 1}).contiguous();
+}
+
 at::Tensor residual_unit_gemm(const at::Tensor& x, const at::Tensor& alpha1, const at::Tensor& weight1,
                               const std::optional<at::Tensor>& bias1, int64_t dilation, const at::Tensor& alpha2,
-                              const at::Tensor& weight2, const std::optional<at::Tensor>& bias2, int64_t chunk) {
+                              const at::Tensor& weight2, const std::optional<at::Tensor>& bias2, int64_t chunk,
+                              const std::optional<at::Tensor>& packed1, const std::optional<at::Tensor>& packed2) {
   check_input(x, alpha1, "residual_unit");
   TORCH_CHECK(x.stride(2) == 1, "residual_unit: x needs a unit-stride time axis");
   const int64_t batch = x.size(0), channels = x.size(1), frames = x.size(2);
@@ -30,9 +36,10 @@ at::Tensor residual_unit_gemm(const at::Tensor& x, const at::Tensor& alpha1, con
   if (out.numel() == 0) return out;
   const auto [a1, inv1] = snake_coefficients(alpha1);
   const auto [a2, inv2] = snake_coefficients(alpha2);
-  // W1 as (c_out, k · c_in), matching the im2col rows; W2 as (c_out, c_in).
-  const at::Tensor w1 = weight1.detach().to(at::kFloat).permute({0, 2, 1}).contiguous();
-  const at::Tensor w2 = weight2.detach().to(at::kFloat).reshape({channels, channels}).contiguous();
+  // W1 as (c_out, k · c_in), matching the im2col rows; W2 as (c_out, c_in): packed once by the caller,
+  // or here.
+  const at::Tensor w1 = packed_weight(packed1, weight1, {channels, kernel, channels}, pack_residual_weight, "residual_unit");
+  const at::Tensor w2 = packed_weight(packed2, weight2, {channels, 1, channels}, pack_residual_weight, "residual_unit");
   const std::vector<float> b1 = bias_values(bias1, channels), b2 = bias_values(bias2, channels);
   const float* w1p = w1.data_ptr<float>();
   const float* w2p = w2.data_ptr<float>();
@@ -118,7 +125,8 @@ at::Tensor residual_unit(const at::Tensor& x_in, const at::Tensor& alpha1, const
                       weight2.size(2) == 1 && kernel % 2 == 1 && alpha2.numel() == channels;
   if (square && channels <= kGemmMaxChannels && x.device().is_cpu() && weight1.scalar_type() == x.scalar_type() &&
       weight2.scalar_type() == x.scalar_type()) {
-    return residual_unit_gemm(x, alpha1, weight1, bias1, dilation, alpha2, weight2, bias2, 0);
+    return residual_unit_gemm(x, alpha1, weight1, bias1, dilation, alpha2, weight2, bias2, 0, std::nullopt,
+                              std::nullopt);
   }
   return residual_unit_onednn(x, alpha1, weight1, bias1, dilation, alpha2, weight2, bias2);
 }

@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 from oracle import make_hf_model, random_audio, tiny_variant
 from xcodec_fast import ConfigError, XcodecModel
 from xcodec_fast.config import XcodecConfig
-from xcodec_fast.hub import CheckpointError, config_from_original_yaml
+from xcodec_fast.checkpoints import CheckpointError, config_from_original_yaml
 
 pytest.importorskip("transformers")
 
@@ -293,7 +293,7 @@ def test_from_random_is_deterministic_and_sane():
 def test_single_output_channel_weight_norm_folds_as_torch_computes_it():
     """The decoder's last conv has one output channel: its magnitude is (1, 1, 1). Folding must use
     dim 0 as weight_norm did (a whole-tensor norm rounds differently), so the weight is bit-exact."""
-    from xcodec_fast.hub import fold_weight_norm
+    from xcodec_fast.checkpoints import fold_weight_norm
 
     differs_from_whole_tensor_norm = 0
     for seed in range(40):  # about one seed in six rounds the two norms differently
@@ -314,7 +314,7 @@ def test_hf_hub_offline_reads_as_huggingface_hub_does(monkeypatch, value, offlin
     from huggingface_hub.constants import _is_true
 
     from xcodec_fast import loading
-    from xcodec_fast.hub import hub_offline
+    from xcodec_fast.checkpoints import hub_offline
 
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
     if value is None:

@@ -12,7 +12,7 @@ _LAZY = {
     "XcodecOutput": ".modeling.codec",
     "XcodecEncoderOutput": ".modeling.codec",
     "XcodecDecoderOutput": ".modeling.codec",
-    "XcodecFeatureExtractor": ".audio",
+    "XcodecFeatureExtractor": ".feature_extraction",
 }
 
 

@@ -13,7 +13,7 @@ import torch
 from .config import XcodecConfig, tiny_config
 from .dtypes import parse_dtype
 from .errors import short_error
-from .hub import hub_offline
+from .checkpoints import hub_offline
 
 DEFAULT_MODEL = "hf-audio/xcodec-hubert-librispeech"
 RANDOM_MODELS = {"random": XcodecConfig, "random-tiny": tiny_config}

@@ -135,13 +135,14 @@ def run_kernels(
 
 
 def _pack_stats(backend: str):
-    """The Triton backend's weight-packing counter, reset for one case (None for other backends)."""
-    if backend != "triton":
+    """The weight-packing counter (Triton and native pack once per weight), reset for one case
+    (None for eager)."""
+    if backend == "eager":
         return None
-    from ..ops.triton import _pack
+    from ..ops import packing
 
-    _pack.STATS.reset()
-    return _pack.STATS
+    packing.STATS.reset()
+    return packing.STATS
 
 
 def _run_case(site, batch, dtype_name, backends, device, ceilings, policy, cache_bytes, memory_budget_bytes, seed, log):

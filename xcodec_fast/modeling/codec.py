@@ -520,7 +520,7 @@ class XcodecModel(nn.Module):
         backend: str | None = None,
     ) -> "XcodecModel":
         """Load a transformers X-Codec checkpoint (hub id or local directory; safetensors only)."""
-        from ..hub import load_pretrained
+        from ..checkpoints import load_pretrained
 
         return load_pretrained(
             cls,
@@ -535,7 +535,7 @@ class XcodecModel(nn.Module):
 
     def save_pretrained(self, save_directory: str) -> None:
         """Write config.json + model.safetensors that transformers' XcodecModel.from_pretrained loads."""
-        from ..hub import save_pretrained
+        from ..checkpoints import save_pretrained
 
         save_pretrained(self, save_directory)
 
@@ -544,7 +544,7 @@ class XcodecModel(nn.Module):
         cls, checkpoint_path: str, yaml_path: str | None = None, config: XcodecConfig | None = None, **kwargs
     ) -> "XcodecModel":
         """Load an original X-Codec ``.pth`` (weights only) with its ``.yaml`` config."""
-        from ..hub import load_original_checkpoint
+        from ..checkpoints import load_original_checkpoint
 
         return load_original_checkpoint(cls, checkpoint_path, yaml_path, config=config, **kwargs)
 
@@ -552,7 +552,7 @@ class XcodecModel(nn.Module):
     def from_random(cls, config: XcodecConfig | None = None, seed: int = 0, backend: str | None = None) -> "XcodecModel":
         """Deterministic random weights at realistic scales (default: the full-size default config).
         Codes and audio are meaningless but numerically sane: for demos and tests."""
-        from ..hub import randomize_
+        from ..checkpoints import randomize_
 
         # Built on the meta device and then allocated: torch's default init would be overwritten anyway.
         with torch.device("meta"):

@@ -16,9 +16,6 @@ What it does
       repacking), then each output frame gathers its taps from Z; or snake + oneDNN, or eager.
     Which of them runs at a site is measured (see Dispatch below). Sources: kernels/snake.cpp,
     residual_unit.cpp, conv.cpp (common.h: row helpers and the GEMM; bindings.cpp: the module).
-    * :func:`snake_` (not a dispatched op): snake in place. A model may use it only on a tensor it
-      owns and will not read again, e.g. a conv output about to be activated, never on a module
-      input or a tensor that autograd saved.
 
 Build
     ``xcodec_fast._C`` if it was prebuilt (``pip install --no-build-isolation .`` with torch
@@ -53,6 +50,7 @@ import torch
 
 from ..lengths import conv_output_length, conv_transpose_output_length
 from . import eager, tuning
+from .packing import packed
 from .backend import register
 
 _PACKAGE_DIR = Path(__file__).resolve().parents[1]
@@ -217,13 +215,6 @@ def snake(x: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
     return _kernels().snake(x, alpha)
 
 
-def snake_(x: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
-    """Snake in place on ``x`` (returned). Only for a tensor the caller owns and will not read again."""
-    if x.device.type != "cpu" or _recording_autograd(x, alpha):
-        return x.copy_(eager.snake(x, alpha))
-    return extension().snake_(x, alpha)
-
-
 @register("add_snake", "native")
 def add_snake(x: torch.Tensor, h: torch.Tensor, alpha: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     if _recording_autograd(x, h, alpha):
@@ -278,12 +269,13 @@ def tuner() -> tuning.Tuner:
     return tuning.tuner(source_digest())
 
 
-def _tuned(op: str, x, geometry: tuple, rest: tuple, onednn, eager_fn, gemm, default):
+def _tuned(op: str, x, geometry: tuple, rest: tuple, onednn, eager_fn, gemm, default, packs=None):
     """Run ``op`` on ``x`` (other arguments ``rest``) with this site's measured implementation:
-    Snake + oneDNN, plain eager, or the chunked GEMM (``gemm`` None where it cannot run)."""
+    Snake + oneDNN, plain eager, or the chunked GEMM (``gemm`` None where it cannot run), which
+    reads the weights ``packs()`` returns, packed once per weight tensor."""
     candidates = {"onednn": lambda v: onednn(v, *rest), "eager": lambda v: eager_fn(v, *rest)}
     if gemm is not None:
-        candidates["gemm"] = lambda v: gemm(v, *rest, 0)
+        candidates["gemm"] = lambda v: gemm(v, *rest, 0, *packs())
     key = "|".join([op, *map(str, geometry), str(x.dtype).replace("torch.", "")])
     return tuner().pick(key, candidates, x, default=lambda v: default(v, *rest))
 
@@ -296,7 +288,9 @@ def _tuned_residual_unit(x, alpha1, weight1, bias1, dilation, alpha2, weight2, b
               and tuple(weight2.shape) == (c, c, 1) and alpha2.numel() == c and weight1.dtype == weight2.dtype == x.dtype)
     return _tuned("residual_unit", x, (f"C{c}", f"k{weight1.shape[-1]}", f"d{int(dilation)}"),
                   (alpha1, weight1, bias1, int(dilation), alpha2, weight2, bias2), ext.residual_unit_onednn,
-                  eager.residual_unit, ext.residual_unit_gemm if square else None, ext.residual_unit)
+                  eager.residual_unit, ext.residual_unit_gemm if square else None, ext.residual_unit,
+                  lambda: (packed(weight1, "native_taps_last", ext.pack_residual_weight),
+                           packed(weight2, "native_taps_last", ext.pack_residual_weight)))
 
 
 def _tuned_snake_conv1d(x, alpha, weight, bias, stride, padding):
@@ -304,7 +298,9 @@ def _tuned_snake_conv1d(x, alpha, weight, bias, stride, padding):
     fits = x.dtype == weight.dtype and weight.dim() == 3 and weight.shape[1] == x.shape[1]
     return _tuned("snake_conv1d", x, (f"{x.shape[1]}->{weight.shape[0]}", f"k{weight.shape[-1]}", f"s{int(stride)}"),
                   (alpha, weight, bias, int(stride), int(padding)), ext.snake_conv1d_onednn, eager.snake_conv1d,
-                  ext.snake_conv1d_gemm if fits else None, ext.snake_conv1d)
+                  ext.snake_conv1d_gemm if fits else None, ext.snake_conv1d,
+                  lambda: (packed(weight, f"native_phases_s{int(stride)}",
+                                  lambda w: ext.pack_conv1d_weight(w, int(stride))),))
 
 
 def _tuned_snake_conv_transpose1d(x, alpha, weight, bias, stride, padding, output_padding):
@@ -314,7 +310,9 @@ def _tuned_snake_conv_transpose1d(x, alpha, weight, bias, stride, padding, outpu
                   (f"{x.shape[1]}->{weight.shape[1]}", f"k{weight.shape[-1]}", f"s{int(stride)}"),
                   (alpha, weight, bias, int(stride), int(padding), int(output_padding)),
                   ext.snake_conv_transpose1d_onednn, eager.snake_conv_transpose1d,
-                  ext.snake_conv_transpose1d_gemm if fits else None, ext.snake_conv_transpose1d)
+                  ext.snake_conv_transpose1d_gemm if fits else None, ext.snake_conv_transpose1d,
+                  lambda: (weight if weight.dtype == torch.float32 and weight.is_contiguous()
+                           else packed(weight, "native_float", ext.pack_conv_transpose1d_weight),))
 
 
 # torch.library registrations, so that torch.compile / torch.export can treat the kernels as opaque
@@ -331,16 +329,6 @@ def _snake_op(x: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
 @_snake_op.register_fake
 def _(x, alpha):
     return torch.empty_like(x, memory_format=torch.contiguous_format)
-
-
-@torch.library.custom_op(f"{_LIB}::snake_", mutates_args=("x",), device_types="cpu")
-def _snake_inplace_op(x: torch.Tensor, alpha: torch.Tensor) -> None:
-    extension().snake_(x, alpha)
-
-
-@_snake_inplace_op.register_fake
-def _(x, alpha):
-    return None
 
 
 @torch.library.custom_op(f"{_LIB}::add_snake", mutates_args=(), device_types="cpu")

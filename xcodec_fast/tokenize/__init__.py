@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 
 from .. import cpu_malloc
-from ..hub import CheckpointError
+from ..checkpoints import CheckpointError
 from ..loading import DEFAULT_MODEL, load_model, weights_fingerprint
 from ..ops.backend import BackendUnavailableError
 from .engine import BatchEncoder, OutputInUse, RuntimeMismatch, SettingsMismatch, TokenizeOptions, merge, tokenize
