@@ -10,7 +10,9 @@ import pytest
 import torch
 
 from xcodec_fast import benchmark, ops
-from xcodec_fast.benchmark import cases, report
+from xcodec_fast.benchmark import cases, e2e, report
+from xcodec_fast.hardware import bf16_instructions
+from xcodec_fast.ops import native
 from xcodec_fast.config import XcodecConfig, tiny_config
 from xcodec_fast.lengths import conv_output_length
 
@@ -87,9 +89,9 @@ def test_kernel_records_cover_every_op_and_ratios_follow_from_times(quick_run):
 
 def test_end_to_end_records(quick_run):
     result, _ = quick_run
-    e2e = result["end_to_end"]
-    assert e2e["config"] == "tiny" and e2e["clip_seconds"] == pytest.approx(0.1)
-    ok = [r for r in e2e["results"] if r["status"] == "ok"]
+    section = result["end_to_end"]
+    assert section["config"] == "tiny" and section["clip_seconds"] == pytest.approx(0.1)
+    ok = [r for r in section["results"] if r["status"] == "ok"]
     impls = {r["impl"] for r in ok}
     assert "transformers eager" in impls and "xcodec_fast eager" in impls
     # On CPU every implementation runs twice: glibc malloc as the process started, then in reuse mode.
@@ -97,16 +99,51 @@ def test_end_to_end_records(quick_run):
     assert result["settings"]["cpu_malloc_kernels"] == "reuse"
     base = {(r["stage"], r["batch"], r["cpu_malloc"]): r["median_s"] for r in ok if r["impl"] == "transformers eager"}
     for r in ok:
-        assert r["math_mode"] == {"conv": "ieee", "matmul": "ieee"}
-        assert _close(r["realtime_factor"], r["batch"] * e2e["clip_seconds"] / r["median_s"])
+        expected_mode = "bf16" if r["dtype"] == "bfloat16" else "ieee"
+        assert r["math_mode"] == {"conv": expected_mode, "matmul": expected_mode}
+        assert _close(r["realtime_factor"], r["batch"] * section["clip_seconds"] / r["median_s"])
         assert _close(r["speedup_vs_transformers"], base[(r["stage"], r["batch"], r["cpu_malloc"])] / r["median_s"])
         assert r["peak_memory_mb"] >= 0
         if r["stage"] == "encode":
             assert 0.0 <= r["code_match"] <= 1.0 and r["distinct_codes"] > 1  # random codebooks, not a constant code
+            assert len(r["code_match_per_stage"]) == 8
+            assert _close(sum(r["code_match_per_stage"]) / 8, r["code_match"])
         else:
-            assert r["max_rel_err"] >= 0
-    skipped = {s["impl"] for s in e2e["skipped"]}
+            assert r["max_rel_err"] >= 0 and r["snr_db"] > 0
+    skipped = {s["impl"] for s in section["skipped"]}
     assert "transformers compile" in skipped  # quick mode leaves torch.compile out, and says so
+    # the opt-in bf16 path is measured where the CPU has bf16 instructions, else skipped and said why
+    if bf16_instructions("cpu") and native.availability(torch.device("cpu"))[0]:
+        half = [r for r in ok if r["impl"] == "xcodec_fast native bf16"]
+        assert {r["stage"] for r in half} == {"encode", "decode"} and all(r["dtype"] == "bfloat16" for r in half)
+        assert section["bf16_instructions"] == bf16_instructions("cpu")
+        fp32_decode = next(r for r in ok if r["impl"] == "xcodec_fast native" and r["stage"] == "decode")
+        bf16_decode = next(r for r in half if r["stage"] == "decode")
+        assert bf16_decode["snr_db"] < fp32_decode["snr_db"]  # bf16 rounding shows in the figures
+    else:
+        assert "xcodec_fast native bf16" in skipped
+
+
+def test_code_and_audio_agreement_figures():
+    ref = torch.randint(0, 1024, (2, 8, 50))
+    codes = ref.clone()
+    assert e2e.compare_codes(codes, ref) == {"code_match": 1.0, "code_match_per_stage": [1.0] * 8}
+    codes[:, 7, :25] += 1  # half of the last stage differs
+    codes[0, 0, 0] += 1  # one code of the first
+    figures = e2e.compare_codes(codes, ref)
+    assert figures["code_match_per_stage"][7] == 0.5 and figures["code_match_per_stage"][0] == 1 - 1 / 100
+    assert figures["code_match"] == pytest.approx((800 - 50 - 1) / 800)
+    assert e2e.compare_codes(codes[:, :4], ref)["code_match"] == 0.0  # wrong shape: nothing agrees
+
+    audio = torch.sin(torch.arange(1000.0) / 7).reshape(1, 1, -1)
+    assert e2e.compare_audio(audio, audio)["snr_db"] == float("inf")
+    noisy = audio + 0.01 * torch.randn(audio.shape, generator=torch.Generator().manual_seed(0))
+    figures = e2e.compare_audio(noisy, audio)
+    # signal power 1/2, noise power 1e-4: 10·log10(5000) ≈ 37 dB
+    assert figures["snr_db"] == pytest.approx(37.0, abs=0.5) and figures["max_rel_err"] > 0.01
+    assert f"SNR {figures['snr_db']:.1f} dB" in report.agreement_text({"stage": "decode", **figures})
+    assert report.agreement_text({"stage": "encode", "code_match": 0.5, "code_match_per_stage": [1.0, 0.0]}) == \
+        "codes 50.00% equal (per stage 100 / 0)"
 
 
 def test_outputs_markdown_and_plots(quick_run, capsys):

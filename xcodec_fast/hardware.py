@@ -34,3 +34,20 @@ def cpu_cores() -> int:
         return len(os.sched_getaffinity(0))  # the cores this process may use, not the host's
     except AttributeError:
         return os.cpu_count() or 1
+
+
+def bf16_instructions(device) -> str | None:
+    """The bf16 matrix instructions ``device`` has ("amx", "avx512_bf16", "cuda"), or None where
+    bf16 would be computed in fp32 (no speed to gain, so no bf16 path is offered or benchmarked)."""
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        return "cuda" if torch.cuda.is_bf16_supported() else None
+    if device.type != "cpu":
+        return None
+    if torch.cpu._is_amx_tile_supported():
+        return "amx"
+    if torch.cpu._is_avx512_bf16_supported():
+        return "avx512_bf16"
+    return None

@@ -62,13 +62,27 @@ def make_audio(batch: int, num_samples: int, sample_rate: int, gen: torch.Genera
     return audio
 
 
-def _compare_audio(out: torch.Tensor, ref: torch.Tensor) -> dict:
-    out, ref = out.float(), ref.float()
+def compare_audio(out: torch.Tensor, ref: torch.Tensor) -> dict:
+    """Error of decoded audio against a reference: max abs, max relative to the reference's peak,
+    and the SNR in dB (inf where equal)."""
+    out, ref = out.double(), ref.double()
     length = min(out.shape[-1], ref.shape[-1])
     out, ref = out[..., :length], ref[..., :length]
     diff = (out - ref).abs()
     scale = float(ref.abs().max()) or 1.0
-    return {"max_abs_err": float(diff.max()), "max_rel_err": float(diff.max()) / scale}
+    noise = float(diff.square().sum())
+    snr = math.inf if noise == 0 else 10 * math.log10(float(ref.square().sum()) / noise)
+    return {"max_abs_err": float(diff.max()), "max_rel_err": float(diff.max()) / scale, "snr_db": snr}
+
+
+def compare_codes(codes: torch.Tensor, ref: torch.Tensor) -> dict:
+    """Agreement of codes (batch, quantizers, frames) with reference codes: the fraction equal
+    overall and per quantizer stage (stage 1 first; later stages quantize what earlier ones left,
+    so one differing code changes the residual that every later stage sees)."""
+    if codes.shape != ref.shape:
+        return {"code_match": 0.0, "code_match_per_stage": [], "shape_mismatch": [list(codes.shape), list(ref.shape)]}
+    equal = (codes.to(ref.device) == ref).double()
+    return {"code_match": float(equal.mean()), "code_match_per_stage": [float(v) for v in equal.mean(dim=(0, 2))]}
 
 
 def run_end_to_end(
@@ -140,6 +154,7 @@ def run_end_to_end(
                 "encode": _with_backend(ours, name, "encode"),
                 "decode": _with_backend(ours, name, "decode"),
             }
+        _add_bf16(impls, section, ours, backends, device, log)
 
     section["flops"] = {}
     for batch in batches:
@@ -155,8 +170,10 @@ def run_end_to_end(
         for stage in ("encode", "decode"):
             arg_sets = [(x,) for x in inputs] if stage == "encode" else [(c,) for c in reference_codes]
             fns = {impl: _plain(stages[stage]) for impl, stages in impls.items()}
+            dtypes = {impl: stages.get("dtype", torch.float32) for impl, stages in impls.items()}
             records = _time_stage(
                 fns,
+                dtypes,
                 stage,
                 batch,
                 arg_sets,
@@ -173,6 +190,33 @@ def run_end_to_end(
             section["results"].extend(records)
     _add_speedups(section["results"])
     return section
+
+
+# The backend whose bf16 path is measured on each device type: the fast one there.
+BF16_BACKEND = {"cpu": "native", "cuda": "triton"}
+
+
+def _add_bf16(impls: dict, section: dict, ours, backends: dict, device: torch.device, log) -> None:
+    """The opt-in bf16 path (the same weights rounded to bf16) where the device has bf16 matrix
+    instructions: its speed against fp32, its codes' agreement per stage and its decode SNR."""
+    from ..hardware import bf16_instructions
+
+    backend = BF16_BACKEND.get(device.type)
+    impl = f"xcodec_fast {backend} bf16"
+    instructions = bf16_instructions(device)
+    if instructions is None:
+        section["skipped"].append({"impl": impl, "reason": "no bf16 matrix instructions on this device"})
+        return
+    if backend is None or not backends.get(backend, {}).get("available"):
+        section["skipped"].append({"impl": impl, "reason": f"{backend} backend unavailable"})
+        return
+    import copy
+
+    half = copy.deepcopy(ours).to(torch.bfloat16)
+    section["bf16_instructions"] = instructions
+    impls[impl] = {"encode": _with_backend(half, backend, "encode"), "decode": _with_backend(half, backend, "decode"),
+                   "dtype": torch.bfloat16}
+    log(f"  bf16 path: {backend} on {instructions}")
 
 
 def count_flops(fn, *args) -> dict:
@@ -207,7 +251,7 @@ def _plain(fn):
 
 
 def _time_stage(
-    fns, stage, batch, arg_sets, reference_codes, reference_audio, device, policy, clip_seconds, log
+    fns, dtypes, stage, batch, arg_sets, reference_codes, reference_audio, device, policy, clip_seconds, log
 ) -> list[dict]:
     """Time every implementation of one stage, interleaved call by call (in a rotating order), so
     that drift in the machine's load falls on all of them alike."""
@@ -217,7 +261,8 @@ def _time_stage(
         for impl, fn in fns.items():
             # every implementation runs under the same torch switches: convs and matmuls per math_modes
             record = records[impl] = {"impl": impl, "stage": stage, "batch": batch,
-                                      "math_mode": math_modes(device, torch.float32)}
+                                      "dtype": str(dtypes[impl]).removeprefix("torch."),
+                                      "math_mode": math_modes(device, dtypes[impl])}
             try:
                 started = time.perf_counter()
                 firsts[impl] = fn(*arg_sets[0])  # also triggers torch.compile: its cost is reported apart
@@ -252,12 +297,10 @@ def _time_stage(
             memory_method=memory[impl]["method"],
         )
         if stage == "encode":
-            codes = firsts[impl].to(reference_codes[0].device)
-            same_shape = codes.shape == reference_codes[0].shape
-            record["code_match"] = float((codes == reference_codes[0]).float().mean()) if same_shape else 0.0
+            record.update(compare_codes(firsts[impl], reference_codes[0]))
             record["distinct_codes"] = int(torch.unique(reference_codes[0]).numel())
         else:
-            record.update(_compare_audio(firsts[impl], reference_audio[0]))
+            record.update(compare_audio(firsts[impl], reference_audio[0]))
         log(
             f"  {impl:22s} {stage} b={batch:<3d} {stats['median_s'] * 1e3:10.1f} ms  {record['realtime_factor']:8.1f}x real time  "
             f"peak {record['peak_memory_mb']:8.1f} MB"

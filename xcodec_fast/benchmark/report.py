@@ -148,10 +148,7 @@ def e2e_table(result: dict) -> str:
                  r.get("reason", "")[:80]]
             )
             continue
-        if r["stage"] == "encode":
-            agree = f"codes {100 * r['code_match']:.2f}% equal" if "code_match" in r else ""
-        else:
-            agree = f"max rel err {r['max_rel_err']:.1e}" if "max_rel_err" in r else ""
+        agree = agreement_text(r)
         rows.append(
             [
                 r["impl"],
@@ -185,6 +182,26 @@ def e2e_table(result: dict) -> str:
     skipped = "".join(f"\n- skipped {s['impl']}: {s['reason']}" for s in e2e.get("skipped", []))
     note = f"\n- {MALLOC_NOTE}" if with_malloc else ""
     return f"{title}\n\n{table}\n{floor_lines(result)}{note}{skipped}".rstrip()
+
+
+def agreement_text(r: dict) -> str:
+    """One end-to-end row's agreement with transformers: codes equal (per stage where any differ),
+    or decode error and SNR."""
+    if r["stage"] == "encode":
+        if "code_match" not in r:
+            return ""
+        text = f"codes {100 * r['code_match']:.2f}% equal"
+        stages = r.get("code_match_per_stage") or []
+        if stages and min(stages) < 1:
+            text += " (per stage " + " / ".join(f"{100 * s:.0f}" for s in stages) + ")"
+        return text
+    if "max_rel_err" not in r:
+        return ""
+    text = f"max rel err {r['max_rel_err']:.1e}"
+    snr = r.get("snr_db")
+    if snr is not None and snr != float("inf") and r["max_rel_err"] > 1e-4:
+        text += f", SNR {snr:.1f} dB"
+    return text
 
 
 def floor_lines(result: dict) -> str:
