@@ -3,6 +3,7 @@ reports is computed from the times it measured. No assertion on any timing value
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 
@@ -112,6 +113,8 @@ def test_end_to_end_records(quick_run):
             assert r["max_rel_err"] >= 0 and r["snr_db"] > 0
     skipped = {s["impl"] for s in section["skipped"]}
     assert "transformers compile" in skipped  # quick mode leaves torch.compile out, and says so
+    # ONNX Runtime runs the exported graphs of the same weights as a peer
+    assert "onnxruntime" in impls if importlib.util.find_spec("onnxruntime") else "onnxruntime" in skipped
     # the opt-in bf16 path is measured where the CPU has bf16 instructions, else skipped and said why
     if bf16_instructions("cpu") and native.availability(torch.device("cpu"))[0]:
         half = [r for r in ok if r["impl"] == "xcodec_fast native bf16"]

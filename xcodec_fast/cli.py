@@ -208,6 +208,37 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_export_onnx(args) -> int:
+    import torch
+
+    from .export import ExportError, OnnxCodec, export_onnx
+    from .loading import load_model
+
+    model, model_id = load_model(args.model, "cpu", "float32", "eager")
+    num_quantizers = None if args.bandwidth is None else model.config.num_quantizers_for_bandwidth(args.bandwidth)
+    _say(f"exporting {model_id} to {args.output_dir} (opset {args.opset}; tracing takes a minute)")
+    try:
+        meta = export_onnx(model, args.output_dir, num_quantizers=num_quantizers, opset=args.opset,
+                           overwrite=args.overwrite, log=_say)
+    except ExportError as exc:
+        raise ValueError(str(exc)) from None
+    if args.check:
+        # one clip through both: the figures a user needs to trust the graphs
+        from .audio import make_demo_signal
+
+        hop = meta["hop_length"]
+        clip = torch.from_numpy(make_demo_signal(2.0))[None, None]
+        clip = clip[..., : clip.shape[-1] // hop * hop]
+        runner = OnnxCodec(args.output_dir)
+        with torch.inference_mode():
+            codes = model.encode(clip, return_dict=False)[:, : meta["num_quantizers"]]
+            audio = model.decode(codes, return_dict=False)
+        equal = float((runner.encode(clip) == codes).double().mean())
+        err = float((runner.decode(codes) - audio).abs().max() / audio.abs().max())
+        _say(f"check: onnxruntime codes {100 * equal:.2f}% equal to eager, audio max error {err:.1e} of peak")
+    return 0
+
+
 def cmd_info(args) -> int:
     import torch
 
@@ -287,6 +318,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     _add_model_args(p)
     p.set_defaults(func=cmd_decode)
+
+    p = sub.add_parser("export-onnx", help="encoder.onnx + decoder.onnx from the eager reference (dynamic batch "
+                       "and length)")
+    p.add_argument("-o", "--output-dir", required=True)
+    p.add_argument("--model", default=None, help=f"hub id or local directory (default: {DEFAULT_MODEL}); "
+                   "'random' / 'random-tiny': random weights")
+    p.add_argument("--bandwidth", type=float, default=None, help="kbps: the quantizers the graphs use (default: all)")
+    p.add_argument("--opset", type=int, default=18)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing export in --output-dir")
+    p.add_argument("--check", action="store_true", help="run a clip through ONNX Runtime and eager and compare")
+    p.set_defaults(func=cmd_export_onnx)
 
     p = sub.add_parser("info", help="backends available here, and a model's configuration")
     p.add_argument("model", nargs="?", default=None)

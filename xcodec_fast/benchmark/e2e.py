@@ -98,8 +98,17 @@ def run_end_to_end(
     compile_skip_reason: str = "not requested",
     log: Callable[[str], None] = print,
     cpu_malloc: str | None = None,
+    onnx_runtime: bool = True,
 ) -> dict:
-    """cpu_malloc: the malloc mode in effect (xcodec_fast.cpu_malloc), recorded on every row."""
+    """cpu_malloc: the malloc mode in effect (xcodec_fast.cpu_malloc), recorded on every row.
+    onnx_runtime: also time the ONNX export of the same weights in ONNX Runtime (CPU only)."""
+    with tempfile.TemporaryDirectory(prefix="xcodec-bench-onnx-") as folders:
+        return _run_end_to_end(config, config_name, seconds, batches, backends, device, policy, compile_reference,
+                               seed, compile_skip_reason, log, cpu_malloc, onnx_runtime, folders)
+
+
+def _run_end_to_end(config, config_name, seconds, batches, backends, device, policy, compile_reference, seed,
+                    compile_skip_reason, log, cpu_malloc, onnx_runtime, folders) -> dict:
     num_samples = int(round(seconds * config.sample_rate))
     section = {
         "config": config_name,
@@ -155,6 +164,10 @@ def run_end_to_end(
                 "decode": _with_backend(ours, name, "decode"),
             }
         _add_bf16(impls, section, ours, backends, device, log)
+        if onnx_runtime:
+            _add_onnx_runtime(impls, section, ours, device, log, folders)
+        else:
+            section["skipped"].append({"impl": "onnxruntime", "reason": "--no-onnx given"})
 
     section["flops"] = {}
     for batch in batches:
@@ -217,6 +230,29 @@ def _add_bf16(impls: dict, section: dict, ours, backends: dict, device: torch.de
     impls[impl] = {"encode": _with_backend(half, backend, "encode"), "decode": _with_backend(half, backend, "decode"),
                    "dtype": torch.bfloat16}
     log(f"  bf16 path: {backend} on {instructions}")
+
+
+def _add_onnx_runtime(impls: dict, section: dict, ours, device: torch.device, log, folder: str) -> None:
+    """ONNX Runtime as a peer: the eager reference exported (xcodec_fast.export), same weights."""
+    if device.type != "cpu":
+        section["skipped"].append({"impl": "onnxruntime", "reason": "timed on CPU only (CPU execution provider)"})
+        return
+    try:
+        from ..export import OnnxCodec, export_onnx
+
+        started = time.perf_counter()
+        meta = export_onnx(ours, folder, max_frames=1 << 12)
+        runner = OnnxCodec(folder)
+    except Exception as exc:  # onnxruntime missing, or an export failure: reported, the rest still runs
+        section["skipped"].append({"impl": "onnxruntime", "reason": short_error(exc)})
+        log(f"  onnxruntime skipped: {short_error(exc)}")
+        return
+    import onnxruntime
+
+    section["onnx"] = {"export_s": round(time.perf_counter() - started, 1), "opset": meta["opset"],
+                       "onnxruntime": onnxruntime.__version__}
+    impls["onnxruntime"] = {"encode": runner.encode, "decode": runner.decode}
+    log(f"  onnxruntime {onnxruntime.__version__}: exported in {section['onnx']['export_s']} s")
 
 
 def count_flops(fn, *args) -> dict:

@@ -98,6 +98,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="also time torch.compile of transformers (default in full mode)",
     )
     parser.add_argument("--no-compile", dest="compile", action="store_false")
+    parser.add_argument("--no-onnx", dest="onnx", action="store_false",
+                        help="leave ONNX Runtime (the exported graphs, same weights) out of the end-to-end table")
     parser.add_argument("--no-kernels", action="store_true", help="skip the kernel micro-benchmarks")
     parser.add_argument("--no-e2e", action="store_true", help="skip the end-to-end comparison")
     parser.add_argument("--no-plots", action="store_true")
@@ -250,6 +252,7 @@ def run(args: argparse.Namespace) -> int:
                 "--no-compile given" if args.compile is False else "off by default in quick mode; --compile adds it"
             ),
             cpu_malloc=cpu_malloc,
+            onnx_runtime=args.onnx,
         )
 
     # The default mode can only be measured before the switch to reuse (which cannot be undone

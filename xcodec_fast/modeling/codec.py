@@ -138,8 +138,8 @@ class XcodecModel(nn.Module):
     def code_frames(self, num_samples: int) -> int:
         """Code frames for ``num_samples`` samples of audio (the semantic branch's frame count);
         host arithmetic only, no device work."""
-        frames = int(self.semantic_model.frame_lengths(torch.tensor(num_samples + 2 * self.pad)))
-        return int(self.encoder_semantic.output_length(frames))
+        frames = self.semantic_model.frame_count(num_samples + 2 * self.pad)
+        return self.encoder_semantic.output_length(frames)
 
     def min_input_length(self) -> int:
         """Fewest samples encode accepts."""
@@ -288,13 +288,17 @@ class XcodecModel(nn.Module):
                 on_window(window.end - window.start)
         return codes
 
-    def encode_latent(self, audio: Tensor) -> Tensor:
+    def encode_latent(self, audio: Tensor, acoustic_padding: bool | None = None) -> Tensor:
         """Core: checked audio (B, 1, N), every item N samples long -> the embeddings the quantizer
-        reads, (B, hidden_size, code_frames(N)). No input checks."""
+        reads, (B, hidden_size, code_frames(N)). No input checks. ``acoustic_padding``: whether the
+        acoustic encoder reads the audio padded by hop/2 per side (None: decided from N, as
+        transformers does; an exported graph fixes it for the lengths it accepts)."""
         num_samples = audio.shape[-1]
         features = self.semantic_model(F.pad(audio[:, 0], (self.pad, self.pad)))
         e_semantic, _ = self.encoder_semantic(features.transpose(1, 2))
-        acoustic_input = F.pad(audio, (self.pad, self.pad)) if self._acoustic_needs_padding(num_samples) else audio
+        if acoustic_padding is None:
+            acoustic_padding = self._acoustic_needs_padding(num_samples)
+        acoustic_input = F.pad(audio, (self.pad, self.pad)) if acoustic_padding else audio
         e_acoustic, _ = self.acoustic_encoder(acoustic_input)
         if e_acoustic.shape[-1] != e_semantic.shape[-1]:
             raise RuntimeError(

@@ -87,7 +87,7 @@ def fold_weight_norm(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
     return out
 
 
-def _conv_output_lengths(lengths: Tensor, kernels: Sequence[int], strides: Sequence[int]) -> Tensor:
+def _conv_output_lengths(lengths, kernels: Sequence[int], strides: Sequence[int]) -> Tensor:
     for kernel, stride in zip(kernels, strides):
         lengths = conv_output_length(lengths, kernel, stride)
     return lengths
@@ -424,6 +424,14 @@ class SemanticModel(nn.Module):
             field = (field - 1) * stride + kernel
         return field
 
+    def frame_count(self, num_samples: int) -> int:
+        """Frames the conv feature encoder makes from ``num_samples`` samples: integer arithmetic only,
+        so it also works on a symbolic length while torch.export traces."""
+        if num_samples < self.min_input_length:
+            raise ValueError(f"semantic model input of {num_samples} samples is shorter than the minimum "
+                             f"{self.min_input_length} (the conv feature encoder's receptive field)")
+        return _conv_output_lengths(num_samples, self.config.conv_kernel, self.config.conv_stride)
+
     def frame_lengths(self, lengths: Tensor) -> Tensor:
         """Frames the conv feature encoder makes from ``lengths`` samples (LongTensor of any shape)."""
         lengths = torch.as_tensor(lengths)
@@ -453,7 +461,7 @@ class SemanticModel(nn.Module):
         if not input_values.is_floating_point():
             raise TypeError(f"semantic model input must be floating point, got dtype {input_values.dtype}")
         batch, num_samples = input_values.shape
-        total_frames = int(self.frame_lengths(torch.tensor(num_samples)))
+        total_frames = self.frame_count(num_samples)
 
         frame_valid = None
         sample_lengths = None
