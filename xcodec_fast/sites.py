@@ -35,6 +35,8 @@ class Site:
             return (
                 f"{self.where} {p['in_channels']}->{p['out_channels']} T={p['frames']} k={p['kernel']} s={p['stride']}"
             )
+        if self.op == "linear":
+            return f"{self.where} {p['in_features']}->{p['out_features']} T={p['frames']}"
         return f"{self.where} Q={p['num_quantizers']} K={p['codebook_size']} D={p['dim']} T={p['frames']}"
 
 
@@ -78,8 +80,20 @@ def model_sites(config: XcodecConfig, num_samples: int, dilations=RESIDUAL_DILAT
         )
     )
 
-    # Quantizer, at the code frame rate.
+    # Semantic model (at the code frame rate: HuBERT / WavLM hop 320), then the codec's fc / fc1.
     code_frames = frames
+    semantic = config.semantic_model_config
+    for where, features_in, features_out in (
+        ("sem.projection", semantic.conv_dim[-1], semantic.hidden_size),
+        ("sem.attention", semantic.hidden_size, semantic.hidden_size),
+        ("sem.ffn_in", semantic.hidden_size, semantic.intermediate_size),
+        ("sem.ffn_out", semantic.intermediate_size, semantic.hidden_size),
+        ("codec.fc", config.hidden_size, config.hidden_size),
+        ("codec.fc1", config.hidden_size, config.semantic_hidden_size),
+    ):
+        sites.append(Site("linear", where, dict(in_features=features_in, out_features=features_out, frames=code_frames)))
+
+    # Quantizer, at the code frame rate.
     vq = dict(
         num_quantizers=config.num_quantizers,
         codebook_size=config.codebook_size,

@@ -50,6 +50,9 @@ def cost(site: Site, batch: int, dtype: torch.dtype) -> tuple[int, int]:
             macs = b * t * cin * cout * k  # each input frame scatters into k output frames
         n_in, n_out = b * cin * t, b * cout * t_out
         return (n_in + n_out + cin * cout * k + cout + cin) * es, 2 * macs + SNAKE_FLOPS * n_in + n_out
+    if op == "linear":
+        rows, fin, fout = b * p["frames"], p["in_features"], p["out_features"]
+        return (rows * fin + fin * fout + fout + rows * fout) * es, 2 * rows * fin * fout + rows * fout
     q, kk, d, t = p["num_quantizers"], p["codebook_size"], p["dim"], p["frames"]
     rows = b * t
     touched = min(kk, rows)  # codewords a gather can touch per codebook
@@ -106,6 +109,9 @@ def make_params(site: Site, gen: torch.Generator) -> dict:
             "weight": _weight(cin, cout, k, fan_in=cin * k // p["stride"], gen=gen),
             "bias": 0.01 * torch.randn(cout, generator=gen),
         }
+    if site.op == "linear":
+        fin, fout = p["in_features"], p["out_features"]
+        return {"weight": _weight(fout, fin, fan_in=fin, gen=gen), "bias": 0.01 * torch.randn(fout, generator=gen)}
     q, k, d = p["num_quantizers"], p["codebook_size"], p["dim"]
     # Codebooks shrink stage by stage, as the residual they quantize does.
     codebooks = torch.randn(q, k, d, generator=gen) * (0.5 ** torch.arange(q)).view(q, 1, 1)
@@ -132,6 +138,8 @@ def make_input(site: Site, batch: int, gen: torch.Generator) -> dict:
         return {"x": torch.randn(batch, p["in_channels"], p["frames"], generator=gen, device=device)}
     if site.op == "rvq_encode":
         return {"x": torch.randn(batch, p["dim"], p["frames"], generator=gen, device=device)}
+    if site.op == "linear":  # (batch, frames, features), as the semantic model's layers see it
+        return {"x": torch.randn(batch, p["frames"], p["in_features"], generator=gen, device=device)}
     shape = (batch, p["num_quantizers"], p["frames"])
     return {"codes": torch.randint(0, p["codebook_size"], shape, generator=gen, device=device)}
 
@@ -178,6 +186,8 @@ def call(site: Site, params: dict, inputs: dict):
         return ops.dequantize_project(
             x["codes"], a["codebooks"], a["proj_weight"], a["proj_bias"], a["projected_codebooks"]
         )
+    if site.op == "linear":
+        return ops.linear(x["x"], a["weight"], a["bias"])
     raise ValueError(f"unknown op {site.op!r}")
 
 

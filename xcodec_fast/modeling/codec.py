@@ -20,6 +20,7 @@ from ..cuda_graphs import CudaGraphCodec
 from ..config import XcodecConfig
 from .acoustic import DacDecoder, DacEncoder, zero_beyond
 from .adapter import SemanticDecoder, SemanticEncoder
+from .layers import Linear
 from .chunking import DecodeStream, Window, frame_count, plan_windows
 from .outputs import XcodecDecoderOutput, XcodecEncoderOutput, XcodecOutput
 from .quantizer import ResidualVectorQuantizer
@@ -68,8 +69,8 @@ class XcodecModel(nn.Module):
         self.encoder_semantic = SemanticEncoder(config)
         self.decoder_semantic = SemanticDecoder(config)
         self.semantic_model = SemanticModel(config.semantic_model_config)
-        self.fc = nn.Linear(config.hidden_size, config.hidden_size)
-        self.fc1 = nn.Linear(config.hidden_size, config.semantic_hidden_size)
+        self.fc = Linear(config.hidden_size, config.hidden_size)
+        self.fc1 = Linear(config.hidden_size, config.semantic_hidden_size)
         self.fc2 = nn.Linear(config.hidden_size, config.acoustic_model_config.hidden_size)
         self.quantizer = ResidualVectorQuantizer(config)
         self.requires_grad_(False)

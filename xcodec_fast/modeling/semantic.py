@@ -41,6 +41,7 @@ from torch import Tensor, nn
 
 from ..config import SemanticConfig
 from ..lengths import conv_output_length
+from .layers import Linear
 
 POS_CONV_WEIGHT_KEY = "encoder.pos_conv_embed.conv.weight"
 IGNORED_CHECKPOINT_KEYS = ("masked_spec_embed",)
@@ -198,7 +199,7 @@ class FeatureProjection(nn.Module):
         self.has_layer_norm = config.model_type == "wavlm" or config.feat_proj_layer_norm
         if self.has_layer_norm:
             self.layer_norm = nn.LayerNorm(config.conv_dim[-1], eps=config.layer_norm_eps)
-        self.projection = nn.Linear(config.conv_dim[-1], config.hidden_size)
+        self.projection = Linear(config.conv_dim[-1], config.hidden_size)
 
     def forward(self, features: Tensor) -> Tensor:
         if self.has_layer_norm:
@@ -237,8 +238,8 @@ class PositionalConvEmbedding(nn.Module):
 class FeedForward(nn.Module):
     def __init__(self, config: SemanticConfig):
         super().__init__()
-        self.intermediate_dense = nn.Linear(config.hidden_size, config.intermediate_size)
-        self.output_dense = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.intermediate_dense = Linear(config.hidden_size, config.intermediate_size)
+        self.output_dense = Linear(config.intermediate_size, config.hidden_size)
         self.activation = _activation(config.hidden_act, "hidden_act")
 
     def forward(self, x: Tensor) -> Tensor:
@@ -252,10 +253,10 @@ class HubertAttention(nn.Module):
         super().__init__()
         self.num_heads = config.num_attention_heads
         self.head_dim = config.hidden_size // self.num_heads
-        self.k_proj = nn.Linear(config.hidden_size, config.hidden_size)
-        self.v_proj = nn.Linear(config.hidden_size, config.hidden_size)
-        self.q_proj = nn.Linear(config.hidden_size, config.hidden_size)
-        self.out_proj = nn.Linear(config.hidden_size, config.hidden_size)
+        self.k_proj = Linear(config.hidden_size, config.hidden_size)
+        self.v_proj = Linear(config.hidden_size, config.hidden_size)
+        self.q_proj = Linear(config.hidden_size, config.hidden_size)
+        self.out_proj = Linear(config.hidden_size, config.hidden_size)
 
     def forward(self, x: Tensor, key_valid: Tensor | None) -> Tensor:
         """``x`` (B, T, E); ``key_valid`` (B, T) bool, False for padded frames (None: no padding)."""
@@ -281,10 +282,10 @@ class WavLMAttention(nn.Module):
         self.head_dim = config.hidden_size // self.num_heads
         self.num_buckets = config.num_buckets
         self.max_distance = config.max_bucket_distance
-        self.k_proj = nn.Linear(config.hidden_size, config.hidden_size)
-        self.v_proj = nn.Linear(config.hidden_size, config.hidden_size)
-        self.q_proj = nn.Linear(config.hidden_size, config.hidden_size)
-        self.out_proj = nn.Linear(config.hidden_size, config.hidden_size)
+        self.k_proj = Linear(config.hidden_size, config.hidden_size)
+        self.v_proj = Linear(config.hidden_size, config.hidden_size)
+        self.q_proj = Linear(config.hidden_size, config.hidden_size)
+        self.out_proj = Linear(config.hidden_size, config.hidden_size)
         self.gru_rel_pos_const = nn.Parameter(torch.ones(1, self.num_heads, 1, 1))
         self.gru_rel_pos_linear = nn.Linear(self.head_dim, 8)
         if has_relative_position_bias:

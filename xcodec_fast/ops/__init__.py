@@ -45,6 +45,7 @@ OPS = (
     "rvq_encode",
     "rvq_decode",
     "dequantize_project",
+    "linear",
 )
 
 __all__ = [
@@ -264,3 +265,16 @@ def dequantize_project(codes, codebooks, proj_weight, proj_bias, projected_codeb
     if projected_codebooks is not None and projected_codebooks.shape != (*codebooks.shape[:2], proj_weight.shape[0]):
         raise ValueError(f"{op}: projected_codebooks has shape {tuple(projected_codebooks.shape)}")
     return _run(op, codebooks.device, codes.long(), codebooks, proj_weight, proj_bias, projected_codebooks)
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``x @ weight.T + bias`` over x's last axis (the semantic model's and the codec's Linear layers)."""
+    op = "linear"
+    _check_float("x", op, x)
+    _check_float("weight", op, weight, ndim=2)
+    _check_same(op, "x", x, weight=weight)
+    if x.dim() < 1 or x.shape[-1] != weight.shape[1]:
+        raise ValueError(f"{op}: x of shape {tuple(x.shape)} does not fit weight {tuple(weight.shape)} "
+                         f"(last axis must be {weight.shape[1]})")
+    _check_bias(op, "bias", bias, weight.shape[0], x)
+    return _run(op, x.device, x, weight, bias)

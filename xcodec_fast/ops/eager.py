@@ -109,3 +109,8 @@ def dequantize_project(
     """
     quantized = rvq_decode(codes, codebooks)
     return F.linear(quantized.transpose(1, 2), proj_weight, proj_bias).transpose(1, 2)
+
+
+@register("linear", "eager")
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return F.linear(x, weight, bias)

@@ -121,7 +121,8 @@ class Tuner:
             return self._load()
 
     def pick(self, key: str, candidates: dict[str, Callable[[torch.Tensor], torch.Tensor]], x: torch.Tensor,
-             default: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+             default: Callable[[torch.Tensor], torch.Tensor],
+             probe: Callable[[], torch.Tensor] | None = None) -> torch.Tensor:
         """``candidates[choice](x)`` for ``key``'s stored choice; with none stored, time every
         candidate first (``auto`` / ``retune``), or run ``default`` (``off``, or while torch.compile
         traces)."""
@@ -129,13 +130,17 @@ class Tuner:
         if entry is None or entry["choice"] not in candidates:
             if mode() == "off" or torch.compiler.is_compiling():
                 return default(x)
-            entry = self._measure(key, candidates, x)
+            entry = self._measure(key, candidates, x, probe)
         return candidates[entry["choice"]](x)
 
-    def _measure(self, key: str, candidates, x: torch.Tensor) -> dict:
-        channels = max(1, math.prod(x.shape[1:-1]))
-        frames = min(max(MEASURE_ELEMENTS // channels, 256), 1 << 16)
-        probe = torch.randn(1, *x.shape[1:-1], frames, generator=torch.Generator().manual_seed(0)).to(x.dtype)
+    def _measure(self, key: str, candidates, x: torch.Tensor, make_probe=None) -> dict:
+        """``make_probe()``: the input to time on; None: one (C, T) item of ~MEASURE_ELEMENTS, time last."""
+        if make_probe is not None:
+            probe = make_probe()
+        else:
+            channels = max(1, math.prod(x.shape[1:-1]))
+            frames = min(max(MEASURE_ELEMENTS // channels, 256), 1 << 16)
+            probe = torch.randn(1, *x.shape[1:-1], frames, generator=torch.Generator().manual_seed(0)).to(x.dtype)
         times: dict[str, list[float]] = {name: [] for name in candidates}
         with torch.no_grad():
             for run in candidates.values():
@@ -151,7 +156,7 @@ class Tuner:
                     break
         seconds = {name: min(t) for name, t in times.items()}
         entry = {"choice": min(seconds, key=seconds.get), "ms": {k: round(v * 1e3, 4) for k, v in seconds.items()},
-                 "measured_frames": frames}
+                 "measured_shape": list(probe.shape)}
         with self.lock:
             self.table[key] = entry
             self.measured += 1
