@@ -231,16 +231,20 @@ def test_conv_dots_follow_torchs_tf32_switch(monkeypatch):
     never do (the interpreter computes every dot in full fp32, so only the switch is testable here)."""
     from types import SimpleNamespace
 
+    from xcodec_fast.benchmark.machine import op_math_mode
     from xcodec_fast.ops.triton import _math
+
+    def recorded(x):  # what the benchmark records for the Triton conv on x: must follow the kernel's switch
+        return op_math_mode("residual_unit", "triton", x.device, x.dtype)
 
     cuda32 = SimpleNamespace(dtype=torch.float32, device=torch.device("cuda"))
     cuda16 = SimpleNamespace(dtype=torch.float16, device=torch.device("cuda"))
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
-    assert _math.conv_dot_precision(cuda32) == "tf32" and _math.math_mode(cuda32) == "tf32"
-    assert _math.conv_dot_precision(cuda16) == "ieee" and _math.math_mode(cuda16) == "fp16"
+    assert _math.conv_dot_precision(cuda32) == "tf32" and recorded(cuda32) == "tf32"
+    assert _math.conv_dot_precision(cuda16) == "ieee" and recorded(cuda16) == "fp16"
     assert _math.conv_dot_precision(torch.zeros(1)) == "ieee"
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
-    assert _math.conv_dot_precision(cuda32) == "ieee" and _math.math_mode(cuda32) == "ieee"
+    assert _math.conv_dot_precision(cuda32) == "ieee" and recorded(cuda32) == "ieee"
 
 
 @pytest.mark.gpu

@@ -68,13 +68,6 @@ def conv_dot_precision(x: torch.Tensor) -> str:
     return "ieee"
 
 
-def math_mode(x: torch.Tensor) -> str:
-    """What a conv on ``x`` computes in: ieee / tf32 / fp16 / bf16 (for benchmark records)."""
-    if x.dtype == torch.float32:
-        return conv_dot_precision(x)
-    return {torch.float16: "fp16", torch.bfloat16: "bf16"}[x.dtype]
-
-
 def fast_sin(x: torch.Tensor) -> bool:
     """MUFU.SIN for half-precision tensors on a GPU; the polynomial everywhere else."""
     return x.device.type == "cuda" and x.dtype != torch.float32
