@@ -13,7 +13,6 @@ from safetensors.torch import load_file, save_file
 
 from oracle import make_hf_model, random_audio, tiny_variant
 from xcodec_fast import ConfigError, XcodecModel
-from xcodec_fast.config import XcodecConfig
 from xcodec_fast.checkpoints import CheckpointError, config_from_original_yaml
 
 pytest.importorskip("transformers")
@@ -251,7 +250,7 @@ def test_original_pth_checkpoint_matches_transformers(tmp_path, audio):
         reference = hf.decode(codes).audio_values
     assert torch.equal(model.encode(audio).audio_codes, codes)
     # eager runs transformers' ops in its order: bit-equal, so every weight was mapped exactly. (The
-    # default native backend's GEMM residual units differ by rounding: tests/ops/test_native.py.)
+    # default native backend's GEMM residual units differ by rounding: tests/ops/test_residual_unit.py.)
     model.backend = "eager"
     assert torch.equal(model.decode(codes).audio_values, reference)
     model.backend = None

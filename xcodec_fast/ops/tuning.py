@@ -124,11 +124,13 @@ class Tuner:
              default: Callable[[torch.Tensor], torch.Tensor],
              probe: Callable[[], torch.Tensor] | None = None) -> torch.Tensor:
         """``candidates[choice](x)`` for ``key``'s stored choice; with none stored, time every
-        candidate first (``auto`` / ``retune``), or run ``default`` (``off``, or while torch.compile
-        traces)."""
+        candidate first (``auto`` / ``retune``), or run ``default`` (while torch.compile traces).
+        ``off`` runs ``default`` always: a stored table from earlier runs must not change it."""
+        if mode() == "off":
+            return default(x)
         entry = self.table.get(key)
         if entry is None or entry["choice"] not in candidates:
-            if mode() == "off" or torch.compiler.is_compiling():
+            if torch.compiler.is_compiling():
                 return default(x)
             entry = self._measure(key, candidates, x, probe)
         return candidates[entry["choice"]](x)
