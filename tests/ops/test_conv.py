@@ -112,40 +112,37 @@ NATIVE_GEMM_CONV = [  # in, out, frames, kernel, stride, padding
 ]
 
 
-@pytest.mark.parametrize("backend,case", backend_params("native", [(c,) for c in NATIVE_GEMM_TRANSPOSE]))
-def test_snake_conv_transpose1d_gemm_matches_eager_at_every_chunk_size(backend, case):
+def _gemm_matches_eager_at_every_chunk_size(backend, op, x, alpha, w, b, *geometry):
+    """The native GEMM entry point of ``op`` at forced chunk sizes (0: its own), and the op through
+    the dispatch point, with and without bias, against eager."""
     from xcodec_fast.ops import native
 
+    close = tolerances.CONV[backend, torch.float32]
+    for bias in (b, None):
+        args = (x, alpha, w, bias, *geometry)
+        expected = getattr(eager, op)(*args)
+        for chunk in (0, 1, 3):
+            got = getattr(native.extension(), f"{op}_gemm")(*args, chunk)
+            assert got.shape == expected.shape
+            tolerances.assert_close(got, expected, close)
+        tolerances.assert_close(run(backend, op, *args), expected, close)
+
+
+@pytest.mark.parametrize("backend,case", backend_params("native", [(c,) for c in NATIVE_GEMM_TRANSPOSE]))
+def test_snake_conv_transpose1d_gemm_matches_eager_at_every_chunk_size(backend, case):
     in_channels, out_channels, frames, kernel, stride, padding, output_padding = case
     x, alpha = make_input(2, in_channels, frames, seed=frames)
     w, b = dac_weights(in_channels, out_channels, kernel, seed=kernel, transpose=True)
-    close = tolerances.CONV[backend, torch.float32]
-    for bias in (b, None):
-        args = (x, alpha, w, bias, stride, padding, output_padding)
-        expected = eager.snake_conv_transpose1d(*args)
-        for chunk in (0, 1, 3):
-            got = native.extension().snake_conv_transpose1d_gemm(*args, chunk)
-            assert got.shape == expected.shape
-            tolerances.assert_close(got, expected, close)
-        tolerances.assert_close(run(backend, "snake_conv_transpose1d", *args), expected, close)
+    _gemm_matches_eager_at_every_chunk_size(backend, "snake_conv_transpose1d", x, alpha, w, b,
+                                            stride, padding, output_padding)
 
 
 @pytest.mark.parametrize("backend,case", backend_params("native", [(c,) for c in NATIVE_GEMM_CONV]))
 def test_snake_conv1d_gemm_matches_eager_at_every_chunk_size(backend, case):
-    from xcodec_fast.ops import native
-
     in_channels, out_channels, frames, kernel, stride, padding = case
     x, alpha = make_input(2, in_channels, frames, seed=frames)
     w, b = dac_weights(in_channels, out_channels, kernel, seed=kernel)
-    close = tolerances.CONV[backend, torch.float32]
-    for bias in (b, None):
-        args = (x, alpha, w, bias, stride, padding)
-        expected = eager.snake_conv1d(*args)
-        for chunk in (0, 1, 3):
-            got = native.extension().snake_conv1d_gemm(*args, chunk)
-            assert got.shape == expected.shape
-            tolerances.assert_close(got, expected, close)
-        tolerances.assert_close(run(backend, "snake_conv1d", *args), expected, close)
+    _gemm_matches_eager_at_every_chunk_size(backend, "snake_conv1d", x, alpha, w, b, stride, padding)
 
 
 @pytest.mark.parametrize("backend", backend_params("native"))
