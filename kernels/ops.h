@@ -19,6 +19,12 @@ at::Tensor residual_unit_gemm(const at::Tensor& x, const at::Tensor& alpha1, con
                               const at::Tensor& weight2, const std::optional<at::Tensor>& bias2, int64_t chunk,
                               const std::optional<at::Tensor>& packed1, const std::optional<at::Tensor>& packed2);
 
+// filter: G·W1 as (α, C, C) fp32 (xcodec_fast/ops/winograd.py); the transforms Bᵀ (α, α), Aᵀ (m, α).
+at::Tensor residual_unit_winograd(const at::Tensor& x, const at::Tensor& alpha1, const at::Tensor& weight1,
+                                  const std::optional<at::Tensor>& bias1, int64_t dilation, const at::Tensor& alpha2,
+                                  const at::Tensor& weight2, const std::optional<at::Tensor>& bias2, int64_t chunk,
+                                  const at::Tensor& filter, const std::optional<at::Tensor>& packed2,
+                                  const at::Tensor& input_transform, const at::Tensor& output_transform);
 // Weights in the layouts the GEMM paths read (float32): the caller packs once per weight and passes
 // them in, or the kernel packs per call.
 at::Tensor pack_residual_weight(const at::Tensor& weight);

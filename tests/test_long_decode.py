@@ -12,6 +12,7 @@ import xcodec_fast
 from xcodec_fast import XcodecModel
 from xcodec_fast.config import XcodecConfig, tiny_config
 from xcodec_fast.modeling.chunking import plan_windows
+from xcodec_fast.ops import tuning, winograd
 
 torch.set_num_threads(1)
 
@@ -231,3 +232,17 @@ def test_cuda_graph_stream_equals_whole():
     stream = model.decode_stream(chunk_frames=25, cuda_graph=True)
     pieces = [stream.push(codes[..., i : i + 10]) for i in range(0, 120, 10)] + [stream.flush()]
     assert_close_to(whole, torch.cat(pieces, dim=-1), "triton", "CUDA-graph stream")
+
+
+@pytest.mark.skipif("native" not in BACKENDS, reason="native backend unavailable")
+@pytest.mark.parametrize("m", winograd.DISPATCH_TILE_SIZES)
+@pytest.mark.parametrize("config", ["tiny", pytest.param("full", marks=pytest.mark.slow)])
+def test_chunked_with_winograd_residual_units_equals_whole(m, config):
+    """Where measured dispatch picks Winograd, windows tile the signal from other origins: the
+    chunked decode must still hold native's bound (tests/tolerances.py)."""
+    model = XcodecModel.from_random(tiny_config() if config == "tiny" else XcodecConfig(), seed=1)
+    codes = random_codes(1, 60, seed=9)
+    with xcodec_fast.use_backend("native"), tuning.forced("residual_unit", f"winograd{m}"):
+        whole = model.decode(codes, chunk_frames=60).audio_values
+        for chunk in (1, 7, 17):
+            assert_close_to(whole, model.decode(codes, chunk_frames=chunk).audio_values, "native", f"chunks of {chunk}")

@@ -10,6 +10,7 @@ from near_ties import check_near_ties
 from oracle import SEMANTIC_VARIANTS, make_hf_model, random_audio, save_hf, tiny_variant
 from xcodec_fast import XcodecModel, use_backend
 from xcodec_fast.config import XcodecConfig
+from xcodec_fast.ops import availability, tuning, winograd
 
 transformers = pytest.importorskip("transformers")
 
@@ -252,3 +253,32 @@ def test_full_size_default_config_matches_transformers(tmp_path):
     assert_codes_match(model, audio, codes)
     assert_codes_match(model, audio, codes[:, :1], bandwidth=0.5)
     assert_decode_close(model.decode(codes).audio_values, hf_model, codes, hf_decode(hf_model, codes))
+
+
+WINOGRAD_CASES = [pytest.param(m, marks=pytest.mark.skipif(not availability("native")[0], reason="native unavailable"))
+                  for m in winograd.DISPATCH_TILE_SIZES]
+
+
+@pytest.mark.parametrize("m", WINOGRAD_CASES)
+def test_winograd_residual_units_match_transformers(pair, m):
+    """Every residual unit as Winograd F(m, 7) (what measured dispatch may pick): codes equal
+    transformers' except verified near ties, decode within the oracle bound."""
+    hf_model, model = pair
+    audio = random_audio(2, 1, 16001, seed=5)
+    codes = hf_encode(hf_model, audio)
+    with use_backend("native"), tuning.forced("residual_unit", f"winograd{m}"):
+        assert_codes_match(model, audio, codes)
+        assert_decode_close(model.decode(codes).audio_values, hf_model, codes, hf_decode(hf_model, codes))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("m", WINOGRAD_CASES)
+def test_full_size_winograd_residual_units_match_transformers(tmp_path, m):
+    hf_model = make_hf_model(XcodecConfig(), seed=0)
+    save_hf(hf_model, tmp_path)
+    model = XcodecModel.from_pretrained(tmp_path)
+    audio = random_audio(1, 1, 16000, seed=23)
+    codes = hf_encode(hf_model, audio)
+    with use_backend("native"), tuning.forced("residual_unit", f"winograd{m}"):
+        assert_codes_match(model, audio, codes)
+        assert_decode_close(model.decode(codes).audio_values, hf_model, codes, hf_decode(hf_model, codes))

@@ -57,6 +57,11 @@ CONV = {
     ("triton", torch.bfloat16): Close(5e-2, 5e-2, of_peak=True),  # the same table: bf16 operands, fp32 accumulation
 }
 
+# The native residual unit with its k=7 conv as Winograd F(m, 7), fp32: max error against the
+# float64 truth relative to its peak, per tile size m (the direct GEMM's is ~2e-7; measured by
+# python -m xcodec_fast.benchmark.winograd, bench/results/winograd-error-*.json).
+WINOGRAD = {2: 2e-6, 3: 1e-5, 4: 2e-5}
+
 # TF32 dots (fp32 convs on a GPU while torch.backends.cudnn.allow_tf32 is on): 10-bit mantissa
 # operands, fp32 accumulation; max error relative to the float64 reference's peak.
 TRITON_CONV_TF32 = 5e-3

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from xcodec_fast.ops import eager, native, tuning
+from xcodec_fast.ops import eager, native, tuning, winograd
 
 if not native.availability(torch.device("cpu"))[0]:
     pytest.skip("native backend unavailable", allow_module_level=True)
@@ -112,14 +112,16 @@ def _residual_args(c, t, seed=0):
 
 
 def test_native_ops_pick_by_measurement_and_agree_with_eager(tuned):
-    """Each native op measures its site once (gemm, oneDNN with fused Snake, plain eager), records
+    """Each native op measures its site once (gemm, oneDNN with fused Snake, plain eager, and for
+    residual units Winograd at each allowed tile size), records
     the times, and its result is the chosen implementation's, within fp32 rounding of eager."""
     args = _residual_args(24, 301)
     out = native.residual_unit(*args)
     t = native.tuner()
     key = "residual_unit|C24|k7|d3|float32"
     entry = t.table[key]
-    assert set(entry["ms"]) == {"gemm", "onednn", "eager"} and entry["choice"] in entry["ms"]
+    winograds = {f"winograd{m}" for m in winograd.DISPATCH_TILE_SIZES}
+    assert set(entry["ms"]) == {"gemm", "onednn", "eager", *winograds} and entry["choice"] in entry["ms"]
     torch.testing.assert_close(out, eager.residual_unit(*args), rtol=2e-5, atol=2e-5)
     g = torch.Generator().manual_seed(1)
     x, alpha = torch.randn(1, 16, 80, generator=g), torch.rand(16, generator=g) + 0.5

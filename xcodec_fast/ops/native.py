@@ -40,6 +40,7 @@ bench/results/ and rendered into the README.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import shutil
@@ -49,7 +50,7 @@ from pathlib import Path
 import torch
 
 from ..lengths import conv_output_length, conv_transpose_output_length
-from . import eager, tuning
+from . import eager, tuning, winograd
 from .packing import packed
 from .backend import register
 
@@ -300,13 +301,15 @@ def tuner() -> tuning.Tuner:
     return tuning.tuner(source_digest())
 
 
-def _tuned(op: str, x, geometry: tuple, rest: tuple, onednn, eager_fn, gemm, default, packs=None):
+def _tuned(op: str, x, geometry: tuple, rest: tuple, onednn, eager_fn, gemm, default, packs=None, extra=None):
     """Run ``op`` on ``x`` (other arguments ``rest``) with this site's measured implementation:
     Snake + oneDNN, plain eager, or the chunked GEMM (``gemm`` None where it cannot run), which
-    reads the weights ``packs()`` returns, packed once per weight tensor."""
+    reads the weights ``packs()`` returns, packed once per weight tensor; ``extra``: further
+    candidates by name, each taking ``x``."""
     candidates = {"onednn": lambda v: onednn(v, *rest), "eager": lambda v: eager_fn(v, *rest)}
     if gemm is not None:
         candidates["gemm"] = lambda v: gemm(v, *rest, 0, *packs())
+    candidates.update(extra or {})
     key = "|".join([op, *map(str, geometry), str(x.dtype).replace("torch.", "")])
     return tuner().pick(key, candidates, x, default=lambda v: default(v, *rest))
 
@@ -317,11 +320,33 @@ def _tuned_residual_unit(x, alpha1, weight1, bias1, dilation, alpha2, weight2, b
     # the chunked implicit GEMM needs a square unit with an odd kernel, all in x's dtype
     square = (weight1.dim() == 3 and tuple(weight1.shape[:2]) == (c, c) and weight1.shape[2] % 2 == 1
               and tuple(weight2.shape) == (c, c, 1) and alpha2.numel() == c and weight1.dtype == weight2.dtype == x.dtype)
-    return _tuned("residual_unit", x, (f"C{c}", f"k{weight1.shape[-1]}", f"d{int(dilation)}"),
-                  (alpha1, weight1, bias1, int(dilation), alpha2, weight2, bias2), ext.residual_unit_onednn,
-                  eager.residual_unit, ext.residual_unit_gemm if square else None, ext.residual_unit,
+    rest = (alpha1, weight1, bias1, int(dilation), alpha2, weight2, bias2)
+    # Measured dispatch chooses among the tile sizes whose error is within the decode bound; an
+    # error study may force any of them.
+    sizes = winograd.TILE_SIZES if tuning.forced_choice("residual_unit") else winograd.DISPATCH_TILE_SIZES
+    extra = {f"winograd{m}": functools.partial(_residual_unit_winograd, *rest, m=m) for m in (sizes if square else ())}
+    return _tuned("residual_unit", x, (f"C{c}", f"k{weight1.shape[-1]}", f"d{int(dilation)}"), rest,
+                  ext.residual_unit_onednn, eager.residual_unit, ext.residual_unit_gemm if square else None,
+                  ext.residual_unit,
                   lambda: (packed(weight1, "native_taps_last", ext.pack_residual_weight),
-                           packed(weight2, "native_taps_last", ext.pack_residual_weight)))
+                           packed(weight2, "native_taps_last", ext.pack_residual_weight)), extra)
+
+
+def residual_unit_winograd(x, alpha1, weight1, bias1, dilation, alpha2, weight2, bias2, m: int = 2,
+                           chunk: int = 0) -> torch.Tensor:
+    """The residual unit with its k-tap conv as Winograd F(m, k) (see :mod:`.winograd`), weights
+    transformed once per weight tensor."""
+    return _residual_unit_winograd(alpha1, weight1, bias1, int(dilation), alpha2, weight2, bias2, x, m=m,
+                                   chunk=chunk)
+
+
+def _residual_unit_winograd(alpha1, weight1, bias1, dilation, alpha2, weight2, bias2, x, m, chunk=0):
+    ext = extension()
+    filter_ = packed(weight1, f"native_winograd{m}", lambda w: winograd.transform_filter(w, m))
+    input_transform, output_transform = winograd.kernel_transforms(m, weight1.shape[-1])
+    return ext.residual_unit_winograd(x, alpha1, weight1, bias1, dilation, alpha2, weight2, bias2, chunk, filter_,
+                                      packed(weight2, "native_taps_last", ext.pack_residual_weight),
+                                      input_transform, output_transform)
 
 
 def _tuned_snake_conv1d(x, alpha, weight, bias, stride, padding):

@@ -21,6 +21,7 @@ measures again (then stores). ``XCODEC_FAST_TUNE_CACHE`` overrides the file's di
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -28,7 +29,7 @@ import threading
 import time
 import warnings
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 
@@ -126,6 +127,9 @@ class Tuner:
         """``candidates[choice](x)`` for ``key``'s stored choice; with none stored, time every
         candidate first (``auto`` / ``retune``), or run ``default`` (while torch.compile traces).
         ``off`` runs ``default`` always: a stored table from earlier runs must not change it."""
+        forced_choice = _forced.get(key.split("|", 1)[0])
+        if forced_choice is not None and forced_choice in candidates:
+            return candidates[forced_choice](x)
         if mode() == "off":
             return default(x)
         entry = self.table.get(key)
@@ -172,6 +176,28 @@ class Tuner:
                 self.path.unlink()
             except OSError:
                 pass
+
+
+_forced: dict[str, str] = {}
+
+
+@contextlib.contextmanager
+def forced(op: str, choice: str) -> Iterator[None]:
+    """Run every site of ``op`` that has an implementation named ``choice`` with it, whatever the
+    table says (error studies, tests); the table is left as it is."""
+    previous = _forced.get(op)
+    _forced[op] = choice
+    try:
+        yield
+    finally:
+        if previous is None:
+            _forced.pop(op, None)
+        else:
+            _forced[op] = previous
+
+
+def forced_choice(op: str) -> str | None:
+    return _forced.get(op)
 
 
 _tuners: dict[tuple, Tuner] = {}
