@@ -23,8 +23,8 @@ from ..ops import eager, tuning, winograd
 from ..sites import model_sites
 from . import cases
 from .machine import machine_info
+from .suite import DEFAULT_RESULTS
 
-DEFAULT_OUTPUT_DIR = Path(__file__).resolve().parents[2] / "bench" / "results"
 DIRECT = ("eager", "gemm", "onednn")
 
 
@@ -107,7 +107,7 @@ def main(argv=None) -> int:
            "settings": {"site_seconds": args.site_seconds, "model_seconds": args.model_seconds},
            "sites": site_errors(args.site_seconds), "model": model_errors(args.model_seconds)}
     doc["seconds"] = round(time.time() - started, 1)
-    out = args.output or DEFAULT_OUTPUT_DIR / f"winograd-error-{machine['id']}.json"
+    out = args.output or DEFAULT_RESULTS / f"winograd-error-{machine['id']}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(doc, indent=1) + "\n")
     for row in doc["sites"]:

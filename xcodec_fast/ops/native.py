@@ -40,7 +40,6 @@ bench/results/ and rendered into the README.
 
 from __future__ import annotations
 
-import functools
 import importlib.util
 import os
 import shutil
@@ -324,7 +323,7 @@ def _tuned_residual_unit(x, alpha1, weight1, bias1, dilation, alpha2, weight2, b
     # Measured dispatch chooses among the tile sizes whose error is within the decode bound; an
     # error study may force any of them.
     sizes = winograd.TILE_SIZES if tuning.forced_choice("residual_unit") else winograd.DISPATCH_TILE_SIZES
-    extra = {f"winograd{m}": functools.partial(_residual_unit_winograd, *rest, m=m) for m in (sizes if square else ())}
+    extra = {f"winograd{m}": lambda v, m=m: residual_unit_winograd(v, *rest, m=m) for m in (sizes if square else ())}
     return _tuned("residual_unit", x, (f"C{c}", f"k{weight1.shape[-1]}", f"d{int(dilation)}"), rest,
                   ext.residual_unit_onednn, eager.residual_unit, ext.residual_unit_gemm if square else None,
                   ext.residual_unit,
@@ -336,16 +335,11 @@ def residual_unit_winograd(x, alpha1, weight1, bias1, dilation, alpha2, weight2,
                            chunk: int = 0) -> torch.Tensor:
     """The residual unit with its k-tap conv as Winograd F(m, k) (see :mod:`.winograd`), weights
     transformed once per weight tensor."""
-    return _residual_unit_winograd(alpha1, weight1, bias1, int(dilation), alpha2, weight2, bias2, x, m=m,
-                                   chunk=chunk)
-
-
-def _residual_unit_winograd(alpha1, weight1, bias1, dilation, alpha2, weight2, bias2, x, m, chunk=0):
     ext = extension()
     filter_ = packed(weight1, f"native_winograd{m}", lambda w: winograd.transform_filter(w, m))
     input_transform, output_transform = winograd.kernel_transforms(m, weight1.shape[-1])
-    return ext.residual_unit_winograd(x, alpha1, weight1, bias1, dilation, alpha2, weight2, bias2, chunk, filter_,
-                                      packed(weight2, "native_taps_last", ext.pack_residual_weight),
+    return ext.residual_unit_winograd(x, alpha1, weight1, bias1, int(dilation), alpha2, weight2, bias2, chunk,
+                                      filter_, packed(weight2, "native_taps_last", ext.pack_residual_weight),
                                       input_transform, output_transform)
 
 
