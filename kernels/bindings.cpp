@@ -47,6 +47,19 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("alpha1"), py::arg("weight1"), py::arg("bias1"), py::arg("dilation"), py::arg("alpha2"),
         py::arg("weight2"), py::arg("bias2"), py::arg("chunk"), py::arg("filter"), py::arg("packed2"),
         py::arg("input_transform"), py::arg("output_transform"));
+  m.def("residual_unit_brgemm", [](const at::Tensor& x, const at::Tensor& alpha1, const at::Tensor& weight1,
+                                   const std::optional<at::Tensor>& bias1, int64_t dilation, const at::Tensor& alpha2,
+                                   const at::Tensor& weight2, const std::optional<at::Tensor>& bias2, int64_t chunk,
+                                   const std::optional<at::Tensor>& packed1, const std::optional<at::Tensor>& packed2) {
+    return residual_unit_brgemm(unit_stride_time(x), alpha1, weight1, bias1, dilation, alpha2, weight2, bias2, chunk,
+                                packed1, packed2);
+  }, "bf16 residual unit on bf16 matrix units (oneDNN brgemm; chunk <= 0: default)", py::arg("x"),
+        py::arg("alpha1"), py::arg("weight1"), py::arg("bias1"), py::arg("dilation"), py::arg("alpha2"),
+        py::arg("weight2"), py::arg("bias2"), py::arg("chunk") = 0, py::arg("packed1") = py::none(),
+        py::arg("packed2") = py::none());
+  m.def("brgemm_bf16_available", &brgemm_bf16_available, "whether residual_unit_brgemm can run here");
+  m.def("pack_residual_weight_bf16", &pack_residual_weight_bf16,
+        "a residual unit conv's weight as residual_unit_brgemm reads it");
   m.def("pack_residual_weight", &pack_residual_weight, "a residual unit conv's weight as residual_unit_gemm reads it");
   m.def("pack_conv1d_weight", &pack_conv1d_weight, "a strided conv's weight as snake_conv1d_gemm reads it");
   m.def("pack_conv_transpose1d_weight", &pack_conv_transpose1d_weight,

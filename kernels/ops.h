@@ -25,6 +25,14 @@ at::Tensor residual_unit_winograd(const at::Tensor& x, const at::Tensor& alpha1,
                                   const at::Tensor& weight2, const std::optional<at::Tensor>& bias2, int64_t chunk,
                                   const at::Tensor& filter, const std::optional<at::Tensor>& packed2,
                                   const at::Tensor& input_transform, const at::Tensor& output_transform);
+// bf16 storage on bf16 matrix units (oneDNN brgemm): W1, W2 packed by pack_residual_weight_bf16.
+at::Tensor residual_unit_brgemm(const at::Tensor& x, const at::Tensor& alpha1, const at::Tensor& weight1,
+                                const std::optional<at::Tensor>& bias1, int64_t dilation, const at::Tensor& alpha2,
+                                const at::Tensor& weight2, const std::optional<at::Tensor>& bias2, int64_t chunk,
+                                const std::optional<at::Tensor>& packed1, const std::optional<at::Tensor>& packed2);
+bool brgemm_bf16_available();
+at::Tensor pack_residual_weight_bf16(const at::Tensor& weight);
+
 // Weights in the layouts the GEMM paths read (float32): the caller packs once per weight and passes
 // them in, or the kernel packs per call.
 at::Tensor pack_residual_weight(const at::Tensor& weight);

@@ -324,6 +324,8 @@ def _tuned_residual_unit(x, alpha1, weight1, bias1, dilation, alpha2, weight2, b
     # error study may force any of them.
     sizes = winograd.TILE_SIZES if tuning.forced_choice("residual_unit") else winograd.DISPATCH_TILE_SIZES
     extra = {f"winograd{m}": lambda v, m=m: residual_unit_winograd(v, *rest, m=m) for m in (sizes if square else ())}
+    if square and x.dtype == torch.bfloat16 and c % 2 == 0 and brgemm_bf16_available():
+        extra["brgemm"] = lambda v: residual_unit_brgemm(v, *rest)
     return _tuned("residual_unit", x, (f"C{c}", f"k{weight1.shape[-1]}", f"d{int(dilation)}"), rest,
                   ext.residual_unit_onednn, eager.residual_unit, ext.residual_unit_gemm if square else None,
                   ext.residual_unit,
@@ -341,6 +343,27 @@ def residual_unit_winograd(x, alpha1, weight1, bias1, dilation, alpha2, weight2,
     return ext.residual_unit_winograd(x, alpha1, weight1, bias1, int(dilation), alpha2, weight2, bias2, chunk,
                                       filter_, packed(weight2, "native_taps_last", ext.pack_residual_weight),
                                       input_transform, output_transform)
+
+
+_brgemm_bf16: bool | None = None
+
+
+def brgemm_bf16_available() -> bool:
+    """Whether this CPU and torch build run bf16 GEMMs on matrix units (oneDNN brgemm: AMX or
+    AVX512-BF16), which :func:`residual_unit_brgemm` needs."""
+    global _brgemm_bf16
+    if _brgemm_bf16 is None:
+        _brgemm_bf16 = bool(extension().brgemm_bf16_available())
+    return _brgemm_bf16
+
+
+def residual_unit_brgemm(x, alpha1, weight1, bias1, dilation, alpha2, weight2, bias2, chunk: int = 0) -> torch.Tensor:
+    """The bf16 residual unit with bf16 GEMM operands and fp32 accumulation (see
+    kernels/residual_unit_bf16.cpp), weights packed once per weight tensor."""
+    ext = extension()
+    return ext.residual_unit_brgemm(x, alpha1, weight1, bias1, int(dilation), alpha2, weight2, bias2, chunk,
+                                    packed(weight1, "native_taps_last_bf16", ext.pack_residual_weight_bf16),
+                                    packed(weight2, "native_taps_last_bf16", ext.pack_residual_weight_bf16))
 
 
 def _tuned_snake_conv1d(x, alpha, weight, bias, stride, padding):

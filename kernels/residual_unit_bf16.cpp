@@ -1,0 +1,158 @@
+#include "common.h"
+#include "ops.h"
+
+#include <ATen/native/CPUBlas.h>
+
+#include <cstdint>
+
+// Residual unit for bfloat16 storage on bf16 matrix units (AMX / AVX512-BF16 through oneDNN's
+// brgemm ukernel, which ATen exports as at::native::cpublas::brgemm).
+//
+// The same chunked implicit GEMM as residual_unit_gemm, with bf16 GEMM operands and fp32
+// accumulation: per (batch, chunk) task, single-threaded,
+//   S = snake(x, α1) in fp32, rounded to bf16 once, stored pairwise-interleaved (the VNNI layout
+//       brgemm reads B in: rows 2q and 2q + 1 of a K × N matrix as one row of N bf16 pairs)
+//   H = b1 + W1 · im2col(S)         (fp32 accumulator, K = k·C; im2col copies whole pair rows)
+//   out = x + b2 + W2 · vnni(snake(H, α2))     (fp32 accumulator, rounded to bf16 once)
+// The operands are bf16 where eager's bf16 path also rounds them (its conv inputs are bf16), so the
+// error is of the same order as eager's; the weights are the model's bf16 values exactly.
+// C must be even (pairs of channel rows); the model's channel counts are.
+
+namespace {
+
+// c10::BFloat16's rounding (round to nearest even, NaN to the quiet NaN), in a form the compiler
+// vectorizes.
+inline uint32_t bf16_bits(float value) {
+  uint32_t bits;
+  std::memcpy(&bits, &value, sizeof bits);
+  const uint32_t rounded = (bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16;
+  return (bits & 0x7fffffffu) > 0x7f800000u ? 0x7fc0u : rounded;
+}
+
+// dst[i] = (bf16(second[i]) << 16) | bf16(first[i]): two rows as one row of VNNI pairs.
+inline void pack_pair(const float* first, const float* second, uint32_t* dst, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) dst[i] = bf16_bits(first[i]) | (bf16_bits(second[i]) << 16);
+}
+
+// Releases the thread's matrix-unit state when its tasks are done.
+struct BrgemmScope {
+  BrgemmScope() = default;
+  ~BrgemmScope() { at::native::cpublas::brgemm_release(true); }
+  BrgemmScope(const BrgemmScope&) = delete;
+  BrgemmScope& operator=(const BrgemmScope&) = delete;
+};
+
+// Frames per task: bf16 operands halve the im2col tile of the fp32 path, so chunks run twice as long.
+// Measured (2-core Xeon with AMX, ms, chunk 128 / 256 / 512): C=512 × 4000: 17.0 / 14.9 / 31.8;
+// C=256 × 20000: 22.9 / 23.3 / 32.1; C=128 × 80000: 32.8 / 28.1 / 25.9; C=64 × 160000: 27.5 / 20.5 / 20.2.
+int64_t brgemm_chunk_frames(int64_t channels) {
+  return std::clamp<int64_t>((int64_t{1} << 16) / std::max<int64_t>(channels, 1), 256, 512);
+}
+
+}  // namespace
+
+bool brgemm_bf16_available() { return at::native::cpublas::could_pack(at::kBFloat16); }
+
+at::Tensor pack_residual_weight_bf16(const at::Tensor& weight) {
+  TORCH_CHECK(weight.dim() == 3, "pack_residual_weight_bf16: expected a (C_out, C_in, k) weight, got ",
+              weight.sizes());
+  return weight.detach().to(at::kBFloat16).permute({0, 2, 1}).contiguous();
+}
+
+at::Tensor residual_unit_brgemm(const at::Tensor& x, const at::Tensor& alpha1, const at::Tensor& weight1,
+                                const std::optional<at::Tensor>& bias1, int64_t dilation, const at::Tensor& alpha2,
+                                const at::Tensor& weight2, const std::optional<at::Tensor>& bias2, int64_t chunk,
+                                const std::optional<at::Tensor>& packed1, const std::optional<at::Tensor>& packed2) {
+  check_input(x, alpha1, "residual_unit_brgemm");
+  TORCH_CHECK(x.scalar_type() == at::kBFloat16, "residual_unit_brgemm: x must be bfloat16, got ", x.scalar_type());
+  TORCH_CHECK(x.stride(2) == 1, "residual_unit_brgemm: x needs a unit-stride time axis");
+  TORCH_CHECK(brgemm_bf16_available(), "residual_unit_brgemm: this CPU or torch build has no bf16 brgemm");
+  const int64_t batch = x.size(0), channels = x.size(1), frames = x.size(2);
+  TORCH_CHECK(channels % 2 == 0, "residual_unit_brgemm: needs an even channel count, got ", channels);
+  TORCH_CHECK(weight1.dim() == 3 && weight1.size(0) == channels && weight1.size(1) == channels &&
+                  weight1.size(2) % 2 == 1,
+              "residual_unit_brgemm: weight1 must be (C, C, k) with odd k for C = ", channels, ", got ",
+              weight1.sizes());
+  TORCH_CHECK(weight2.dim() == 3 && weight2.size(0) == channels && weight2.size(1) == channels &&
+                  weight2.size(2) == 1,
+              "residual_unit_brgemm: weight2 must be (C, C, 1) for C = ", channels, ", got ", weight2.sizes());
+  TORCH_CHECK(alpha2.numel() == channels, "residual_unit_brgemm: alpha2 needs one value per channel");
+  TORCH_CHECK(dilation >= 1, "residual_unit_brgemm: dilation must be >= 1, got ", dilation);
+  const int64_t kernel = weight1.size(2);
+  const int64_t pad = (kernel - 1) * dilation / 2;
+  auto out = at::empty({batch, channels, frames}, x.options().memory_format(at::MemoryFormat::Contiguous));
+  if (out.numel() == 0) return out;
+  const auto [a1, inv1] = snake_coefficients(alpha1);
+  const auto [a2, inv2] = snake_coefficients(alpha2);
+  auto packed_bf16 = [&](const std::optional<at::Tensor>& packed, const at::Tensor& weight, int64_t taps) {
+    if (!packed.has_value()) return pack_residual_weight_bf16(weight);
+    const at::Tensor& p = *packed;
+    TORCH_CHECK(p.scalar_type() == at::kBFloat16 && p.is_contiguous() && p.device().is_cpu() &&
+                    p.sizes() == at::IntArrayRef({channels, taps, channels}),
+                "residual_unit_brgemm: packed weight must be a contiguous CPU bfloat16 tensor of shape (", channels,
+                ", ", taps, ", ", channels, "), got ", p.scalar_type(), " ", p.sizes());
+    return p;
+  };
+  const at::Tensor w1 = packed_bf16(packed1, weight1, kernel);
+  const at::Tensor w2 = packed_bf16(packed2, weight2, 1);
+  const std::vector<float> b1 = bias_values(bias1, channels), b2 = bias_values(bias2, channels);
+  const auto* w1p = w1.data_ptr<at::BFloat16>();
+  const auto* w2p = w2.data_ptr<at::BFloat16>();
+  if (chunk <= 0) chunk = brgemm_chunk_frames(channels);
+  const int64_t chunks = (frames + chunk - 1) / chunk;
+  const int64_t span = chunk + 2 * pad;
+  const int64_t cols = chunk;  // every GEMM a full chunk wide: an item's results do not depend on its batch
+  const int64_t pairs = channels / 2;
+  const auto xr = rows_of<at::BFloat16>(x);
+  auto* outp = out.data_ptr<at::BFloat16>();
+
+  at::parallel_for(0, batch * chunks, 1, [&](int64_t begin, int64_t end) {
+    const BrgemmScope scope;
+    std::vector<float> s_rows(2 * span), scratch(std::max(span, cols)), h_buf(channels * cols),
+        o_buf(channels * cols);
+    std::vector<uint32_t> s_vnni(pairs * span), i_vnni(kernel * pairs * cols), h_vnni(pairs * cols);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / chunks, t0 = (task % chunks) * chunk;
+      const int64_t n = std::min(chunk, frames - t0);
+      const int64_t lo = t0 - pad, width = n + 2 * pad;
+      for (int64_t q = 0; q < pairs; ++q) {
+        for (int64_t r = 0; r < 2; ++r) {
+          snake_window(xr.row(b * channels + 2 * q + r), frames, lo, width, a1[2 * q + r], inv1[2 * q + r],
+                       s_rows.data() + r * span, scratch.data());
+        }
+        pack_pair(s_rows.data(), s_rows.data() + span, s_vnni.data() + q * span, width);
+      }
+      // im2col: K row k·C + c is S[c] shifted by k·d, so pair row k·C/2 + q is S's pair row q shifted.
+      for (int64_t k = 0; k < kernel; ++k) {
+        for (int64_t q = 0; q < pairs; ++q) {
+          uint32_t* row = i_vnni.data() + (k * pairs + q) * cols;
+          std::memcpy(row, s_vnni.data() + q * span + k * dilation, n * sizeof(uint32_t));
+          std::fill(row + n, row + cols, 0u);
+        }
+      }
+      float* h = h_buf.data();
+      for (int64_t c = 0; c < channels; ++c) std::fill(h + c * cols, h + (c + 1) * cols, b1[c]);
+      at::native::cpublas::brgemm(channels, cols, kernel * channels, kernel * channels, cols, cols, true, w1p,
+                                  reinterpret_cast<const at::BFloat16*>(i_vnni.data()), h, true);
+      // Columns past n keep b1: they only feed output columns that are dropped.
+      for (int64_t c = 0; c < channels; ++c) snake_floats(h + c * cols, h + c * cols, scratch.data(), n, a2[c], inv2[c]);
+      for (int64_t q = 0; q < pairs; ++q) {
+        pack_pair(h + 2 * q * cols, h + (2 * q + 1) * cols, h_vnni.data() + q * cols, cols);
+      }
+      float* o = o_buf.data();
+      for (int64_t c = 0; c < channels; ++c) {
+        float* oc = o + c * cols;
+        load_floats(xr.row(b * channels + c) + t0, oc, n);
+        const fVec vb(b2[c]);
+        int64_t i = 0;
+        for (; i + fVec::size() <= n; i += fVec::size()) (fVec::loadu(oc + i) + vb).store(oc + i);
+        if (i < n) (fVec::loadu(oc + i, n - i) + vb).store(oc + i, n - i);
+        std::fill(oc + n, oc + cols, 0.0f);
+      }
+      at::native::cpublas::brgemm(channels, cols, channels, channels, cols, cols, true, w2p,
+                                  reinterpret_cast<const at::BFloat16*>(h_vnni.data()), o, true);
+      store_rows(o, cols, outp + b * channels * frames + t0, frames, channels, n);
+    }
+  });
+  return out;
+}

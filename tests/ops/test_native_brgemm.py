@@ -1,0 +1,109 @@
+"""The native bf16 residual unit on bf16 matrix units (oneDNN brgemm): error against fp32 next to
+eager bf16's own, odd sizes, batch independence, chunking, dispatch, and bad arguments."""
+
+import pytest
+import torch
+
+import tolerances
+from op_cases import fp32_args, residual_args
+from xcodec_fast import ops
+from xcodec_fast.ops import eager, native, tuning
+
+if not native.availability(torch.device("cpu"))[0]:
+    pytest.skip("native backend unavailable", allow_module_level=True)
+
+BRGEMM = native.brgemm_bf16_available()
+needs_brgemm = pytest.mark.skipif(not BRGEMM, reason="no bf16 brgemm on this CPU / torch build")
+DILATIONS = (1, 3, 9)
+# (batch, channels, frames): one frame, fewer frames than the halo, odd frame counts, several chunks,
+# channel counts that are not a power of two.
+SHAPES = [(1, 2, 1), (2, 4, 7), (1, 6, 2), (2, 18, 101), (1, 64, 1601), (2, 96, 3001), (1, 512, 257)]
+
+
+def peak_error(out, expected):
+    return ((out.float() - expected).abs().max() / expected.abs().max().clamp_min(1.0)).item()
+
+
+@needs_brgemm
+@pytest.mark.parametrize("dilation", DILATIONS)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_error_vs_fp32_is_within_bf16s_and_eager_bf16s(shape, dilation):
+    """bf16 GEMM operands, fp32 accumulation: within the stated bound of fp32 compute on the same
+    bf16 inputs, and no worse than eager's bf16 path (which rounds after every op)."""
+    args = residual_args(*shape, dilation, torch.bfloat16)
+    expected = eager.residual_unit(*fp32_args(args))
+    out = native.residual_unit_brgemm(*args)
+    assert out.dtype == torch.bfloat16 and out.shape == expected.shape
+    error = peak_error(out, expected)
+    assert error <= tolerances.BRGEMM_BF16
+    assert error <= max(peak_error(eager.residual_unit(*args), expected), torch.finfo(torch.bfloat16).eps)
+
+
+@needs_brgemm
+@pytest.mark.parametrize("chunk", [1, 5, 17, 128, 4096])
+def test_chunk_size_changes_nothing_but_rounding(chunk):
+    args = residual_args(2, 24, 1001, 3, torch.bfloat16)
+    expected = eager.residual_unit(*fp32_args(args))
+    assert peak_error(native.residual_unit_brgemm(*args, chunk=chunk), expected) <= tolerances.BRGEMM_BF16
+
+
+@needs_brgemm
+@pytest.mark.parametrize("dilation", DILATIONS)
+def test_item_alone_equals_item_in_a_zero_padded_batch(dilation):
+    """Frames past an item's length are zero in a padded batch: its frames must be bit-equal to
+    its result alone, whatever its batch-mates hold."""
+    x, alpha1, w1, b1, d, alpha2, w2, b2 = residual_args(3, 16, 777, dilation, torch.bfloat16)
+    length = 401
+    alone = native.residual_unit_brgemm(x[:1, :, :length], alpha1, w1, b1, d, alpha2, w2, b2)
+    batch = x.clone()
+    batch[0, :, length:] = 0
+    together = native.residual_unit_brgemm(batch, alpha1, w1, b1, d, alpha2, w2, b2)
+    assert torch.equal(together[:1, :, :length], alone)
+
+
+@needs_brgemm
+def test_strided_input_and_no_bias_are_accepted():
+    x, alpha1, w1, _, d, alpha2, w2, _ = residual_args(1, 8, 200, 1, torch.bfloat16)
+    strided = x.transpose(1, 2).contiguous().transpose(1, 2)
+    out = native.residual_unit_brgemm(strided, alpha1, w1, None, d, alpha2, w2, None)
+    assert torch.equal(out, native.residual_unit_brgemm(x, alpha1, w1, None, d, alpha2, w2, None))
+    expected = eager.residual_unit(*fp32_args((x, alpha1, w1, None, d, alpha2, w2, None)))
+    assert peak_error(out, expected) <= tolerances.BRGEMM_BF16
+
+
+@needs_brgemm
+def test_forced_dispatch_runs_brgemm_and_the_table_measures_it(tmp_path, monkeypatch):
+    """ops.residual_unit on native runs brgemm for bf16 when forced; measuring times it beside the
+    other implementations for bf16, and never offers it for fp32 or an odd channel count."""
+    args = residual_args(1, 32, 2001, 3, torch.bfloat16)
+    with ops.use_backend("native"), tuning.forced("residual_unit", "brgemm"):
+        forced = ops.residual_unit(*args)
+    assert torch.equal(forced, native.residual_unit_brgemm(*args))
+    assert not torch.equal(forced, native.extension().residual_unit_gemm(*args))
+    monkeypatch.setenv(tuning.CACHE_ENV, str(tmp_path))
+    monkeypatch.setenv(tuning.MODE_ENV, "retune")
+    monkeypatch.setattr(tuning, "_tuners", {})
+    with ops.use_backend("native"):
+        ops.residual_unit(*args)
+        ops.residual_unit(*residual_args(1, 32, 2001, 3))
+        ops.residual_unit(*residual_args(1, 33, 2001, 3, torch.bfloat16))
+    table = native.tuner().table
+    offered = {key.rsplit("|", 1)[1] + ("-odd" if "C33" in key else ""): set(entry["ms"]) for key, entry in table.items()}
+    assert "brgemm" in offered["bfloat16"]
+    assert "brgemm" not in offered["float32"] and "brgemm" not in offered["bfloat16-odd"]
+
+
+@needs_brgemm
+def test_bad_arguments_name_the_problem():
+    x, alpha1, w1, b1, d, alpha2, w2, b2 = residual_args(1, 8, 50, 1, torch.bfloat16)
+    ext = native.extension()
+    with pytest.raises(RuntimeError, match="x must be bfloat16, got Float"):
+        ext.residual_unit_brgemm(x.float(), alpha1, w1, b1, d, alpha2, w2, b2)
+    odd = residual_args(1, 7, 50, 1, torch.bfloat16)
+    with pytest.raises(RuntimeError, match="even channel count, got 7"):
+        ext.residual_unit_brgemm(*odd)
+    with pytest.raises(RuntimeError, match="packed weight must be a contiguous CPU bfloat16 tensor of shape \\(8, 7, 8\\)"):
+        ext.residual_unit_brgemm(x, alpha1, w1, b1, d, alpha2, w2, b2, 0, ext.pack_residual_weight(w1), None)
+    with pytest.raises(RuntimeError, match="weight2 must be \\(C, C, 1\\)"):
+        ext.residual_unit_brgemm(x, alpha1, w1, b1, d, alpha2, w1, b2)
+
