@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 KERNEL_DIR = Path(__file__).resolve().parent
-SOURCES = ("snake.cpp", "residual_unit.cpp", "residual_unit_winograd.cpp", "residual_unit_bf16.cpp", "conv.cpp", "bindings.cpp")
+SOURCES = ("snake.cpp", "residual_unit.cpp", "residual_unit_winograd.cpp", "bf16_brgemm.cpp", "conv.cpp", "bindings.cpp")
 # Files whose content decides the binary (the cache key hashes them).
 HEADERS = ("common.h", "defaults.h", "ops.h")
 HASHED_FILES = SOURCES + HEADERS + ("build_config.py",)

@@ -215,6 +215,9 @@ void dispatch_storage_type(at::ScalarType type, const char* op, const F& body) {
   }
 }
 
+// Floor division for possibly negative numerators.
+inline int64_t floor_div(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
+
 at::Tensor unit_stride_time(const at::Tensor& t) { return t.stride(2) == 1 ? t : t.contiguous(); }
 
 void check_input(const at::Tensor& x, const at::Tensor& alpha, const char* op) {

@@ -107,9 +107,6 @@ at::Tensor snake_conv1d_gemm(const at::Tensor& x_in, const at::Tensor& alpha, co
   return out;
 }
 
-// Floor division for possibly negative numerators.
-inline int64_t floor_div(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
-
 // y = conv_transpose1d(snake(x), W (C_in, C_out, k), b, stride s, padding p, output_padding): input frame t
 // adds W[:, o, k]·snake(x)[:, t] to output frame t·s + k - p. Per task (a chunk of output frames):
 //   S = snake(x) over the input frames that reach the chunk        (C_in × width)

@@ -32,6 +32,10 @@ at::Tensor residual_unit_brgemm(const at::Tensor& x, const at::Tensor& alpha1, c
                                 const std::optional<at::Tensor>& packed1, const std::optional<at::Tensor>& packed2);
 bool brgemm_bf16_available();
 at::Tensor pack_residual_weight_bf16(const at::Tensor& weight);
+at::Tensor snake_conv_transpose1d_brgemm(const at::Tensor& x, const at::Tensor& alpha, const at::Tensor& weight,
+                                         const std::optional<at::Tensor>& bias, int64_t stride, int64_t padding,
+                                         int64_t output_padding, int64_t chunk, const std::optional<at::Tensor>& packed);
+at::Tensor pack_conv_transpose1d_weight_bf16(const at::Tensor& weight);
 
 // Weights in the layouts the GEMM paths read (float32): the caller packs once per weight and passes
 // them in, or the kernel packs per call.

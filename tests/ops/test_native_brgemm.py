@@ -1,5 +1,6 @@
-"""The native bf16 residual unit on bf16 matrix units (oneDNN brgemm): error against fp32 next to
-eager bf16's own, odd sizes, batch independence, chunking, dispatch, and bad arguments."""
+"""The native bf16 residual unit and transposed conv on bf16 matrix units (oneDNN brgemm): error
+against fp32 next to eager bf16's own, odd sizes, batch independence, chunking, dispatch, and bad
+arguments."""
 
 import pytest
 import torch
@@ -107,3 +108,65 @@ def test_bad_arguments_name_the_problem():
     with pytest.raises(RuntimeError, match="weight2 must be \\(C, C, 1\\)"):
         ext.residual_unit_brgemm(x, alpha1, w1, b1, d, alpha2, w1, b2)
 
+
+
+# (C_in, C_out, frames, kernel, stride, padding, output_padding): the decoder's four upsampling
+# sites at short lengths, then odd shapes (one input frame, kernel < stride, no padding).
+TRANSPOSED = [(1024, 512, 41, 16, 8, 4, 0), (512, 256, 333, 10, 5, 3, 1), (256, 128, 1001, 8, 4, 2, 0),
+              (128, 64, 4001, 4, 2, 1, 0), (6, 3, 7, 3, 2, 1, 1), (4, 5, 1, 4, 2, 0, 0), (2, 7, 19, 2, 3, 0, 2)]
+
+
+def transposed_args(cin, cout, frames, kernel, stride, padding, output_padding, batch=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.randn(batch, cin, frames, generator=g) * 2).bfloat16()
+    alpha = (torch.rand(cin, generator=g) * 1.5 + 0.2).bfloat16()
+    weight = (torch.randn(cin, cout, kernel, generator=g) / (cin * kernel) ** 0.5).bfloat16()
+    bias = (torch.randn(cout, generator=g) * 0.1).bfloat16()
+    return x, alpha, weight, bias, stride, padding, output_padding
+
+
+@needs_brgemm
+@pytest.mark.parametrize("case", TRANSPOSED, ids=lambda c: "-".join(map(str, c)))
+def test_transposed_error_vs_fp32_is_within_bf16s_and_eager_bf16s(case):
+    args = transposed_args(*case)
+    expected = eager.snake_conv_transpose1d(*fp32_args(args))
+    out = native.snake_conv_transpose1d_brgemm(*args)
+    assert out.dtype == torch.bfloat16 and out.shape == expected.shape
+    error = peak_error(out, expected)
+    assert error <= tolerances.BRGEMM_BF16
+    assert error <= max(peak_error(eager.snake_conv_transpose1d(*args), expected), torch.finfo(torch.bfloat16).eps)
+
+
+@needs_brgemm
+@pytest.mark.parametrize("chunk", [1, 7, 64, 4096])
+def test_transposed_chunk_size_changes_nothing_but_rounding(chunk):
+    args = transposed_args(64, 32, 777, 8, 4, 2, 0)
+    expected = eager.snake_conv_transpose1d(*fp32_args(args))
+    out = native.snake_conv_transpose1d_brgemm(*args, chunk=chunk)
+    assert peak_error(out, expected) <= tolerances.BRGEMM_BF16
+
+
+@needs_brgemm
+def test_transposed_forced_dispatch_runs_brgemm_and_only_for_bf16():
+    args = transposed_args(32, 16, 301, 8, 4, 2, 0)
+    with ops.use_backend("native"), tuning.forced("snake_conv_transpose1d", "brgemm"):
+        forced = ops.snake_conv_transpose1d(*args)
+        assert torch.equal(forced, native.snake_conv_transpose1d_brgemm(*args))
+        fp32 = fp32_args(args)  # no brgemm candidate for fp32: the forced choice does not apply
+        torch.testing.assert_close(ops.snake_conv_transpose1d(*fp32), eager.snake_conv_transpose1d(*fp32),
+                                   rtol=1e-5, atol=1e-5)
+
+
+@needs_brgemm
+def test_transposed_bad_arguments_name_the_problem():
+    x, alpha, weight, bias, s, p, op = transposed_args(8, 4, 50, 4, 2, 1, 0)
+    ext = native.extension()
+    with pytest.raises(RuntimeError, match="x must be bfloat16, got Float"):
+        ext.snake_conv_transpose1d_brgemm(x.float(), alpha, weight, bias, s, p, op)
+    odd = transposed_args(7, 4, 50, 4, 2, 1, 0)
+    with pytest.raises(RuntimeError, match="even input channel count, got 7"):
+        ext.snake_conv_transpose1d_brgemm(*odd)
+    with pytest.raises(RuntimeError, match="weight must be \\(C_in, C_out, k\\) with C_in = 8"):
+        ext.snake_conv_transpose1d_brgemm(x, alpha, weight[:4], bias, s, p, op)
+    with pytest.raises(RuntimeError, match="packed weight must be a contiguous CPU bfloat16 tensor of shape \\(4, 4, 8\\)"):
+        ext.snake_conv_transpose1d_brgemm(x, alpha, weight, bias, s, p, op, 0, weight.float())

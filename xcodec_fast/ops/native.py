@@ -359,7 +359,7 @@ def brgemm_bf16_available() -> bool:
 
 def residual_unit_brgemm(x, alpha1, weight1, bias1, dilation, alpha2, weight2, bias2, chunk: int = 0) -> torch.Tensor:
     """The bf16 residual unit with bf16 GEMM operands and fp32 accumulation (see
-    kernels/residual_unit_bf16.cpp), weights packed once per weight tensor."""
+    kernels/bf16_brgemm.cpp), weights packed once per weight tensor."""
     ext = extension()
     return ext.residual_unit_brgemm(x, alpha1, weight1, bias1, int(dilation), alpha2, weight2, bias2, chunk,
                                     packed(weight1, "native_taps_last_bf16", ext.pack_residual_weight_bf16),
@@ -376,16 +376,28 @@ def _tuned_snake_conv1d(x, alpha, weight, bias, stride, padding):
                                   lambda w: ext.pack_conv1d_weight(w, int(stride))),))
 
 
+def snake_conv_transpose1d_brgemm(x, alpha, weight, bias, stride, padding, output_padding, chunk: int = 0):
+    """The bf16 transposed conv with bf16 GEMM operands and fp32 accumulation (see
+    kernels/bf16_brgemm.cpp), the weight packed once per weight tensor."""
+    ext = extension()
+    return ext.snake_conv_transpose1d_brgemm(x, alpha, weight, bias, int(stride), int(padding), int(output_padding),
+                                             chunk, packed(weight, "native_transposed_bf16",
+                                                           ext.pack_conv_transpose1d_weight_bf16))
+
+
 def _tuned_snake_conv_transpose1d(x, alpha, weight, bias, stride, padding, output_padding):
     ext = extension()
     fits = x.dtype == weight.dtype and weight.dim() == 3 and weight.shape[0] == x.shape[1]
+    rest = (alpha, weight, bias, int(stride), int(padding), int(output_padding))
+    extra = {}
+    if fits and x.dtype == torch.bfloat16 and x.shape[1] % 2 == 0 and brgemm_bf16_available():
+        extra["brgemm"] = lambda v: snake_conv_transpose1d_brgemm(v, *rest)
     return _tuned("snake_conv_transpose1d", x,
                   (f"{x.shape[1]}->{weight.shape[1]}", f"k{weight.shape[-1]}", f"s{int(stride)}"),
-                  (alpha, weight, bias, int(stride), int(padding), int(output_padding)),
-                  ext.snake_conv_transpose1d_onednn, eager.snake_conv_transpose1d,
+                  rest, ext.snake_conv_transpose1d_onednn, eager.snake_conv_transpose1d,
                   ext.snake_conv_transpose1d_gemm if fits else None, ext.snake_conv_transpose1d,
                   lambda: (weight if weight.dtype == torch.float32 and weight.is_contiguous()
-                           else packed(weight, "native_float", ext.pack_conv_transpose1d_weight),))
+                           else packed(weight, "native_float", ext.pack_conv_transpose1d_weight),), extra)
 
 
 # torch.library registrations, so that torch.compile / torch.export can treat the kernels as opaque

@@ -5,11 +5,12 @@
 
 #include <cstdint>
 
-// Residual unit for bfloat16 storage on bf16 matrix units (AMX / AVX512-BF16 through oneDNN's
-// brgemm ukernel, which ATen exports as at::native::cpublas::brgemm).
+// bfloat16 storage on bf16 matrix units (AMX / AVX512-BF16 through oneDNN's brgemm ukernel, which
+// ATen exports as at::native::cpublas::brgemm): the residual unit and the transposed conv, the
+// decoder's two costly ops, as the chunked implicit GEMMs of residual_unit.cpp and conv.cpp with
+// bf16 GEMM operands and fp32 accumulation.
 //
-// The same chunked implicit GEMM as residual_unit_gemm, with bf16 GEMM operands and fp32
-// accumulation: per (batch, chunk) task, single-threaded,
+// Residual unit, per (batch, chunk) task, single-threaded:
 //   S = snake(x, α1) in fp32, rounded to bf16 once, stored pairwise-interleaved (the VNNI layout
 //       brgemm reads B in: rows 2q and 2q + 1 of a K × N matrix as one row of N bf16 pairs)
 //   H = b1 + W1 · im2col(S)         (fp32 accumulator, K = k·C; im2col copies whole pair rows)
@@ -17,6 +18,9 @@
 // The operands are bf16 where eager's bf16 path also rounds them (its conv inputs are bf16), so the
 // error is of the same order as eager's; the weights are the model's bf16 values exactly.
 // C must be even (pairs of channel rows); the model's channel counts are.
+//
+// Transposed conv: Z = Wᵀ · vnni(snake(x)) (bf16 operands, fp32 Z), then the per-phase gather of
+// snake_conv_transpose1d_gemm in fp32, rounded to bf16 once. C_in must be even.
 
 namespace {
 
@@ -152,6 +156,103 @@ at::Tensor residual_unit_brgemm(const at::Tensor& x, const at::Tensor& alpha1, c
       at::native::cpublas::brgemm(channels, cols, channels, channels, cols, cols, true, w2p,
                                   reinterpret_cast<const at::BFloat16*>(h_vnni.data()), o, true);
       store_rows(o, cols, outp + b * channels * frames + t0, frames, channels, n);
+    }
+  });
+  return out;
+}
+
+at::Tensor pack_conv_transpose1d_weight_bf16(const at::Tensor& weight) {
+  TORCH_CHECK(weight.dim() == 3, "pack_conv_transpose1d_weight_bf16: expected a (C_in, C_out, k) weight, got ",
+              weight.sizes());
+  return weight.detach().to(at::kBFloat16).permute({1, 2, 0}).contiguous();
+}
+
+at::Tensor snake_conv_transpose1d_brgemm(const at::Tensor& x, const at::Tensor& alpha, const at::Tensor& weight,
+                                         const std::optional<at::Tensor>& bias, int64_t stride, int64_t padding,
+                                         int64_t output_padding, int64_t chunk,
+                                         const std::optional<at::Tensor>& packed) {
+  check_input(x, alpha, "snake_conv_transpose1d_brgemm");
+  TORCH_CHECK(x.scalar_type() == at::kBFloat16, "snake_conv_transpose1d_brgemm: x must be bfloat16, got ",
+              x.scalar_type());
+  TORCH_CHECK(x.stride(2) == 1, "snake_conv_transpose1d_brgemm: x needs a unit-stride time axis");
+  TORCH_CHECK(brgemm_bf16_available(), "snake_conv_transpose1d_brgemm: this CPU or torch build has no bf16 brgemm");
+  const int64_t batch = x.size(0), in_channels = x.size(1), frames = x.size(2);
+  TORCH_CHECK(weight.dim() == 3 && weight.size(0) == in_channels,
+              "snake_conv_transpose1d_brgemm: weight must be (C_in, C_out, k) with C_in = ", in_channels, ", got ",
+              weight.sizes());
+  TORCH_CHECK(in_channels % 2 == 0, "snake_conv_transpose1d_brgemm: needs an even input channel count, got ",
+              in_channels);
+  TORCH_CHECK(stride >= 1 && padding >= 0 && output_padding >= 0,
+              "snake_conv_transpose1d_brgemm: stride must be >= 1, padding and output_padding >= 0");
+  const int64_t out_channels = weight.size(1), kernel = weight.size(2);
+  const int64_t out_frames = (frames - 1) * stride - 2 * padding + kernel + output_padding;
+  TORCH_CHECK(out_frames > 0 || frames == 0, "snake_conv_transpose1d_brgemm: ", frames, " frames give no output frames");
+  auto out = at::empty({batch, out_channels, std::max<int64_t>(out_frames, 0)},
+                       x.options().memory_format(at::MemoryFormat::Contiguous));
+  if (out.numel() == 0) return out;
+  at::Tensor wt;
+  if (packed.has_value()) {
+    wt = *packed;
+    TORCH_CHECK(wt.scalar_type() == at::kBFloat16 && wt.is_contiguous() && wt.device().is_cpu() &&
+                    wt.sizes() == at::IntArrayRef({out_channels, kernel, in_channels}),
+                "snake_conv_transpose1d_brgemm: packed weight must be a contiguous CPU bfloat16 tensor of shape (",
+                out_channels, ", ", kernel, ", ", in_channels, "), got ", wt.scalar_type(), " ", wt.sizes());
+  } else {
+    wt = pack_conv_transpose1d_weight_bf16(weight);
+  }
+  const auto* wp = wt.data_ptr<at::BFloat16>();
+  const std::vector<float> b = bias_values(bias, out_channels);
+  const auto [a, inv] = snake_coefficients(alpha);
+  const int64_t z_rows = out_channels * kernel, pairs = in_channels / 2;
+  // Chunks of q (output frames q·s .. q·s + s - 1), as in snake_conv_transpose1d_gemm.
+  const int64_t steps = (out_frames + stride - 1) / stride;
+  const int64_t reach = (kernel + stride - 1) / stride + 1;
+  if (chunk <= 0) {
+    const int64_t threads = std::max<int64_t>(at::get_num_threads(), 1);
+    chunk = std::clamp<int64_t>((batch * steps + threads - 1) / threads, 64, 512);
+  }
+  chunk = std::min(chunk, steps);
+  const int64_t chunks = (steps + chunk - 1) / chunk;
+  const int64_t span = chunk + reach;  // every GEMM this wide: the kernel is JIT-compiled once per shape
+  const auto xr = rows_of<at::BFloat16>(x);
+  auto* outp = out.data_ptr<at::BFloat16>();
+
+  at::parallel_for(0, batch * chunks, 1, [&](int64_t begin, int64_t end) {
+    const BrgemmScope scope;
+    std::vector<float> s_rows(2 * span), scratch(span), z_buf(z_rows * span), phase(chunk), line(chunk * stride);
+    std::vector<uint32_t> s_vnni(pairs * span);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t bi = task / chunks, q0 = (task % chunks) * chunk;
+      const int64_t n = std::min(chunk, steps - q0);
+      const int64_t first = q0 * stride, len = std::min((q0 + n) * stride, out_frames) - first;
+      const int64_t t_first = floor_div(first + padding - kernel + stride, stride);
+      const int64_t t_last = floor_div(first + len - 1 + padding, stride);
+      const int64_t width = t_last - t_first + 1;
+      for (int64_t q = 0; q < pairs; ++q) {
+        for (int64_t r = 0; r < 2; ++r) {
+          snake_window(xr.row(bi * in_channels + 2 * q + r), frames, t_first, width, a[2 * q + r], inv[2 * q + r],
+                       s_rows.data() + r * span, scratch.data());
+        }
+        uint32_t* row = s_vnni.data() + q * span;
+        pack_pair(s_rows.data(), s_rows.data() + span, row, width);
+        std::fill(row + width, row + span, 0u);
+      }
+      float* z = z_buf.data();
+      at::native::cpublas::brgemm(z_rows, span, in_channels, in_channels, span, span, false, wp,
+                                  reinterpret_cast<const at::BFloat16*>(s_vnni.data()), z, true);
+      for (int64_t o = 0; o < out_channels; ++o) {
+        at::BFloat16* yrow = outp + (bi * out_channels + o) * out_frames + first;
+        for (int64_t r = 0; r < std::min(stride, len); ++r) {
+          const int64_t count = (len - r + stride - 1) / stride;
+          const int64_t al = (r + padding) / stride, be = (r + padding) % stride;
+          std::fill(phase.begin(), phase.begin() + count, b[o]);
+          for (int64_t k = be, j = 0; k < kernel; k += stride, ++j) {
+            add_floats(phase.data(), z + (o * kernel + k) * span + (q0 + al - j - t_first), phase.data(), count);
+          }
+          for (int64_t q = 0; q < count; ++q) line[q * stride + r] = phase[q];
+        }
+        store_floats(line.data(), yrow, len);
+      }
     }
   });
   return out;
