@@ -19,6 +19,9 @@
 // error is of the same order as eager's; the weights are the model's bf16 values exactly.
 // C must be even (pairs of channel rows); the model's channel counts are.
 //
+// Strided conv: the phase rows P of snake_conv1d_gemm, paired into VNNI rows, then im2col of whole
+// pair rows and one GEMM; C_in · stride must be even.
+//
 // Transposed conv: Z = Wᵀ · vnni(snake(x)) (bf16 operands, fp32 Z), then the per-phase gather of
 // snake_conv_transpose1d_gemm in fp32, rounded to bf16 once. C_in must be even.
 
@@ -253,6 +256,90 @@ at::Tensor snake_conv_transpose1d_brgemm(const at::Tensor& x, const at::Tensor& 
         }
         store_floats(line.data(), yrow, len);
       }
+    }
+  });
+  return out;
+}
+
+at::Tensor pack_conv1d_weight_bf16(const at::Tensor& weight, int64_t stride) {
+  return pack_conv1d_weight(weight, stride).to(at::kBFloat16);
+}
+
+at::Tensor snake_conv1d_brgemm(const at::Tensor& x, const at::Tensor& alpha, const at::Tensor& weight,
+                               const std::optional<at::Tensor>& bias, int64_t stride, int64_t padding, int64_t chunk,
+                               const std::optional<at::Tensor>& packed) {
+  check_input(x, alpha, "snake_conv1d_brgemm");
+  TORCH_CHECK(x.scalar_type() == at::kBFloat16, "snake_conv1d_brgemm: x must be bfloat16, got ", x.scalar_type());
+  TORCH_CHECK(x.stride(2) == 1, "snake_conv1d_brgemm: x needs a unit-stride time axis");
+  TORCH_CHECK(brgemm_bf16_available(), "snake_conv1d_brgemm: this CPU or torch build has no bf16 brgemm");
+  const int64_t batch = x.size(0), in_channels = x.size(1), frames = x.size(2);
+  TORCH_CHECK(weight.dim() == 3 && weight.size(1) == in_channels,
+              "snake_conv1d_brgemm: weight must be (C_out, C_in, k) with C_in = ", in_channels, ", got ",
+              weight.sizes());
+  TORCH_CHECK(stride >= 1 && padding >= 0, "snake_conv1d_brgemm: stride must be >= 1 and padding >= 0");
+  TORCH_CHECK(in_channels * stride % 2 == 0, "snake_conv1d_brgemm: needs an even C_in · stride, got ", in_channels,
+              " · ", stride);
+  const int64_t out_channels = weight.size(0), kernel = weight.size(2);
+  TORCH_CHECK(frames + 2 * padding >= kernel, "snake_conv1d_brgemm: ", frames, " frames (padded by ", padding,
+              ") are fewer than the kernel's ", kernel);
+  const int64_t out_frames = (frames + 2 * padding - kernel) / stride + 1;
+  auto out = at::empty({batch, out_channels, out_frames}, x.options().memory_format(at::MemoryFormat::Contiguous));
+  if (out.numel() == 0) return out;
+  const int64_t taps = (kernel + stride - 1) / stride, phase_rows = in_channels * stride, rows = taps * phase_rows;
+  at::Tensor w;
+  if (packed.has_value()) {
+    w = *packed;
+    TORCH_CHECK(w.scalar_type() == at::kBFloat16 && w.is_contiguous() && w.device().is_cpu() &&
+                    w.sizes() == at::IntArrayRef({out_channels, taps, in_channels, stride}),
+                "snake_conv1d_brgemm: packed weight must be a contiguous CPU bfloat16 tensor of shape (", out_channels,
+                ", ", taps, ", ", in_channels, ", ", stride, "), got ", w.scalar_type(), " ", w.sizes());
+  } else {
+    w = pack_conv1d_weight_bf16(weight, stride);
+  }
+  const auto* wp = w.data_ptr<at::BFloat16>();
+  const std::vector<float> b = bias_values(bias, out_channels);
+  const auto [a, inv] = snake_coefficients(alpha);
+  // Frames per task: the bf16 im2col tile (rows × frames) near 1 MB, as in conv_chunk_frames.
+  if (chunk <= 0) chunk = std::clamp<int64_t>((int64_t{1} << 19) / std::max<int64_t>(rows, 1), 64, 512);
+  const int64_t chunks = (out_frames + chunk - 1) / chunk;
+  const int64_t span = chunk + taps - 1;
+  const int64_t cols = chunk;  // full-width GEMMs: an item's results do not depend on its batch
+  const int64_t pair_rows = phase_rows / 2;
+  const auto xr = rows_of<at::BFloat16>(x);
+  auto* outp = out.data_ptr<at::BFloat16>();
+
+  at::parallel_for(0, batch * chunks, 1, [&](int64_t begin, int64_t end) {
+    const BrgemmScope scope;
+    std::vector<float> line(span * stride), scratch(span * stride), p_buf(phase_rows * span), o_buf(out_channels * cols);
+    std::vector<uint32_t> p_vnni(pair_rows * span), i_vnni(taps * pair_rows * cols);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t bi = task / chunks, t0 = (task % chunks) * chunk;
+      const int64_t n = std::min(chunk, out_frames - t0), width = n + taps - 1;
+      for (int64_t c = 0; c < in_channels; ++c) {
+        snake_window(xr.row(bi * in_channels + c), frames, t0 * stride - padding, width * stride, a[c], inv[c],
+                     stride == 1 ? p_buf.data() + c * span : line.data(), scratch.data());
+        if (stride > 1) {
+          for (int64_t r = 0; r < stride; ++r) {
+            float* pr = p_buf.data() + (c * stride + r) * span;
+            for (int64_t u = 0; u < width; ++u) pr[u] = line[u * stride + r];
+          }
+        }
+      }
+      for (int64_t j = 0; j < pair_rows; ++j) {
+        pack_pair(p_buf.data() + 2 * j * span, p_buf.data() + (2 * j + 1) * span, p_vnni.data() + j * span, width);
+      }
+      for (int64_t m = 0; m < taps; ++m) {
+        for (int64_t j = 0; j < pair_rows; ++j) {
+          uint32_t* dst = i_vnni.data() + (m * pair_rows + j) * cols;
+          std::memcpy(dst, p_vnni.data() + j * span + m, n * sizeof(uint32_t));
+          std::fill(dst + n, dst + cols, 0u);
+        }
+      }
+      float* o = o_buf.data();
+      for (int64_t oc = 0; oc < out_channels; ++oc) std::fill(o + oc * cols, o + (oc + 1) * cols, b[oc]);
+      at::native::cpublas::brgemm(out_channels, cols, rows, rows, cols, cols, true, wp,
+                                  reinterpret_cast<const at::BFloat16*>(i_vnni.data()), o, true);
+      store_rows(o, cols, outp + bi * out_channels * out_frames + t0, out_frames, out_channels, n);
     }
   });
   return out;

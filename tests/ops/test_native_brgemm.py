@@ -1,4 +1,4 @@
-"""The native bf16 residual unit and transposed conv on bf16 matrix units (oneDNN brgemm): error
+"""The native bf16 residual unit, strided conv and transposed conv on bf16 matrix units (oneDNN brgemm): error
 against fp32 next to eager bf16's own, odd sizes, batch independence, chunking, dispatch, and bad
 arguments."""
 
@@ -170,3 +170,72 @@ def test_transposed_bad_arguments_name_the_problem():
         ext.snake_conv_transpose1d_brgemm(x, alpha, weight[:4], bias, s, p, op)
     with pytest.raises(RuntimeError, match="packed weight must be a contiguous CPU bfloat16 tensor of shape \\(4, 4, 8\\)"):
         ext.snake_conv_transpose1d_brgemm(x, alpha, weight, bias, s, p, op, 0, weight.float())
+
+
+# (C_in, C_out, frames, kernel, stride, padding): the encoder's four downsampling sites and its
+# last conv at short lengths, the decoder's 64 -> 1 output conv, then odd shapes (C_in odd with an
+# even stride, kernel < stride, one output frame).
+STRIDED = [(64, 128, 2001, 4, 2, 1), (128, 256, 1601, 8, 4, 2), (256, 512, 1001, 10, 5, 3), (512, 1024, 333, 16, 8, 4),
+           (1024, 256, 41, 3, 1, 1), (64, 1, 3001, 7, 1, 3), (3, 5, 11, 3, 2, 1), (2, 3, 1, 1, 1, 0), (4, 6, 29, 2, 3, 0),
+           (6, 2, 9, 9, 1, 0)]
+
+
+def strided_args(cin, cout, frames, kernel, stride, padding, batch=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.randn(batch, cin, frames, generator=g) * 2).bfloat16()
+    alpha = (torch.rand(cin, generator=g) * 1.5 + 0.2).bfloat16()
+    weight = (torch.randn(cout, cin, kernel, generator=g) / (cin * kernel) ** 0.5).bfloat16()
+    bias = (torch.randn(cout, generator=g) * 0.1).bfloat16()
+    return x, alpha, weight, bias, stride, padding
+
+
+@needs_brgemm
+@pytest.mark.parametrize("case", STRIDED, ids=lambda c: "-".join(map(str, c)))
+def test_strided_error_vs_fp32_is_within_bf16s_and_eager_bf16s(case):
+    args = strided_args(*case)
+    expected = eager.snake_conv1d(*fp32_args(args))
+    out = native.snake_conv1d_brgemm(*args)
+    assert out.dtype == torch.bfloat16 and out.shape == expected.shape
+    error = peak_error(out, expected)
+    assert error <= tolerances.BRGEMM_BF16
+    assert error <= max(peak_error(eager.snake_conv1d(*args), expected), torch.finfo(torch.bfloat16).eps)
+
+
+@needs_brgemm
+@pytest.mark.parametrize("chunk", [1, 7, 64, 4096])
+def test_strided_chunk_size_changes_nothing_but_rounding(chunk):
+    args = strided_args(64, 32, 1777, 8, 4, 2)
+    expected = eager.snake_conv1d(*fp32_args(args))
+    assert peak_error(native.snake_conv1d_brgemm(*args, chunk=chunk), expected) <= tolerances.BRGEMM_BF16
+
+
+@needs_brgemm
+def test_strided_item_alone_equals_item_in_a_zero_padded_batch():
+    x, alpha, weight, bias, s, p = strided_args(16, 8, 1603, 8, 4, 2, batch=3)
+    length = 801
+    alone = native.snake_conv1d_brgemm(x[:1, :, :length], alpha, weight, bias, s, p)
+    batch = x.clone()
+    batch[0, :, length:] = 0
+    together = native.snake_conv1d_brgemm(batch, alpha, weight, bias, s, p)
+    assert torch.equal(together[:1, :, : alone.shape[-1]], alone)
+
+
+@needs_brgemm
+def test_strided_forced_dispatch_runs_brgemm():
+    args = strided_args(32, 16, 301, 8, 4, 2)
+    with ops.use_backend("native"), tuning.forced("snake_conv1d", "brgemm"):
+        assert torch.equal(ops.snake_conv1d(*args), native.snake_conv1d_brgemm(*args))
+
+
+@needs_brgemm
+def test_strided_bad_arguments_name_the_problem():
+    x, alpha, weight, bias, s, p = strided_args(8, 4, 50, 4, 2, 1)
+    ext = native.extension()
+    with pytest.raises(RuntimeError, match="x must be bfloat16, got Float"):
+        ext.snake_conv1d_brgemm(x.float(), alpha, weight, bias, s, p)
+    with pytest.raises(RuntimeError, match="even C_in · stride, got 3 · 1"):
+        ext.snake_conv1d_brgemm(*strided_args(3, 4, 50, 3, 1, 1))
+    with pytest.raises(RuntimeError, match="50 frames \\(padded by 1\\) are fewer than the kernel's 60"):
+        ext.snake_conv1d_brgemm(*strided_args(8, 4, 50, 60, 2, 1))
+    with pytest.raises(RuntimeError, match="packed weight must be a contiguous CPU bfloat16 tensor of shape \\(4, 2, 8, 2\\)"):
+        ext.snake_conv1d_brgemm(x, alpha, weight, bias, s, p, 0, weight)

@@ -366,14 +366,28 @@ def residual_unit_brgemm(x, alpha1, weight1, bias1, dilation, alpha2, weight2, b
                                     packed(weight2, "native_taps_last_bf16", ext.pack_residual_weight_bf16))
 
 
+def snake_conv1d_brgemm(x, alpha, weight, bias, stride, padding, chunk: int = 0):
+    """The bf16 strided conv with bf16 GEMM operands and fp32 accumulation (see
+    kernels/bf16_brgemm.cpp), the weight packed once per weight tensor."""
+    ext = extension()
+    stride = int(stride)
+    return ext.snake_conv1d_brgemm(x, alpha, weight, bias, stride, int(padding), chunk,
+                                   packed(weight, f"native_phases_s{stride}_bf16",
+                                          lambda w: ext.pack_conv1d_weight_bf16(w, stride)))
+
+
 def _tuned_snake_conv1d(x, alpha, weight, bias, stride, padding):
     ext = extension()
     fits = x.dtype == weight.dtype and weight.dim() == 3 and weight.shape[1] == x.shape[1]
+    rest = (alpha, weight, bias, int(stride), int(padding))
+    extra = {}
+    if fits and x.dtype == torch.bfloat16 and x.shape[1] * int(stride) % 2 == 0 and brgemm_bf16_available():
+        extra["brgemm"] = lambda v: snake_conv1d_brgemm(v, *rest)
     return _tuned("snake_conv1d", x, (f"{x.shape[1]}->{weight.shape[0]}", f"k{weight.shape[-1]}", f"s{int(stride)}"),
-                  (alpha, weight, bias, int(stride), int(padding)), ext.snake_conv1d_onednn, eager.snake_conv1d,
+                  rest, ext.snake_conv1d_onednn, eager.snake_conv1d,
                   ext.snake_conv1d_gemm if fits else None, ext.snake_conv1d,
                   lambda: (packed(weight, f"native_phases_s{int(stride)}",
-                                  lambda w: ext.pack_conv1d_weight(w, int(stride))),))
+                                  lambda w: ext.pack_conv1d_weight(w, int(stride))),), extra)
 
 
 def snake_conv_transpose1d_brgemm(x, alpha, weight, bias, stride, padding, output_padding, chunk: int = 0):
