@@ -4,6 +4,7 @@
 #include <ATen/native/CPUBlas.h>
 
 #include <cstdint>
+#include <cstdlib>
 
 // bfloat16 storage on bf16 matrix units (AMX / AVX512-BF16 through oneDNN's brgemm ukernel, which
 // ATen exports as at::native::cpublas::brgemm): the residual unit and the transposed conv, the
@@ -20,7 +21,8 @@
 // C must be even (pairs of channel rows); the model's channel counts are.
 //
 // Strided conv: the phase rows P of snake_conv1d_gemm, paired into VNNI rows, then im2col of whole
-// pair rows and one GEMM; C_in · stride must be even.
+// pair rows and one GEMM; C_in · stride must be even. Without α it is a plain conv (the semantic
+// model's feature encoder).
 //
 // Transposed conv: Z = Wᵀ · vnni(snake(x)) (bf16 operands, fp32 Z), then the per-phase gather of
 // snake_conv_transpose1d_gemm in fp32, rounded to bf16 once. C_in must be even.
@@ -40,6 +42,28 @@ inline uint32_t bf16_bits(float value) {
 inline void pack_pair(const float* first, const float* second, uint32_t* dst, int64_t n) {
   for (int64_t i = 0; i < n; ++i) dst[i] = bf16_bits(first[i]) | (bf16_bits(second[i]) << 16);
 }
+
+// A 64-byte-aligned buffer of n values (zeroed): the matrix-unit tile loads of brgemm's operands
+// and accumulators run slower from rows that straddle cache lines.
+template <typename T>
+class AlignedBuffer {
+ public:
+  explicit AlignedBuffer(int64_t n) : size_(static_cast<size_t>(std::max<int64_t>(n, 1))) {
+    const size_t bytes = (size_ * sizeof(T) + 63) / 64 * 64;
+    data_ = static_cast<T*>(std::aligned_alloc(64, bytes));
+    TORCH_CHECK(data_ != nullptr, "bf16 brgemm: cannot allocate ", bytes, " bytes of scratch");
+    std::memset(data_, 0, bytes);
+  }
+  ~AlignedBuffer() { std::free(data_); }
+  AlignedBuffer(const AlignedBuffer&) = delete;
+  AlignedBuffer& operator=(const AlignedBuffer&) = delete;
+  T* data() { return data_; }
+  T& operator[](int64_t i) { return data_[i]; }
+
+ private:
+  size_t size_;
+  T* data_;
+};
 
 // Releases the thread's matrix-unit state when its tasks are done.
 struct BrgemmScope {
@@ -115,9 +139,9 @@ at::Tensor residual_unit_brgemm(const at::Tensor& x, const at::Tensor& alpha1, c
 
   at::parallel_for(0, batch * chunks, 1, [&](int64_t begin, int64_t end) {
     const BrgemmScope scope;
-    std::vector<float> s_rows(2 * span), scratch(std::max(span, cols)), h_buf(channels * cols),
+    AlignedBuffer<float> s_rows(2 * span), scratch(std::max(span, cols)), h_buf(channels * cols),
         o_buf(channels * cols);
-    std::vector<uint32_t> s_vnni(pairs * span), i_vnni(kernel * pairs * cols), h_vnni(pairs * cols);
+    AlignedBuffer<uint32_t> s_vnni(pairs * span), i_vnni(kernel * pairs * cols), h_vnni(pairs * cols);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / chunks, t0 = (task % chunks) * chunk;
       const int64_t n = std::min(chunk, frames - t0);
@@ -217,13 +241,14 @@ at::Tensor snake_conv_transpose1d_brgemm(const at::Tensor& x, const at::Tensor& 
   chunk = std::min(chunk, steps);
   const int64_t chunks = (steps + chunk - 1) / chunk;
   const int64_t span = chunk + reach;  // every GEMM this wide: the kernel is JIT-compiled once per shape
+  const int64_t ld = (span + 15) / 16 * 16;  // row stride of S and Z: rows start on cache lines
   const auto xr = rows_of<at::BFloat16>(x);
   auto* outp = out.data_ptr<at::BFloat16>();
 
   at::parallel_for(0, batch * chunks, 1, [&](int64_t begin, int64_t end) {
     const BrgemmScope scope;
-    std::vector<float> s_rows(2 * span), scratch(span), z_buf(z_rows * span), phase(chunk), line(chunk * stride);
-    std::vector<uint32_t> s_vnni(pairs * span);
+    AlignedBuffer<float> s_rows(2 * span), scratch(span), z_buf(z_rows * ld), phase(chunk), line(chunk * stride);
+    AlignedBuffer<uint32_t> s_vnni(pairs * ld);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t bi = task / chunks, q0 = (task % chunks) * chunk;
       const int64_t n = std::min(chunk, steps - q0);
@@ -236,21 +261,21 @@ at::Tensor snake_conv_transpose1d_brgemm(const at::Tensor& x, const at::Tensor& 
           snake_window(xr.row(bi * in_channels + 2 * q + r), frames, t_first, width, a[2 * q + r], inv[2 * q + r],
                        s_rows.data() + r * span, scratch.data());
         }
-        uint32_t* row = s_vnni.data() + q * span;
+        uint32_t* row = s_vnni.data() + q * ld;
         pack_pair(s_rows.data(), s_rows.data() + span, row, width);
         std::fill(row + width, row + span, 0u);
       }
       float* z = z_buf.data();
-      at::native::cpublas::brgemm(z_rows, span, in_channels, in_channels, span, span, false, wp,
+      at::native::cpublas::brgemm(z_rows, span, in_channels, in_channels, ld, ld, false, wp,
                                   reinterpret_cast<const at::BFloat16*>(s_vnni.data()), z, true);
       for (int64_t o = 0; o < out_channels; ++o) {
         at::BFloat16* yrow = outp + (bi * out_channels + o) * out_frames + first;
         for (int64_t r = 0; r < std::min(stride, len); ++r) {
           const int64_t count = (len - r + stride - 1) / stride;
           const int64_t al = (r + padding) / stride, be = (r + padding) % stride;
-          std::fill(phase.begin(), phase.begin() + count, b[o]);
+          std::fill(phase.data(), phase.data() + count, b[o]);
           for (int64_t k = be, j = 0; k < kernel; k += stride, ++j) {
-            add_floats(phase.data(), z + (o * kernel + k) * span + (q0 + al - j - t_first), phase.data(), count);
+            add_floats(phase.data(), z + (o * kernel + k) * ld + (q0 + al - j - t_first), phase.data(), count);
           }
           for (int64_t q = 0; q < count; ++q) line[q * stride + r] = phase[q];
         }
@@ -265,10 +290,22 @@ at::Tensor pack_conv1d_weight_bf16(const at::Tensor& weight, int64_t stride) {
   return pack_conv1d_weight(weight, stride).to(at::kBFloat16);
 }
 
-at::Tensor snake_conv1d_brgemm(const at::Tensor& x, const at::Tensor& alpha, const at::Tensor& weight,
+// dst[0, n) = x[lo, lo + n) of one bf16 row in fp32, zeros outside [0, frames).
+static void window_floats(const at::BFloat16* xs, int64_t frames, int64_t lo, int64_t n, float* dst) {
+  const int64_t v0 = std::clamp<int64_t>(lo, 0, frames), v1 = std::clamp<int64_t>(lo + n, 0, frames);
+  std::fill(dst, dst + n, 0.0f);
+  if (v1 > v0) load_floats(xs + v0, dst + (v0 - lo), v1 - v0);
+}
+
+at::Tensor snake_conv1d_brgemm(const at::Tensor& x, const std::optional<at::Tensor>& alpha, const at::Tensor& weight,
                                const std::optional<at::Tensor>& bias, int64_t stride, int64_t padding, int64_t chunk,
                                const std::optional<at::Tensor>& packed) {
-  check_input(x, alpha, "snake_conv1d_brgemm");
+  const bool with_snake = alpha.has_value() && alpha->defined();
+  if (with_snake) {
+    check_input(x, *alpha, "snake_conv1d_brgemm");
+  } else {
+    check_x(x, "snake_conv1d_brgemm");
+  }
   TORCH_CHECK(x.scalar_type() == at::kBFloat16, "snake_conv1d_brgemm: x must be bfloat16, got ", x.scalar_type());
   TORCH_CHECK(x.stride(2) == 1, "snake_conv1d_brgemm: x needs a unit-stride time axis");
   TORCH_CHECK(brgemm_bf16_available(), "snake_conv1d_brgemm: this CPU or torch build has no bf16 brgemm");
@@ -298,7 +335,8 @@ at::Tensor snake_conv1d_brgemm(const at::Tensor& x, const at::Tensor& alpha, con
   }
   const auto* wp = w.data_ptr<at::BFloat16>();
   const std::vector<float> b = bias_values(bias, out_channels);
-  const auto [a, inv] = snake_coefficients(alpha);
+  const auto [a, inv] = with_snake ? snake_coefficients(*alpha)
+                                   : std::pair<std::vector<float>, std::vector<float>>{};
   // Frames per task: the bf16 im2col tile (rows × frames) near 1 MB, as in conv_chunk_frames.
   if (chunk <= 0) chunk = std::clamp<int64_t>((int64_t{1} << 19) / std::max<int64_t>(rows, 1), 64, 512);
   const int64_t chunks = (out_frames + chunk - 1) / chunk;
@@ -310,14 +348,20 @@ at::Tensor snake_conv1d_brgemm(const at::Tensor& x, const at::Tensor& alpha, con
 
   at::parallel_for(0, batch * chunks, 1, [&](int64_t begin, int64_t end) {
     const BrgemmScope scope;
-    std::vector<float> line(span * stride), scratch(span * stride), p_buf(phase_rows * span), o_buf(out_channels * cols);
-    std::vector<uint32_t> p_vnni(pair_rows * span), i_vnni(taps * pair_rows * cols);
+    AlignedBuffer<float> line(span * stride), scratch(span * stride), p_buf(phase_rows * span),
+        o_buf(out_channels * cols);
+    AlignedBuffer<uint32_t> p_vnni(pair_rows * span), i_vnni(taps * pair_rows * cols);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t bi = task / chunks, t0 = (task % chunks) * chunk;
       const int64_t n = std::min(chunk, out_frames - t0), width = n + taps - 1;
       for (int64_t c = 0; c < in_channels; ++c) {
-        snake_window(xr.row(bi * in_channels + c), frames, t0 * stride - padding, width * stride, a[c], inv[c],
-                     stride == 1 ? p_buf.data() + c * span : line.data(), scratch.data());
+        float* dst = stride == 1 ? p_buf.data() + c * span : line.data();
+        if (with_snake) {
+          snake_window(xr.row(bi * in_channels + c), frames, t0 * stride - padding, width * stride, a[c], inv[c], dst,
+                       scratch.data());
+        } else {
+          window_floats(xr.row(bi * in_channels + c), frames, t0 * stride - padding, width * stride, dst);
+        }
         if (stride > 1) {
           for (int64_t r = 0; r < stride; ++r) {
             float* pr = p_buf.data() + (c * stride + r) * span;

@@ -71,11 +71,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("output_padding"), py::arg("chunk") = 0, py::arg("packed") = py::none());
   m.def("pack_conv_transpose1d_weight_bf16", &pack_conv_transpose1d_weight_bf16,
         "a transposed conv's weight as snake_conv_transpose1d_brgemm reads it");
-  m.def("snake_conv1d_brgemm", [](const at::Tensor& x, const at::Tensor& alpha, const at::Tensor& weight,
+  m.def("snake_conv1d_brgemm", [](const at::Tensor& x, const std::optional<at::Tensor>& alpha, const at::Tensor& weight,
                                   const std::optional<at::Tensor>& bias, int64_t stride, int64_t padding, int64_t chunk,
                                   const std::optional<at::Tensor>& packed) {
     return snake_conv1d_brgemm(unit_stride_time(x), alpha, weight, bias, stride, padding, chunk, packed);
-  }, "bf16 snake_conv1d on bf16 matrix units (oneDNN brgemm; chunk <= 0: default)", py::arg("x"), py::arg("alpha"),
+  }, "bf16 snake_conv1d on bf16 matrix units (oneDNN brgemm; alpha None: plain conv1d; chunk <= 0: default)", py::arg("x"), py::arg("alpha"),
         py::arg("weight"), py::arg("bias"), py::arg("stride"), py::arg("padding"), py::arg("chunk") = 0,
         py::arg("packed") = py::none());
   m.def("pack_conv1d_weight_bf16", &pack_conv1d_weight_bf16, "a strided conv's weight as snake_conv1d_brgemm reads it");

@@ -220,12 +220,17 @@ inline int64_t floor_div(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a +
 
 at::Tensor unit_stride_time(const at::Tensor& t) { return t.stride(2) == 1 ? t : t.contiguous(); }
 
-void check_input(const at::Tensor& x, const at::Tensor& alpha, const char* op) {
-  TORCH_CHECK(x.device().is_cpu() && alpha.device().is_cpu(), op, ": native kernels take CPU tensors");
+void check_x(const at::Tensor& x, const char* op) {
+  TORCH_CHECK(x.device().is_cpu(), op, ": native kernels take CPU tensors");
   TORCH_CHECK(x.dim() == 3, op, ": x must be (batch, channels, frames)");
-  TORCH_CHECK(alpha.numel() == x.size(1), op, ": alpha needs one value per channel");
   TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16 || x.scalar_type() == at::kHalf,
               op, ": x must be float32, bfloat16 or float16");
+}
+
+void check_input(const at::Tensor& x, const at::Tensor& alpha, const char* op) {
+  check_x(x, op);
+  TORCH_CHECK(alpha.device().is_cpu(), op, ": native kernels take CPU tensors");
+  TORCH_CHECK(alpha.numel() == x.size(1), op, ": alpha needs one value per channel");
 }
 
 // Writes snake(x) into out (same shape, unit-stride time; may be x itself).

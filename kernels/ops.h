@@ -36,7 +36,7 @@ at::Tensor snake_conv_transpose1d_brgemm(const at::Tensor& x, const at::Tensor& 
                                          const std::optional<at::Tensor>& bias, int64_t stride, int64_t padding,
                                          int64_t output_padding, int64_t chunk, const std::optional<at::Tensor>& packed);
 at::Tensor pack_conv_transpose1d_weight_bf16(const at::Tensor& weight);
-at::Tensor snake_conv1d_brgemm(const at::Tensor& x, const at::Tensor& alpha, const at::Tensor& weight,
+at::Tensor snake_conv1d_brgemm(const at::Tensor& x, const std::optional<at::Tensor>& alpha, const at::Tensor& weight,
                                const std::optional<at::Tensor>& bias, int64_t stride, int64_t padding, int64_t chunk,
                                const std::optional<at::Tensor>& packed);
 at::Tensor pack_conv1d_weight_bf16(const at::Tensor& weight, int64_t stride);

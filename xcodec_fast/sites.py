@@ -31,7 +31,7 @@ class Site:
             return f"{self.where} C={p['channels']} T={p['frames']}"
         if self.op == "residual_unit":
             return f"{self.where} C={p['channels']} T={p['frames']} d={p['dilation']}"
-        if self.op in ("snake_conv1d", "snake_conv_transpose1d"):
+        if self.op in ("snake_conv1d", "snake_conv_transpose1d", "conv1d"):
             return (
                 f"{self.where} {p['in_channels']}->{p['out_channels']} T={p['frames']} k={p['kernel']} s={p['stride']}"
             )
@@ -80,9 +80,15 @@ def model_sites(config: XcodecConfig, num_samples: int, dilations=RESIDUAL_DILAT
         )
     )
 
-    # Semantic model (at the code frame rate: HuBERT / WavLM hop 320), then the codec's fc / fc1.
+    # Semantic model: its feature encoder's convs on the padded clip (X-Codec pads 160 samples per
+    # side), then its layers at the code frame rate (HuBERT / WavLM hop 320), then the codec's fc / fc1.
     code_frames = frames
     semantic = config.semantic_model_config
+    conv_frames, conv_in = num_samples + 2 * (config.hop_length // 2), 1
+    for index, (width, kernel, stride) in enumerate(zip(semantic.conv_dim, semantic.conv_kernel, semantic.conv_stride)):
+        sites.append(Site("conv1d", f"sem.conv{index}", dict(in_channels=conv_in, out_channels=width, frames=conv_frames,
+                                                            kernel=kernel, stride=stride, padding=0)))
+        conv_frames, conv_in = conv_output_length(conv_frames, kernel, stride, 0), width
     for where, features_in, features_out in (
         ("sem.projection", semantic.conv_dim[-1], semantic.hidden_size),
         ("sem.attention", semantic.hidden_size, semantic.hidden_size),

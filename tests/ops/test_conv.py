@@ -11,6 +11,7 @@ import torch
 import tolerances
 from op_cases import (
     CUDA,
+    TRITON_DEVICE,
     TRITON_DTYPES,
     backend_params,
     dac_weights,
@@ -168,3 +169,35 @@ def test_non_contiguous_and_half_inputs_match_eager(backend):
             assert got.dtype == dtype
             # fp32 compute on the reduced inputs, one rounding at the end: within an ulp of that result.
             torch.testing.assert_close(got.float(), exact, rtol=eps, atol=eps * exact.abs().max().item())
+
+
+# conv1d (no Snake): the semantic feature encoder's convs, HuBERT's kernel/stride pairs and odd sizes.
+PLAIN_CONV_CASES = [(1, 1, 8, 161, 10, 5), (2, 8, 8, 33, 3, 2), (2, 8, 8, 16, 2, 2), (2, 6, 4, 9, 3, 1), (1, 5, 3, 4, 4, 3)]
+
+
+@pytest.mark.parametrize("backend", backend_params("native") + backend_params("triton"))
+@pytest.mark.parametrize("case", PLAIN_CONV_CASES, ids=lambda c: "-".join(map(str, c)))
+def test_conv1d_equals_eager_in_fp32(backend, case):
+    """fp32 conv1d is ATen's on every backend (fp32 codes untouched): bit-equal to eager."""
+    batch, c_in, c_out, frames, kernel, stride = case
+    x, _ = make_input(batch, c_in, frames)
+    w, b = dac_weights(c_in, c_out, kernel)
+    device = TRITON_DEVICE if backend == "triton" else "cpu"
+    x, w, b = x.to(device), w.to(device), b.to(device)
+    assert torch.equal(run(backend, "conv1d", x, w, b, stride, 0), eager.conv1d(x, w, b, stride, 0))
+    assert torch.equal(run(backend, "conv1d", x, w, None, stride, 0), eager.conv1d(x, w, None, stride, 0))
+
+
+def test_conv1d_bad_arguments_name_the_problem():
+    from xcodec_fast import ops
+
+    x, _ = make_input(1, 4, 20)
+    w, b = dac_weights(4, 6, 3)
+    with pytest.raises(ValueError, match="expects 4 input channels, x has 3"):
+        ops.conv1d(x[:, :3], w, b, 1, 0)
+    with pytest.raises(ValueError, match="bias has 5 values for 6 output channels"):
+        ops.conv1d(x, w, b[:5], 1, 0)
+    with pytest.raises(ValueError, match="stride must be >= 1 and padding >= 0, got stride 0"):
+        ops.conv1d(x, w, b, 0, 0)
+    with pytest.raises(ValueError, match="input of 2 frames is shorter than the kernel \\(3\\)"):
+        ops.conv1d(x[..., :2], w, b, 1, 0)

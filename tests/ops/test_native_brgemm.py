@@ -239,3 +239,27 @@ def test_strided_bad_arguments_name_the_problem():
         ext.snake_conv1d_brgemm(*strided_args(8, 4, 50, 60, 2, 1))
     with pytest.raises(RuntimeError, match="packed weight must be a contiguous CPU bfloat16 tensor of shape \\(4, 2, 8, 2\\)"):
         ext.snake_conv1d_brgemm(x, alpha, weight, bias, s, p, 0, weight)
+
+
+@needs_brgemm
+@pytest.mark.parametrize("case", [(512, 512, 1601, 3, 2), (512, 512, 201, 2, 2), (4, 6, 29, 2, 3), (2, 3, 1, 1, 1)],
+                         ids=lambda c: "-".join(map(str, c)))
+def test_plain_conv_without_alpha_is_conv1d(case):
+    """alpha None: no Snake, the semantic feature encoder's convs (padding 0), through the conv1d op."""
+    x, _, weight, bias, stride, _ = strided_args(*case, 0)
+    expected = torch.nn.functional.conv1d(x.float(), weight.float(), bias.float(), stride=stride)
+    out = native.snake_conv1d_brgemm(x, None, weight, bias, stride, 0)
+    assert out.dtype == torch.bfloat16 and out.shape == expected.shape
+    error = peak_error(out, expected)
+    assert error <= tolerances.BRGEMM_BF16
+    assert error <= max(peak_error(torch.nn.functional.conv1d(x, weight, bias, stride=stride), expected),
+                        torch.finfo(torch.bfloat16).eps)
+    with ops.use_backend("native"), tuning.forced("conv1d", "brgemm"):
+        assert torch.equal(ops.conv1d(x, weight, bias, stride, 0), out)
+
+
+def test_fp32_conv1d_on_native_is_aten_bit_for_bit():
+    x, _, weight, bias, stride, _ = strided_args(16, 8, 301, 3, 2, 0)
+    x, weight, bias = x.float(), weight.float(), bias.float()
+    with ops.use_backend("native"), tuning.forced("conv1d", "brgemm"):
+        assert torch.equal(ops.conv1d(x, weight, bias, stride, 0), torch.nn.functional.conv1d(x, weight, bias, stride=stride))

@@ -50,6 +50,11 @@ def cost(site: Site, batch: int, dtype: torch.dtype) -> tuple[int, int]:
             macs = b * t * cin * cout * k  # each input frame scatters into k output frames
         n_in, n_out = b * cin * t, b * cout * t_out
         return (n_in + n_out + cin * cout * k + cout + cin) * es, 2 * macs + SNAKE_FLOPS * n_in + n_out
+    if op == "conv1d":
+        cin, cout, t, k = p["in_channels"], p["out_channels"], p["frames"], p["kernel"]
+        t_out = conv_output_length(t, k, p["stride"], p["padding"])
+        n_in, n_out = b * cin * t, b * cout * t_out
+        return (n_in + n_out + cin * cout * k + cout) * es, 2 * b * t_out * cout * cin * k + n_out
     if op == "linear":
         rows, fin, fout = b * p["frames"], p["in_features"], p["out_features"]
         return (rows * fin + fin * fout + fout + rows * fout) * es, 2 * rows * fin * fout + rows * fout
@@ -102,6 +107,9 @@ def make_params(site: Site, gen: torch.Generator) -> dict:
             "weight": _weight(cout, cin, k, fan_in=cin * k, gen=gen),
             "bias": 0.01 * torch.randn(cout, generator=gen),
         }
+    if site.op == "conv1d":
+        cin, cout, k = p["in_channels"], p["out_channels"], p["kernel"]
+        return {"weight": _weight(cout, cin, k, fan_in=cin * k, gen=gen), "bias": 0.01 * torch.randn(cout, generator=gen)}
     if site.op == "snake_conv_transpose1d":
         cin, cout, k = p["in_channels"], p["out_channels"], p["kernel"]
         return {
@@ -134,7 +142,7 @@ def make_input(site: Site, batch: int, gen: torch.Generator) -> dict:
             "x": torch.randn(*shape, generator=gen, device=device),
             "h": torch.randn(*shape, generator=gen, device=device),
         }
-    if site.op in ("snake_conv1d", "snake_conv_transpose1d"):
+    if site.op in ("snake_conv1d", "snake_conv_transpose1d", "conv1d"):
         return {"x": torch.randn(batch, p["in_channels"], p["frames"], generator=gen, device=device)}
     if site.op == "rvq_encode":
         return {"x": torch.randn(batch, p["dim"], p["frames"], generator=gen, device=device)}
@@ -174,6 +182,8 @@ def call(site: Site, params: dict, inputs: dict):
         )
     if site.op == "snake_conv1d":
         return ops.snake_conv1d(x["x"], a["alpha"], a["weight"], a["bias"], p["stride"], p["padding"])
+    if site.op == "conv1d":
+        return ops.conv1d(x["x"], a["weight"], a["bias"], p["stride"], p["padding"])
     if site.op == "snake_conv_transpose1d":
         return ops.snake_conv_transpose1d(
             x["x"], a["alpha"], a["weight"], a["bias"], p["stride"], p["padding"], p["output_padding"]

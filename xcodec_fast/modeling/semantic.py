@@ -41,6 +41,7 @@ from torch import Tensor, nn
 
 from ..config import SemanticConfig
 from ..lengths import conv_output_length
+from .. import ops
 from .layers import Linear
 
 POS_CONV_WEIGHT_KEY = "encoder.pos_conv_embed.conv.weight"
@@ -129,7 +130,7 @@ class ConvLayer(nn.Module):
     def forward(self, x: Tensor, frames: Tensor | None, statistics: tuple[Tensor, Tensor] | None = None) -> Tensor:
         """``x`` (B, C_in, N) -> (B, C_out, T). ``frames`` (B,): output frames made from real audio; None: all.
         ``statistics``: GroupNorm (mean, variance), each (B, C_out, 1), taken over a longer input than x."""
-        x = self.conv(x)
+        x = ops.conv1d(x, self.conv.weight, self.conv.bias, self.conv.stride[0], 0)
         if self.norm_kind == "group":
             if statistics is not None:
                 mean, variance = statistics

@@ -42,6 +42,7 @@ OPS = (
     "residual_unit",
     "snake_conv1d",
     "snake_conv_transpose1d",
+    "conv1d",
     "rvq_encode",
     "rvq_decode",
     "dequantize_project",
@@ -188,6 +189,21 @@ def snake_conv1d(x, alpha, weight, bias, stride: int, padding: int) -> torch.Ten
             f"{op}: input of {x.shape[-1]} frames is shorter than the kernel ({weight.shape[-1]}) after padding {padding}"
         )
     return _run(op, x.device, x, alpha, weight, bias, int(stride), int(padding))
+
+
+def conv1d(x, weight, bias, stride: int, padding: int) -> torch.Tensor:
+    """``conv1d(x, weight, bias, stride, padding)`` without Snake (the semantic model's feature encoder)."""
+    op = "conv1d"
+    _check_float("x", op, x, ndim=3)
+    _check_conv_weight(op, "weight", weight, x, in_dim=1)
+    _check_bias(op, "bias", bias, weight.shape[0], x)
+    if int(stride) < 1 or int(padding) < 0:
+        raise ValueError(f"{op}: stride must be >= 1 and padding >= 0, got stride {stride}, padding {padding}")
+    if x.shape[-1] + 2 * padding < weight.shape[-1]:
+        raise ValueError(
+            f"{op}: input of {x.shape[-1]} frames is shorter than the kernel ({weight.shape[-1]}) after padding {padding}"
+        )
+    return _run(op, x.device, x, weight, bias, int(stride), int(padding))
 
 
 def snake_conv_transpose1d(x, alpha, weight, bias, stride: int, padding: int, output_padding: int) -> torch.Tensor:

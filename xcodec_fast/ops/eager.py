@@ -55,6 +55,11 @@ def snake_conv1d(
     return F.conv1d(snake(x, alpha), weight, bias, stride=stride, padding=padding)
 
 
+@register("conv1d", "eager")
+def conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: int, padding: int) -> torch.Tensor:
+    return F.conv1d(x, weight, bias, stride=stride, padding=padding)
+
+
 @register("snake_conv_transpose1d", "eager")
 def snake_conv_transpose1d(x: torch.Tensor, alpha: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                            stride: int, padding: int, output_padding: int) -> torch.Tensor:

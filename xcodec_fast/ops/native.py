@@ -250,6 +250,22 @@ def snake_conv_transpose1d(x, alpha, weight, bias, stride, padding, output_paddi
     return _tuned_snake_conv_transpose1d(x, alpha, weight, bias, stride, padding, output_padding)
 
 
+@register("conv1d", "native")
+def conv1d(x, weight, bias, stride, padding) -> torch.Tensor:
+    """ATen's conv1d, or for bf16 the brgemm implicit GEMM where it measures faster (oneDNN's bf16
+    1-D convs spend most of their time reordering layouts on the CPUs measured). fp32 stays on
+    ATen: bit-equal to eager, so fp32 codes are untouched."""
+    if (_recording_autograd(x, weight, bias) or torch.compiler.is_compiling() or x.dtype != torch.bfloat16
+            or weight.dtype != x.dtype or x.shape[1] * int(stride) % 2 or not brgemm_bf16_available()):
+        return eager.conv1d(x, weight, bias, stride, padding)
+    rest = (weight, bias, int(stride), int(padding))
+    candidates = {"aten": lambda v: eager.conv1d(v, *rest),
+                  "brgemm": lambda v: snake_conv1d_brgemm(v, None, *rest)}
+    key = "|".join(["conv1d", f"{x.shape[1]}->{weight.shape[0]}", f"k{weight.shape[-1]}", f"s{int(stride)}",
+                    str(x.dtype).replace("torch.", "")])
+    return tuner().pick(key, candidates, x, default=candidates["aten"])
+
+
 def _onednn_linear_available() -> bool:
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
