@@ -263,3 +263,18 @@ def test_fp32_conv1d_on_native_is_aten_bit_for_bit():
     x, weight, bias = x.float(), weight.float(), bias.float()
     with ops.use_backend("native"), tuning.forced("conv1d", "brgemm"):
         assert torch.equal(ops.conv1d(x, weight, bias, stride, 0), torch.nn.functional.conv1d(x, weight, bias, stride=stride))
+
+
+@pytest.mark.parametrize("case", [(1, 8, 161, 10, 5, 0), (1, 5, 40, 3, 2, 2), (1, 3, 7, 7, 1, 3)],
+                         ids=lambda c: "-".join(map(str, c)))
+def test_single_channel_conv1d_candidate_is_conv1d(case):
+    """The waveform conv (C_in = 1) as a matmul with the input's windows, bias or not."""
+    cin, cout, frames, kernel, stride, padding = case
+    x, _, weight, bias, _, _ = strided_args(cin, cout, frames, kernel, stride, padding)
+    for b in (bias, None):
+        expected = torch.nn.functional.conv1d(x.float(), weight.float(), None if b is None else b.float(),
+                                              stride=stride, padding=padding)
+        with ops.use_backend("native"), tuning.forced("conv1d", "unfold"):
+            out = ops.conv1d(x, weight, b, stride, padding)
+        assert out.dtype == torch.bfloat16 and out.shape == expected.shape
+        assert peak_error(out, expected) <= tolerances.BRGEMM_BF16
