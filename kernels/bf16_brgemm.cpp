@@ -85,9 +85,7 @@ int64_t brgemm_chunk_frames(int64_t channels) {
 bool brgemm_bf16_available() { return at::native::cpublas::could_pack(at::kBFloat16); }
 
 at::Tensor pack_residual_weight_bf16(const at::Tensor& weight) {
-  TORCH_CHECK(weight.dim() == 3, "pack_residual_weight_bf16: expected a (C_out, C_in, k) weight, got ",
-              weight.sizes());
-  return weight.detach().to(at::kBFloat16).permute({0, 2, 1}).contiguous();
+  return pack_residual_weight(weight).to(at::kBFloat16);  // bf16 -> fp32 -> bf16 is exact
 }
 
 at::Tensor residual_unit_brgemm(const at::Tensor& x, const at::Tensor& alpha1, const at::Tensor& weight1,
@@ -252,10 +250,8 @@ at::Tensor snake_conv_transpose1d_brgemm(const at::Tensor& x, const at::Tensor& 
     for (int64_t task = begin; task < end; ++task) {
       const int64_t bi = task / chunks, q0 = (task % chunks) * chunk;
       const int64_t n = std::min(chunk, steps - q0);
-      const int64_t first = q0 * stride, len = std::min((q0 + n) * stride, out_frames) - first;
-      const int64_t t_first = floor_div(first + padding - kernel + stride, stride);
-      const int64_t t_last = floor_div(first + len - 1 + padding, stride);
-      const int64_t width = t_last - t_first + 1;
+      const TransposedTask span_of = transposed_task(q0, n, stride, padding, kernel, out_frames);
+      const int64_t t_first = span_of.t_first, width = span_of.width;
       for (int64_t q = 0; q < pairs; ++q) {
         for (int64_t r = 0; r < 2; ++r) {
           snake_window(xr.row(bi * in_channels + 2 * q + r), frames, t_first, width, a[2 * q + r], inv[2 * q + r],
@@ -269,17 +265,8 @@ at::Tensor snake_conv_transpose1d_brgemm(const at::Tensor& x, const at::Tensor& 
       at::native::cpublas::brgemm(z_rows, span, in_channels, in_channels, ld, ld, false, wp,
                                   reinterpret_cast<const at::BFloat16*>(s_vnni.data()), z, true);
       for (int64_t o = 0; o < out_channels; ++o) {
-        at::BFloat16* yrow = outp + (bi * out_channels + o) * out_frames + first;
-        for (int64_t r = 0; r < std::min(stride, len); ++r) {
-          const int64_t count = (len - r + stride - 1) / stride;
-          const int64_t al = (r + padding) / stride, be = (r + padding) % stride;
-          std::fill(phase.data(), phase.data() + count, b[o]);
-          for (int64_t k = be, j = 0; k < kernel; k += stride, ++j) {
-            add_floats(phase.data(), z + (o * kernel + k) * ld + (q0 + al - j - t_first), phase.data(), count);
-          }
-          for (int64_t q = 0; q < count; ++q) line[q * stride + r] = phase[q];
-        }
-        store_floats(line.data(), yrow, len);
+        gather_transposed(z, ld, o, kernel, stride, padding, q0, span_of, b[o], phase.data(), line.data());
+        store_floats(line.data(), outp + (bi * out_channels + o) * out_frames + span_of.first, span_of.len);
       }
     }
   });

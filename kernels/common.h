@@ -218,6 +218,37 @@ void dispatch_storage_type(at::ScalarType type, const char* op, const F& body) {
 // Floor division for possibly negative numerators.
 inline int64_t floor_div(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
 
+// One task of a transposed conv (stride s, padding p, k taps): output steps q0 .. q0 + n - 1 are
+// output frames [first, first + len), reached by input frames [t_first, t_first + width).
+struct TransposedTask {
+  int64_t first, len, t_first, width;
+};
+
+inline TransposedTask transposed_task(int64_t q0, int64_t n, int64_t stride, int64_t padding, int64_t kernel,
+                                      int64_t out_frames) {
+  const int64_t first = q0 * stride, len = std::min((q0 + n) * stride, out_frames) - first;
+  const int64_t t_first = floor_div(first + padding - kernel + stride, stride);
+  const int64_t t_last = floor_div(first + len - 1 + padding, stride);
+  return {first, len, t_first, t_last - t_first + 1};
+}
+
+// dst[0, len) = output channel o of the task's frames: bias + the taps each frame gathers from
+// Z = Wᵀ · S (rows (o, k) of ld floats, column 0 = input frame t_first). Phase r (frames
+// first + q·s + r) takes taps k = β + j·s from input frames q0 + q + α - j, where r + p = α·s + β:
+// summed contiguously per phase in `phase` (task steps floats), then interleaved.
+inline void gather_transposed(const float* z, int64_t ld, int64_t o, int64_t kernel, int64_t stride, int64_t padding,
+                              int64_t q0, const TransposedTask& task, float bias, float* phase, float* dst) {
+  for (int64_t r = 0; r < std::min(stride, task.len); ++r) {
+    const int64_t count = (task.len - r + stride - 1) / stride;
+    const int64_t al = (r + padding) / stride, be = (r + padding) % stride;
+    std::fill(phase, phase + count, bias);
+    for (int64_t k = be, j = 0; k < kernel; k += stride, ++j) {
+      add_floats(phase, z + (o * kernel + k) * ld + (q0 + al - j - task.t_first), phase, count);
+    }
+    for (int64_t q = 0; q < count; ++q) dst[q * stride + r] = phase[q];
+  }
+}
+
 at::Tensor unit_stride_time(const at::Tensor& t) { return t.stride(2) == 1 ? t : t.contiguous(); }
 
 void check_x(const at::Tensor& x, const char* op) {

@@ -159,10 +159,8 @@ at::Tensor snake_conv_transpose1d_gemm(const at::Tensor& x_in, const at::Tensor&
       for (int64_t task = begin; task < end; ++task) {
         const int64_t bi = task / chunks, q0 = (task % chunks) * chunk;
         const int64_t n = std::min(chunk, steps - q0);
-        const int64_t first = q0 * stride, len = std::min((q0 + n) * stride, out_frames) - first;
-        const int64_t t_first = floor_div(first + padding - kernel + stride, stride);
-        const int64_t t_last = floor_div(first + len - 1 + padding, stride);
-        const int64_t width = t_last - t_first + 1;
+        const TransposedTask span_of = transposed_task(q0, n, stride, padding, kernel, out_frames);
+        const int64_t first = span_of.first, len = span_of.len, t_first = span_of.t_first, width = span_of.width;
         for (int64_t c = 0; c < in_channels; ++c) {
           snake_window(xr.row(bi * in_channels + c), frames, t_first, width, a[c], inv[c], s_buf.data() + c * width,
                        scratch.data());
@@ -177,21 +175,7 @@ at::Tensor snake_conv_transpose1d_gemm(const at::Tensor& x_in, const at::Tensor&
           } else {
             dst = line.data();
           }
-          // Phase r (frames first + q·s + r) takes taps k = β + j·s from input frames q0 + q + α - j,
-          // where r + p = α·s + β: summed contiguously per phase, then interleaved.
-          for (int64_t r = 0; r < std::min(stride, len); ++r) {
-            const int64_t count = (len - r + stride - 1) / stride;
-            const int64_t al = (r + padding) / stride, be = (r + padding) % stride;
-            const fVec vb(b[o]);
-            int64_t q = 0;
-            for (; q + fVec::size() <= count; q += fVec::size()) vb.store(phase.data() + q);
-            for (; q < count; ++q) phase[q] = b[o];
-            for (int64_t k = be, j = 0; k < kernel; k += stride, ++j) {
-              const float* zk = z + (o * kernel + k) * width + (q0 + al - j - t_first);
-              add_floats(phase.data(), zk, phase.data(), count);
-            }
-            for (q = 0; q < count; ++q) dst[q * stride + r] = phase[q];
-          }
+          gather_transposed(z, width, o, kernel, stride, padding, q0, span_of, b[o], phase.data(), dst);
           if constexpr (!kFloatOut) store_floats(line.data(), yrow, len);
         }
       }
