@@ -672,3 +672,19 @@ def test_options_object_and_keywords_are_the_same_run(tmp_path):
         tokenize([str(tmp_path)], tmp_path / "out", model="random-tiny", options=opts, shard_size=0)
     with pytest.raises(ValueError, match="--threads must be a positive integer"):
         TokenizeOptions(threads=0).check()
+
+
+def test_throughput_bench_records_each_dtype(tmp_path):
+    """python -m xcodec_fast.tokenize.bench runs the command line once per (dtype, threads) and
+    stores each run's summary with the dtype it ran in."""
+    from xcodec_fast.tokenize import bench
+
+    output = tmp_path / "tokenize.json"
+    assert bench.main(["-o", str(output), "--tiny-seconds", "3", "--full-seconds", "0", "--threads", "1",
+                       "--dtypes", "float32", "bfloat16"]) == 0
+    runs = json.loads(output.read_text())["runs"]
+    assert [(r["model"], r["dtype"], r["threads"]) for r in runs] == [("random-tiny", "float32", 1),
+                                                                      ("random-tiny", "bfloat16", 1)]
+    for run in runs:
+        assert run["summary"]["runtime"]["dtype"] == run["dtype"]
+        assert run["summary"]["ok"] >= 1 and run["summary"]["failed"] == 0

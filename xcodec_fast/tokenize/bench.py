@@ -43,10 +43,13 @@ def make_audio(root: Path, seconds: float, seed: int = 0, sample_rate: int = 160
     return total
 
 
-def run_one(data: Path, work: Path, model: str, threads: int, extra: list[str], device: str = "cpu") -> dict:
-    out, summary = work / f"out-{model}-{threads}", work / f"summary-{model}-{threads}.json"
+def run_one(data: Path, work: Path, model: str, threads: int, extra: list[str], device: str = "cpu",
+            dtype: str = "float32") -> dict:
+    tag = f"{model}-{threads}-{dtype}"
+    out, summary = work / f"out-{tag}", work / f"summary-{tag}.json"
     cmd = [sys.executable, "-m", "xcodec_fast.tokenize", str(data), "-o", str(out), "--model", model, "--device", device,
-           "--threads", str(threads), "--no-progress", "--overwrite", "--json-summary", str(summary), *extra]
+           "--threads", str(threads), "--dtype", dtype, "--no-progress", "--overwrite", "--json-summary", str(summary),
+           *extra]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -74,6 +77,8 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     p.add_argument("--num-workers", type=int, default=None, help="decode workers (default: tokenize's)")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where the model runs (default cpu)")
+    p.add_argument("--dtypes", nargs="+", default=["float32"], choices=("float32", "bfloat16", "float16"),
+                   help="model dtypes to run (default float32; bfloat16 is the opt-in path)")
     args = p.parse_args(argv)
 
     machine = machine_info(torch.device(args.device))
@@ -87,12 +92,12 @@ def main(argv=None) -> int:
                 continue
             data = work / f"audio-{model}"
             audio_seconds = make_audio(data, seconds)
-            for threads in args.threads:
+            for dtype, threads in ((d, t) for d in args.dtypes for t in args.threads):
                 load = _load()
-                s = run_one(data, work, model, threads, extra, args.device)
-                runs.append({"model": model, "device": args.device, "threads": threads, "audio_seconds": audio_seconds,
-                             "load_average_before": load, "summary": s})
-                print(f"{model:12s} threads {threads}: {s['audio_hours_per_hour']:8.1f} audio-h/h, model busy "
+                s = run_one(data, work, model, threads, extra, args.device, dtype)
+                runs.append({"model": model, "device": args.device, "threads": threads, "dtype": dtype,
+                             "audio_seconds": audio_seconds, "load_average_before": load, "summary": s})
+                print(f"{model:12s} {dtype:8s} threads {threads}: {s['audio_hours_per_hour']:8.1f} audio-h/h, model busy "
                       f"{s['model_busy_seconds']:.1f} s of {s['wall_seconds']:.1f} s wall "
                       f"({100 * s['model_busy_fraction']:.0f}%), {s['wall_seconds_total']:.1f} s with model load",
                       file=sys.stderr, flush=True)
