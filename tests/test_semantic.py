@@ -220,3 +220,26 @@ def test_default_size_hubert_matches_transformers():
         alone = ours(audio[:, :8000])
         torch.testing.assert_close(padded[1:, : alone.shape[1]], alone, rtol=0, atol=1e-5)
         torch.testing.assert_close(padded[:1], got, rtol=0, atol=1e-5)
+
+
+def test_masked_group_norm_over_several_steps_matches_per_item_group_norm():
+    """Statistics over each item's valid frames only, accumulated in cache-sized steps (more
+    frames than one step here), NaN padding kept out of them; normalizes in place."""
+    from xcodec_fast.modeling import semantic
+
+    gen = torch.Generator().manual_seed(3)
+    frames = 2 * semantic._NORM_STEP_FRAMES + 77
+    lengths = [frames, semantic._NORM_STEP_FRAMES + 5, 9]
+    x = torch.randn(3, 4, frames, generator=gen) * 3 + 1
+    for b, n in enumerate(lengths):
+        x[b, :, n:] = float("nan")
+    norm = torch.nn.GroupNorm(4, 4)
+    with torch.no_grad():
+        norm.weight.copy_(torch.rand(4, generator=gen) + 0.5)
+        norm.bias.copy_(torch.randn(4, generator=gen))
+    valid = torch.arange(frames)[None, None, :] < torch.tensor(lengths)[:, None, None]
+    expected = [norm.double()(x[b : b + 1, :, :n].double()) for b, n in enumerate(lengths)]
+    out = semantic._masked_group_norm(x, valid, norm.float())
+    assert out.data_ptr() == x.data_ptr()
+    for b, n in enumerate(lengths):
+        torch.testing.assert_close(out[b : b + 1, :, :n].double(), expected[b], rtol=1e-5, atol=1e-5)
