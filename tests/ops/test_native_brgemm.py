@@ -38,6 +38,15 @@ def assert_no_worse_than_eager(out, eager_out, expected, factor=0.9):
     assert rms(out) <= factor * rms(eager_out)
 
 
+def assert_matches_fp32_and_beats_eager(out, eager_op, args):
+    """Within BRGEMM_BF16 of ``eager_op`` in fp32 on the same bf16 inputs, and more accurate than
+    ``eager_op``'s own bf16 path (RMS)."""
+    expected = eager_op(*fp32_args(args))
+    assert out.dtype == torch.bfloat16 and out.shape == expected.shape
+    assert peak_error(out, expected) <= tolerances.BRGEMM_BF16
+    assert_no_worse_than_eager(out, eager_op(*args), expected)
+
+
 @needs_brgemm
 @pytest.mark.parametrize("dilation", DILATIONS)
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
@@ -45,12 +54,7 @@ def test_error_vs_fp32_is_within_bf16s_and_eager_bf16s(shape, dilation):
     """bf16 GEMM operands, fp32 accumulation: within the stated bound of fp32 compute on the same
     bf16 inputs, and no worse than eager's bf16 path (which rounds after every op)."""
     args = residual_args(*shape, dilation, torch.bfloat16)
-    expected = eager.residual_unit(*fp32_args(args))
-    out = native.residual_unit_brgemm(*args)
-    assert out.dtype == torch.bfloat16 and out.shape == expected.shape
-    error = peak_error(out, expected)
-    assert error <= tolerances.BRGEMM_BF16
-    assert_no_worse_than_eager(out, eager.residual_unit(*args), expected)
+    assert_matches_fp32_and_beats_eager(native.residual_unit_brgemm(*args), eager.residual_unit, args)
 
 
 @needs_brgemm
@@ -129,25 +133,26 @@ TRANSPOSED = [(1024, 512, 41, 16, 8, 4, 0), (512, 256, 333, 10, 5, 3, 1), (256, 
               (128, 64, 4001, 4, 2, 1, 0), (6, 3, 7, 3, 2, 1, 1), (4, 5, 1, 4, 2, 0, 0), (2, 7, 19, 2, 3, 0, 2)]
 
 
-def transposed_args(cin, cout, frames, kernel, stride, padding, output_padding, batch=2, seed=0):
+def conv_inputs(cin, cout, frames, kernel, transposed, batch, seed):
+    """bf16 (x, alpha, weight, bias) of a conv; the weight (C_in, C_out, k) when transposed."""
     g = torch.Generator().manual_seed(seed)
     x = (torch.randn(batch, cin, frames, generator=g) * 2).bfloat16()
     alpha = (torch.rand(cin, generator=g) * 1.5 + 0.2).bfloat16()
-    weight = (torch.randn(cin, cout, kernel, generator=g) / (cin * kernel) ** 0.5).bfloat16()
+    shape = (cin, cout, kernel) if transposed else (cout, cin, kernel)
+    weight = (torch.randn(*shape, generator=g) / (cin * kernel) ** 0.5).bfloat16()
     bias = (torch.randn(cout, generator=g) * 0.1).bfloat16()
-    return x, alpha, weight, bias, stride, padding, output_padding
+    return x, alpha, weight, bias
+
+
+def transposed_args(cin, cout, frames, kernel, stride, padding, output_padding, batch=2, seed=0):
+    return (*conv_inputs(cin, cout, frames, kernel, True, batch, seed), stride, padding, output_padding)
 
 
 @needs_brgemm
 @pytest.mark.parametrize("case", TRANSPOSED, ids=lambda c: "-".join(map(str, c)))
 def test_transposed_error_vs_fp32_is_within_bf16s_and_eager_bf16s(case):
     args = transposed_args(*case)
-    expected = eager.snake_conv_transpose1d(*fp32_args(args))
-    out = native.snake_conv_transpose1d_brgemm(*args)
-    assert out.dtype == torch.bfloat16 and out.shape == expected.shape
-    error = peak_error(out, expected)
-    assert error <= tolerances.BRGEMM_BF16
-    assert_no_worse_than_eager(out, eager.snake_conv_transpose1d(*args), expected)
+    assert_matches_fp32_and_beats_eager(native.snake_conv_transpose1d_brgemm(*args), eager.snake_conv_transpose1d, args)
 
 
 @needs_brgemm
@@ -194,24 +199,14 @@ STRIDED = [(64, 128, 2001, 4, 2, 1), (128, 256, 1601, 8, 4, 2), (256, 512, 1001,
 
 
 def strided_args(cin, cout, frames, kernel, stride, padding, batch=2, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    x = (torch.randn(batch, cin, frames, generator=g) * 2).bfloat16()
-    alpha = (torch.rand(cin, generator=g) * 1.5 + 0.2).bfloat16()
-    weight = (torch.randn(cout, cin, kernel, generator=g) / (cin * kernel) ** 0.5).bfloat16()
-    bias = (torch.randn(cout, generator=g) * 0.1).bfloat16()
-    return x, alpha, weight, bias, stride, padding
+    return (*conv_inputs(cin, cout, frames, kernel, False, batch, seed), stride, padding)
 
 
 @needs_brgemm
 @pytest.mark.parametrize("case", STRIDED, ids=lambda c: "-".join(map(str, c)))
 def test_strided_error_vs_fp32_is_within_bf16s_and_eager_bf16s(case):
     args = strided_args(*case)
-    expected = eager.snake_conv1d(*fp32_args(args))
-    out = native.snake_conv1d_brgemm(*args)
-    assert out.dtype == torch.bfloat16 and out.shape == expected.shape
-    error = peak_error(out, expected)
-    assert error <= tolerances.BRGEMM_BF16
-    assert_no_worse_than_eager(out, eager.snake_conv1d(*args), expected)
+    assert_matches_fp32_and_beats_eager(native.snake_conv1d_brgemm(*args), eager.snake_conv1d, args)
 
 
 @needs_brgemm
