@@ -95,9 +95,14 @@ def test_measured_dispatch_times_both_on_a_linear_probe(tmp_path, monkeypatch):
     x, w, b = _case((1, 9), 128, 256)
     with torch.no_grad(), ops.use_backend("native"):
         ops.linear(x, w, b)
-    entry = native.tuner().table["linear|128->256|bias|float32"]
-    assert entry["choice"] in ("onednn", "aten") and set(entry["ms"]) == {"onednn", "aten"}
-    assert entry["measured_shape"][-1] == 128  # the probe has the layer's input width, whatever x's rows
+        ops.linear(*_case((2, 300), 128, 256))  # 600 rows: another bucket, measured at 1024 rows
+        ops.linear(*_case((1, 1000), 128, 256))  # the same bucket: no new measurement
+    table = native.tuner().table
+    assert set(table) == {"linear|128->256|bias|rows64|float32", "linear|128->256|bias|rows1024|float32"}
+    for key, rows in (("linear|128->256|bias|rows64|float32", 64), ("linear|128->256|bias|rows1024|float32", 1024)):
+        entry = table[key]
+        assert entry["choice"] in ("onednn", "aten") and set(entry["ms"]) == {"onednn", "aten"}
+        assert entry["measured_shape"] == [rows, 128]  # the bucket's rows, the layer's input width
 
 
 @needs_native
