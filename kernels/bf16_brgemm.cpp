@@ -1,8 +1,6 @@
 #include "common.h"
 #include "ops.h"
 
-#include <ATen/native/CPUBlas.h>
-
 #include <cstdint>
 #include <cstdlib>
 
@@ -189,7 +187,7 @@ at::Tensor residual_unit_brgemm(const at::Tensor& x, const at::Tensor& alpha1, c
 at::Tensor pack_conv_transpose1d_weight_bf16(const at::Tensor& weight) {
   TORCH_CHECK(weight.dim() == 3, "pack_conv_transpose1d_weight_bf16: expected a (C_in, C_out, k) weight, got ",
               weight.sizes());
-  return weight.detach().to(at::kBFloat16).permute({1, 2, 0}).contiguous();
+  return pack_conv_transpose1d_weight_rows(weight).to(at::kBFloat16);  // exact, as above
 }
 
 at::Tensor snake_conv_transpose1d_brgemm(const at::Tensor& x, const at::Tensor& alpha, const at::Tensor& weight,

@@ -7,7 +7,7 @@
 // ATen's Vectorized::sin), so fp32 results are bit-identical to the eager reference.
 // bf16/fp16 are stored reduced and computed in fp32 (one rounding at the end, unlike eager).
 // The residual unit at C <= 256, snake + strided conv at C_in <= 256 and snake + transposed conv are
-// chunked implicit GEMMs on MKL sgemm (not bit-identical to eager, within ~1e-6 of the output scale);
+// chunked implicit GEMMs on MKL's or oneDNN's sgemm (not bit-identical to eager, within ~1e-6 of the output scale);
 // the other convolutions stay on ATen (oneDNN).
 // Built with -fopenmp (build_config.py): at::parallel_for is serial without it.
 
@@ -21,6 +21,10 @@ std::string build_info() {
          std::to_string(TORCH_VERSION_PATCH);
 }
 
+namespace {
+Gemm engine(bool onednn) { return onednn ? Gemm::onednn : Gemm::mkl; }
+}  // namespace
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "xcodec_fast native CPU kernels";
   m.def("snake", &snake, "snake(x, alpha) in one pass");
@@ -30,23 +34,26 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("residual_unit_gemm", [](const at::Tensor& x, const at::Tensor& alpha1, const at::Tensor& weight1,
                                  const std::optional<at::Tensor>& bias1, int64_t dilation, const at::Tensor& alpha2,
                                  const at::Tensor& weight2, const std::optional<at::Tensor>& bias2, int64_t chunk,
-                                 const std::optional<at::Tensor>& packed1, const std::optional<at::Tensor>& packed2) {
+                                 const std::optional<at::Tensor>& packed1, const std::optional<at::Tensor>& packed2,
+                                 bool onednn) {
     return residual_unit_gemm(unit_stride_time(x), alpha1, weight1, bias1, dilation, alpha2, weight2, bias2, chunk,
-                              packed1, packed2);
-  }, "residual unit as chunked implicit GEMM (chunk <= 0: default)", py::arg("x"), py::arg("alpha1"),
-        py::arg("weight1"), py::arg("bias1"), py::arg("dilation"), py::arg("alpha2"), py::arg("weight2"),
-        py::arg("bias2"), py::arg("chunk") = 0, py::arg("packed1") = py::none(), py::arg("packed2") = py::none());
+                              packed1, packed2, engine(onednn));
+  }, "residual unit as chunked implicit GEMM (chunk <= 0: default; onednn: oneDNN's GEMM, else MKL's)",
+        py::arg("x"), py::arg("alpha1"), py::arg("weight1"), py::arg("bias1"), py::arg("dilation"), py::arg("alpha2"),
+        py::arg("weight2"), py::arg("bias2"), py::arg("chunk") = 0, py::arg("packed1") = py::none(),
+        py::arg("packed2") = py::none(), py::arg("onednn") = false);
   m.def("residual_unit_winograd", [](const at::Tensor& x, const at::Tensor& alpha1, const at::Tensor& weight1,
                                      const std::optional<at::Tensor>& bias1, int64_t dilation, const at::Tensor& alpha2,
                                      const at::Tensor& weight2, const std::optional<at::Tensor>& bias2, int64_t chunk,
                                      const at::Tensor& filter, const std::optional<at::Tensor>& packed2,
-                                     const at::Tensor& input_transform, const at::Tensor& output_transform) {
+                                     const at::Tensor& input_transform, const at::Tensor& output_transform,
+                                     bool onednn) {
     return residual_unit_winograd(unit_stride_time(x), alpha1, weight1, bias1, dilation, alpha2, weight2, bias2, chunk,
-                                  filter, packed2, input_transform, output_transform);
-  }, "residual unit with its dilated conv as Winograd F(m, k) (chunk <= 0: default)", py::arg("x"),
-        py::arg("alpha1"), py::arg("weight1"), py::arg("bias1"), py::arg("dilation"), py::arg("alpha2"),
+                                  filter, packed2, input_transform, output_transform, engine(onednn));
+  }, "residual unit with its dilated conv as Winograd F(m, k) (chunk <= 0: default; onednn: oneDNN's GEMM)",
+        py::arg("x"), py::arg("alpha1"), py::arg("weight1"), py::arg("bias1"), py::arg("dilation"), py::arg("alpha2"),
         py::arg("weight2"), py::arg("bias2"), py::arg("chunk"), py::arg("filter"), py::arg("packed2"),
-        py::arg("input_transform"), py::arg("output_transform"));
+        py::arg("input_transform"), py::arg("output_transform"), py::arg("onednn") = false);
   m.def("residual_unit_brgemm", [](const at::Tensor& x, const at::Tensor& alpha1, const at::Tensor& weight1,
                                    const std::optional<at::Tensor>& bias1, int64_t dilation, const at::Tensor& alpha2,
                                    const at::Tensor& weight2, const std::optional<at::Tensor>& bias2, int64_t chunk,
@@ -83,16 +90,28 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("pack_conv1d_weight", &pack_conv1d_weight, "a strided conv's weight as snake_conv1d_gemm reads it");
   m.def("pack_conv_transpose1d_weight", &pack_conv_transpose1d_weight,
         "a transposed conv's weight as snake_conv_transpose1d_gemm reads it");
+  m.def("pack_conv_transpose1d_weight_rows", &pack_conv_transpose1d_weight_rows,
+        "a transposed conv's weight as snake_conv_transpose1d_gemm(onednn=True) reads it");
   m.def("residual_unit_onednn", &residual_unit_onednn, "residual unit as snake + oneDNN convolutions");
   m.def("snake_conv1d", &snake_conv1d, "conv1d(snake(x))");
   m.def("snake_conv_transpose1d", &snake_conv_transpose1d, "conv_transpose1d(snake(x))");
-  m.def("snake_conv1d_gemm", &snake_conv1d_gemm, "snake_conv1d as chunked implicit GEMM (chunk <= 0: default)",
+  m.def("snake_conv1d_gemm", [](const at::Tensor& x, const at::Tensor& alpha, const at::Tensor& weight,
+                                const std::optional<at::Tensor>& bias, int64_t stride, int64_t padding, int64_t chunk,
+                                const std::optional<at::Tensor>& packed, bool onednn) {
+    return snake_conv1d_gemm(x, alpha, weight, bias, stride, padding, chunk, packed, engine(onednn));
+  }, "snake_conv1d as chunked implicit GEMM (chunk <= 0: default; onednn: oneDNN's GEMM, else MKL's)",
         py::arg("x"), py::arg("alpha"), py::arg("weight"), py::arg("bias"), py::arg("stride"), py::arg("padding"),
-        py::arg("chunk") = 0, py::arg("packed") = py::none());
-  m.def("snake_conv_transpose1d_gemm", &snake_conv_transpose1d_gemm,
-        "snake_conv_transpose1d as chunked implicit GEMM (chunk <= 0: default)", py::arg("x"), py::arg("alpha"),
-        py::arg("weight"), py::arg("bias"), py::arg("stride"), py::arg("padding"), py::arg("output_padding"),
-        py::arg("chunk") = 0, py::arg("packed") = py::none());
+        py::arg("chunk") = 0, py::arg("packed") = py::none(), py::arg("onednn") = false);
+  m.def("snake_conv_transpose1d_gemm", [](const at::Tensor& x, const at::Tensor& alpha, const at::Tensor& weight,
+                                          const std::optional<at::Tensor>& bias, int64_t stride, int64_t padding,
+                                          int64_t output_padding, int64_t chunk, const std::optional<at::Tensor>& packed,
+                                          bool onednn) {
+    return snake_conv_transpose1d_gemm(x, alpha, weight, bias, stride, padding, output_padding, chunk, packed,
+                                       engine(onednn));
+  }, "snake_conv_transpose1d as chunked implicit GEMM (chunk <= 0: default; onednn: oneDNN's GEMM reading "
+     "pack_conv_transpose1d_weight_rows, else MKL's reading pack_conv_transpose1d_weight)", py::arg("x"),
+        py::arg("alpha"), py::arg("weight"), py::arg("bias"), py::arg("stride"), py::arg("padding"),
+        py::arg("output_padding"), py::arg("chunk") = 0, py::arg("packed") = py::none(), py::arg("onednn") = false);
   m.def("snake_conv1d_onednn", [](const at::Tensor& x, const at::Tensor& alpha, const at::Tensor& weight,
                                   const std::optional<at::Tensor>& bias, int64_t stride, int64_t padding) {
     return at::conv1d(snake(x, alpha), weight, bias, {stride}, {padding});

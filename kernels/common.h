@@ -1,5 +1,5 @@
 // Shared by every kernel file: includes, build macros, the float row helpers, Snake on rows, and the
-// row-major GEMM on MKL. Internal linkage (an unnamed namespace): each file gets its own copy.
+// row-major GEMM (MKL or oneDNN). Internal linkage (an unnamed namespace): each file gets its own copy.
 #pragma once
 
 
@@ -7,6 +7,9 @@
 
 #include <ATen/Config.h>
 #include <ATen/Parallel.h>
+#include <ATen/native/CPUBlas.h>
+
+#include "ops.h"
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
 
@@ -299,9 +302,15 @@ extern "C" void sgemm_(const char* transa, const char* transb, const int* m, con
 #endif
 
 // Row-major c (m × n, ldc) = op(a) · b + beta · c, b stored as (k × n, ldb); op(a) = a stored as
-// (m × k, lda), or with a_transposed = aᵀ for a stored as (k × m, lda).
-void gemm_rm(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, bool a_transposed, const float* b,
-             int64_t ldb, float beta, float* c, int64_t ldc) {
+// (m × k, lda), or with a_transposed = aᵀ for a stored as (k × m, lda) (MKL only). beta is 0 or 1.
+void gemm_rm(Gemm engine, int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, bool a_transposed,
+             const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
+  TORCH_CHECK(beta == 0.0f || beta == 1.0f, "gemm_rm: beta must be 0 or 1, got ", beta);
+  if (engine == Gemm::onednn) {
+    TORCH_CHECK(!a_transposed, "gemm_rm: the oneDNN engine reads a untransposed");
+    at::native::cpublas::brgemm(m, n, k, lda, ldb, ldc, beta != 0.0f, a, b, c, false);
+    return;
+  }
 #if AT_MKL_ENABLED()
   if (sgemm_) {
     // Column-major view: cᵀ (n × m) = bᵀ (n × k) · op(a)ᵀ (k × m).

@@ -40,9 +40,15 @@ at::Tensor pack_conv_transpose1d_weight(const at::Tensor& weight) {
   return weight.detach().to(at::kFloat).contiguous();
 }
 
+at::Tensor pack_conv_transpose1d_weight_rows(const at::Tensor& weight) {
+  TORCH_CHECK(weight.dim() == 3, "pack_conv_transpose1d_weight_rows: expected a (C_in, C_out, k) weight, got ",
+              weight.sizes());
+  return weight.detach().to(at::kFloat).permute({1, 2, 0}).contiguous();
+}
+
 at::Tensor snake_conv1d_gemm(const at::Tensor& x_in, const at::Tensor& alpha, const at::Tensor& weight,
                              const std::optional<at::Tensor>& bias, int64_t stride, int64_t padding, int64_t chunk,
-                             const std::optional<at::Tensor>& packed) {
+                             const std::optional<at::Tensor>& packed, Gemm engine) {
   const at::Tensor x = unit_stride_time(x_in);
   check_conv_args(x, alpha, weight, weight.size(1), stride, padding, "snake_conv1d");
   const int64_t batch = x.size(0), in_channels = x.size(1), frames = x.size(2);
@@ -99,7 +105,7 @@ at::Tensor snake_conv1d_gemm(const at::Tensor& x_in, const at::Tensor& alpha, co
         float* o = direct ? reinterpret_cast<float*>(outp) + bi * out_channels * out_frames + t0 : o_buf.data();
         const int64_t ldo = direct ? out_frames : cols;
         for (int64_t oc = 0; oc < out_channels; ++oc) std::fill(o + oc * ldo, o + oc * ldo + cols, b[oc]);
-        gemm_rm(out_channels, cols, rows, wp, rows, false, im, cols, 1.0f, o, ldo);
+        gemm_rm(engine, out_channels, cols, rows, wp, rows, false, im, cols, 1.0f, o, ldo);
         if (!direct) store_rows(o, ldo, outp + bi * out_channels * out_frames + t0, out_frames, out_channels, n);
       }
     });
@@ -115,7 +121,8 @@ at::Tensor snake_conv1d_gemm(const at::Tensor& x_in, const at::Tensor& alpha, co
 // Repacking W per phase instead cost more than the convolution for 1024 × 512 × 16 weights.
 at::Tensor snake_conv_transpose1d_gemm(const at::Tensor& x_in, const at::Tensor& alpha, const at::Tensor& weight,
                                        const std::optional<at::Tensor>& bias, int64_t stride, int64_t padding,
-                                       int64_t output_padding, int64_t chunk, const std::optional<at::Tensor>& packed) {
+                                       int64_t output_padding, int64_t chunk, const std::optional<at::Tensor>& packed,
+                                       Gemm engine) {
   const at::Tensor x = unit_stride_time(x_in);
   check_conv_args(x, alpha, weight, weight.size(0), stride, padding, "snake_conv_transpose1d");
   const int64_t batch = x.size(0), in_channels = x.size(1), frames = x.size(2);
@@ -126,8 +133,13 @@ at::Tensor snake_conv_transpose1d_gemm(const at::Tensor& x_in, const at::Tensor&
                        x.options().memory_format(at::MemoryFormat::Contiguous));
   if (out.numel() == 0) return out;
   const std::vector<float> b = bias_values(bias, out_channels);
-  const at::Tensor wf = packed_weight(packed, weight, {in_channels, out_channels, kernel}, pack_conv_transpose1d_weight,
-                                      "snake_conv_transpose1d");
+  // MKL reads W as stored (C_in, C_out·k), transposed; oneDNN reads Wᵀ (C_out·k, C_in).
+  const bool rows_first = engine == Gemm::onednn;
+  const at::Tensor wf = rows_first
+      ? packed_weight(packed, weight, {out_channels, kernel, in_channels}, pack_conv_transpose1d_weight_rows,
+                      "snake_conv_transpose1d")
+      : packed_weight(packed, weight, {in_channels, out_channels, kernel}, pack_conv_transpose1d_weight,
+                      "snake_conv_transpose1d");
   const float* wp = wf.data_ptr<float>();
   const int64_t z_rows = out_channels * kernel;
   const auto [a, inv] = snake_coefficients(alpha);
@@ -166,7 +178,7 @@ at::Tensor snake_conv_transpose1d_gemm(const at::Tensor& x_in, const at::Tensor&
                        scratch.data());
         }
         float* z = z_buf.data();
-        gemm_rm(z_rows, width, in_channels, wp, z_rows, true, s_buf.data(), width, 0.0f, z, width);
+        gemm_rm(engine, z_rows, width, in_channels, wp, rows_first ? in_channels : z_rows, !rows_first, s_buf.data(), width, 0.0f, z, width);
         for (int64_t o = 0; o < out_channels; ++o) {
           scalar_t* yrow = outp + (bi * out_channels + o) * out_frames + first;
           float* dst;
@@ -188,7 +200,7 @@ at::Tensor snake_conv1d(const at::Tensor& x, const at::Tensor& alpha, const at::
                         const std::optional<at::Tensor>& bias, int64_t stride, int64_t padding) {
   if (x.scalar_type() == weight.scalar_type() && weight.dim() == 3 && weight.size(1) == x.size(1) &&
       x.size(1) <= kConvGemmMaxInChannels) {
-    return snake_conv1d_gemm(x, alpha, weight, bias, stride, padding, 0, std::nullopt);
+    return snake_conv1d_gemm(x, alpha, weight, bias, stride, padding, 0, std::nullopt, Gemm::mkl);
   }
   return at::conv1d(snake(x, alpha), weight, bias, {stride}, {padding});
 }
@@ -197,7 +209,8 @@ at::Tensor snake_conv_transpose1d(const at::Tensor& x, const at::Tensor& alpha, 
                                   const std::optional<at::Tensor>& bias, int64_t stride, int64_t padding,
                                   int64_t output_padding) {
   if (x.scalar_type() == weight.scalar_type() && weight.dim() == 3 && weight.size(0) == x.size(1)) {
-    return snake_conv_transpose1d_gemm(x, alpha, weight, bias, stride, padding, output_padding, 0, std::nullopt);
+    return snake_conv_transpose1d_gemm(x, alpha, weight, bias, stride, padding, output_padding, 0, std::nullopt,
+                                       Gemm::mkl);
   }
   return at::conv_transpose1d(snake(x, alpha), weight, bias, {stride}, {padding}, {output_padding});
 }

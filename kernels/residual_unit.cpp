@@ -26,7 +26,8 @@ at::Tensor pack_residual_weight(const at::Tensor& weight) {
 at::Tensor residual_unit_gemm(const at::Tensor& x, const at::Tensor& alpha1, const at::Tensor& weight1,
                               const std::optional<at::Tensor>& bias1, int64_t dilation, const at::Tensor& alpha2,
                               const at::Tensor& weight2, const std::optional<at::Tensor>& bias2, int64_t chunk,
-                              const std::optional<at::Tensor>& packed1, const std::optional<at::Tensor>& packed2) {
+                              const std::optional<at::Tensor>& packed1, const std::optional<at::Tensor>& packed2,
+                              Gemm engine) {
   check_input(x, alpha1, "residual_unit");
   TORCH_CHECK(x.stride(2) == 1, "residual_unit: x needs a unit-stride time axis");
   const int64_t batch = x.size(0), channels = x.size(1), frames = x.size(2);
@@ -82,7 +83,7 @@ at::Tensor residual_unit_gemm(const at::Tensor& x, const at::Tensor& alpha1, con
             std::fill(row + n, row + cols, 0.0f);
           }
         }
-        gemm_rm(channels, cols, kernel * channels, w1p, kernel * channels, false, im, cols, 1.0f, h, cols);
+        gemm_rm(engine, channels, cols, kernel * channels, w1p, kernel * channels, false, im, cols, 1.0f, h, cols);
         // Columns past n keep b1: they only feed output columns that are dropped.
         for (int64_t c = 0; c < channels; ++c) snake_floats(h + c * cols, h + c * cols, scratch.data(), n, a2[c], inv2[c]);
         // out = (x + b2) + W2 · H, written straight into the output for a full fp32 chunk.
@@ -104,7 +105,7 @@ at::Tensor residual_unit_gemm(const at::Tensor& x, const at::Tensor& alpha1, con
           if (i < n) (fVec::loadu(oc + i, n - i) + vb).store(oc + i, n - i);
           std::fill(oc + n, oc + (direct ? n : cols), 0.0f);
         }
-        gemm_rm(channels, cols, channels, w2p, channels, false, h, cols, 1.0f, o, ldo);
+        gemm_rm(engine, channels, cols, channels, w2p, channels, false, h, cols, 1.0f, o, ldo);
         if (!direct) store_rows(o, ldo, outp + b * channels * frames + t0, frames, channels, n);
       }
     });
@@ -126,7 +127,7 @@ at::Tensor residual_unit(const at::Tensor& x_in, const at::Tensor& alpha1, const
   if (square && channels <= kGemmMaxChannels && x.device().is_cpu() && weight1.scalar_type() == x.scalar_type() &&
       weight2.scalar_type() == x.scalar_type()) {
     return residual_unit_gemm(x, alpha1, weight1, bias1, dilation, alpha2, weight2, bias2, 0, std::nullopt,
-                              std::nullopt);
+                              std::nullopt, Gemm::mkl);
   }
   return residual_unit_onednn(x, alpha1, weight1, bias1, dilation, alpha2, weight2, bias2);
 }

@@ -46,7 +46,8 @@ at::Tensor residual_unit_winograd(const at::Tensor& x, const at::Tensor& alpha1,
                                   const std::optional<at::Tensor>& bias1, int64_t dilation, const at::Tensor& alpha2,
                                   const at::Tensor& weight2, const std::optional<at::Tensor>& bias2, int64_t chunk,
                                   const at::Tensor& filter, const std::optional<at::Tensor>& packed2,
-                                  const at::Tensor& input_transform, const at::Tensor& output_transform) {
+                                  const at::Tensor& input_transform, const at::Tensor& output_transform,
+                                  Gemm engine) {
   check_input(x, alpha1, "residual_unit_winograd");
   TORCH_CHECK(x.stride(2) == 1, "residual_unit_winograd: x needs a unit-stride time axis");
   const int64_t batch = x.size(0), channels = x.size(1), frames = x.size(2);
@@ -133,7 +134,7 @@ at::Tensor residual_unit_winograd(const at::Tensor& x, const at::Tensor& alpha1,
           }
         }
         for (int64_t a = 0; a < alpha; ++a) {
-          gemm_rm(channels, tiles, channels, up + a * channels * channels, channels, false,
+          gemm_rm(engine, channels, tiles, channels, up + a * channels * channels, channels, false,
                   v_buf.data() + a * channels * tiles, tiles, 0.0f, m_buf.data() + a * channels * tiles, tiles);
         }
         // H[c][i · tiles + t] = b1 + Σ_a Aᵀ[i][a] · M[a][c][t] (output i of tile t); then snake.
@@ -149,7 +150,7 @@ at::Tensor residual_unit_winograd(const at::Tensor& x, const at::Tensor& alpha1,
           }
           snake_floats(hc, hc, scratch.data(), chunk, a2[c], inv2[c]);
         }
-        gemm_rm(channels, chunk, channels, w2p, channels, false, h_buf.data(), chunk, 0.0f, o_buf.data(), chunk);
+        gemm_rm(engine, channels, chunk, channels, w2p, channels, false, h_buf.data(), chunk, 0.0f, o_buf.data(), chunk);
         // out[t0 + q·m·d + i·d + res] = x + b2 + O[i · tiles + q·d + res], back in time order.
         for (int64_t c = 0; c < channels; ++c) {
           const scalar_t* xs = xr.row(b * channels + c) + t0;

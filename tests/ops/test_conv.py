@@ -99,7 +99,7 @@ def test_snake_conv1d_without_bias_matches_eager_and_too_short_input_is_an_error
 
 
 # Native's snake + strided conv (C_in <= 256) and snake + transposed conv are chunked implicit GEMMs:
-# phases of the stride, im2col, MKL sgemm. Shapes cover kernels that are not multiples of the
+# phases of the stride, im2col, one GEMM (MKL's or oneDNN's). Shapes cover kernels that are not multiples of the
 # stride, every output_padding below the stride, padding beyond the kernel's reach, one frame, and
 # chunk sizes of 1 and 3 frames so that every chunk edge is crossed.
 NATIVE_GEMM_TRANSPOSE = [  # in, out, frames, kernel, stride, padding, output_padding
@@ -114,8 +114,8 @@ NATIVE_GEMM_CONV = [  # in, out, frames, kernel, stride, padding
 
 
 def _gemm_matches_eager_at_every_chunk_size(backend, op, x, alpha, w, b, *geometry):
-    """The native GEMM entry point of ``op`` at forced chunk sizes (0: its own), and the op through
-    the dispatch point, with and without bias, against eager."""
+    """The native GEMM entry point of ``op`` at forced chunk sizes (0: its own) on each GEMM engine
+    (MKL, oneDNN), and the op through the dispatch point, with and without bias, against eager."""
     from xcodec_fast.ops import native
 
     close = tolerances.CONV[backend, torch.float32]
@@ -123,9 +123,10 @@ def _gemm_matches_eager_at_every_chunk_size(backend, op, x, alpha, w, b, *geomet
         args = (x, alpha, w, bias, *geometry)
         expected = getattr(eager, op)(*args)
         for chunk in (0, 1, 3):
-            got = getattr(native.extension(), f"{op}_gemm")(*args, chunk)
-            assert got.shape == expected.shape
-            tolerances.assert_close(got, expected, close)
+            for onednn in (False, True):
+                got = getattr(native.extension(), f"{op}_gemm")(*args, chunk, onednn=onednn)
+                assert got.shape == expected.shape
+                tolerances.assert_close(got, expected, close)
         tolerances.assert_close(run(backend, op, *args), expected, close)
 
 
@@ -162,13 +163,12 @@ def test_non_contiguous_and_half_inputs_match_eager(backend):
     for dtype in (torch.bfloat16, torch.float16):
         down = (x.to(dtype), alpha.to(dtype), w.to(dtype), b.to(dtype), 5, 3)
         up = (x.to(dtype), alpha.to(dtype), wt.to(dtype), bt.to(dtype), 5, 3, 1)
-        eps = torch.finfo(dtype).eps
         for op, args in (("snake_conv1d", down), ("snake_conv_transpose1d", up)):
             got = run(backend, op, *args)
             exact = getattr(eager, op)(*fp32_args(args))
             assert got.dtype == dtype
             # fp32 compute on the reduced inputs, one rounding at the end: within an ulp of that result.
-            torch.testing.assert_close(got.float(), exact, rtol=eps, atol=eps * exact.abs().max().item())
+            tolerances.assert_close(got.float(), exact, tolerances.ONE_ROUNDING[backend, dtype])
 
 
 # conv1d (no Snake): the semantic feature encoder's convs, HuBERT's kernel/stride pairs and odd sizes.

@@ -132,7 +132,8 @@ def test_forced_dispatch_runs_winograd_and_the_table_measures_it(tmp_path, monke
     with ops.use_backend("native"):
         ops.residual_unit(*args)
     (entry,) = native.tuner().table.values()
-    assert set(entry["ms"]) == {"onednn", "eager", "gemm", *(f"winograd{m}" for m in winograd.DISPATCH_TILE_SIZES)}
+    winograds = [f"winograd{m}{engine}" for m in winograd.DISPATCH_TILE_SIZES for engine in ("", "-onednn")]
+    assert set(entry["ms"]) == {"onednn", "eager", "gemm", "gemm-onednn", *winograds}
 
 
 def test_bad_transform_arguments_name_the_problem():

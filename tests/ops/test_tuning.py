@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 
+import tolerances
 from xcodec_fast.ops import eager, native, tuning, winograd
 
 if not native.availability(torch.device("cpu"))[0]:
@@ -112,8 +113,8 @@ def _residual_args(c, t, seed=0):
 
 
 def test_native_ops_pick_by_measurement_and_agree_with_eager(tuned):
-    """Each native op measures its site once (gemm, oneDNN with fused Snake, plain eager, and for
-    residual units Winograd at each allowed tile size), records
+    """Each native op measures its site once (gemm on MKL and on oneDNN, oneDNN with fused Snake,
+    plain eager, and for residual units Winograd at each allowed tile size on both GEMMs), records
     the times, and its result is the chosen implementation's, within fp32 rounding of eager."""
     args = _residual_args(24, 301)
     out = native.residual_unit(*args)
@@ -121,16 +122,17 @@ def test_native_ops_pick_by_measurement_and_agree_with_eager(tuned):
     key = "residual_unit|C24|k7|d3|float32"
     entry = t.table[key]
     winograds = {f"winograd{m}" for m in winograd.DISPATCH_TILE_SIZES}
-    assert set(entry["ms"]) == {"gemm", "onednn", "eager", *winograds} and entry["choice"] in entry["ms"]
-    torch.testing.assert_close(out, eager.residual_unit(*args), rtol=2e-5, atol=2e-5)
+    winograds |= {f"{name}-onednn" for name in winograds}
+    assert set(entry["ms"]) == {"gemm", "gemm-onednn", "onednn", "eager", *winograds} and entry["choice"] in entry["ms"]
+    tolerances.assert_close(out, eager.residual_unit(*args), tolerances.TUNED_NATIVE)
     g = torch.Generator().manual_seed(1)
     x, alpha = torch.randn(1, 16, 80, generator=g), torch.rand(16, generator=g) + 0.5
     w, b = torch.randn(32, 16, 8, generator=g) * 0.1, torch.randn(32, generator=g) * 0.1
     down = native.snake_conv1d(x, alpha, w, b, 4, 2)
-    torch.testing.assert_close(down, eager.snake_conv1d(x, alpha, w, b, 4, 2), rtol=2e-5, atol=2e-5)
+    tolerances.assert_close(down, eager.snake_conv1d(x, alpha, w, b, 4, 2), tolerances.TUNED_NATIVE)
     wt = torch.randn(16, 8, 8, generator=g) * 0.1
     up = native.snake_conv_transpose1d(x, alpha, wt, None, 4, 2, 0)
-    torch.testing.assert_close(up, eager.snake_conv_transpose1d(x, alpha, wt, None, 4, 2, 0), rtol=2e-5, atol=2e-5)
+    tolerances.assert_close(up, eager.snake_conv_transpose1d(x, alpha, wt, None, 4, 2, 0), tolerances.TUNED_NATIVE)
     assert {"snake_conv1d|16->32|k8|s4|float32", "snake_conv_transpose1d|16->8|k8|s4|float32"} <= set(t.table)
     # one choice per site: a longer call at the same site measures nothing new
     measured = t.measured

@@ -14,7 +14,9 @@ What it does
       im2col -> sgemm per time chunk), or snake + oneDNN, or eager.
     * ``snake_conv_transpose1d``: chunked GEMM Z = Wᵀ·snake(x) on W as stored (no per-call weight
       repacking), then each output frame gathers its taps from Z; or snake + oneDNN, or eager.
-    Which of them runs at a site is measured (see Dispatch below). Sources: kernels/snake.cpp,
+    Every GEMM path runs its fp32 products on MKL's sgemm or on oneDNN's brgemm ukernel: which is
+    faster depends on the CPU (MKL ran at under half oneDNN's rate on a Zen 5 EPYC), so both are
+    candidates. Which of them runs at a site is measured (see Dispatch below). Sources: kernels/snake.cpp,
     residual_unit.cpp, conv.cpp (common.h: row helpers and the GEMM; bindings.cpp: the module).
 
 Build
@@ -336,14 +338,17 @@ def tuner() -> tuning.Tuner:
     return tuning.tuner(source_digest())
 
 
-def _tuned(op: str, x, geometry: tuple, rest: tuple, onednn, eager_fn, gemm, default, packs=None, extra=None):
+def _tuned(op: str, x, geometry: tuple, rest: tuple, onednn, eager_fn, gemm, default, packs=None, extra=None,
+           onednn_packs=None):
     """Run ``op`` on ``x`` (other arguments ``rest``) with this site's measured implementation:
-    Snake + oneDNN, plain eager, or the chunked GEMM (``gemm`` None where it cannot run), which
-    reads the weights ``packs()`` returns, packed once per weight tensor; ``extra``: further
-    candidates by name, each taking ``x``."""
+    Snake + oneDNN, plain eager, or the chunked GEMM (``gemm`` None where it cannot run) with its
+    products on MKL ("gemm") or on oneDNN ("gemm-onednn"), reading the weights ``packs()`` (or
+    ``onednn_packs()``) returns, packed once per weight tensor; ``extra``: further candidates by
+    name, each taking ``x``."""
     candidates = {"onednn": lambda v: onednn(v, *rest), "eager": lambda v: eager_fn(v, *rest)}
     if gemm is not None:
         candidates["gemm"] = lambda v: gemm(v, *rest, 0, *packs())
+        candidates["gemm-onednn"] = lambda v: gemm(v, *rest, 0, *(onednn_packs or packs)(), onednn=True)
     candidates.update(extra or {})
     key = "|".join([op, *map(str, geometry), str(x.dtype).replace("torch.", "")])
     return tuner().pick(key, candidates, x, default=lambda v: default(v, *rest))
@@ -359,7 +364,10 @@ def _tuned_residual_unit(x, alpha1, weight1, bias1, dilation, alpha2, weight2, b
     # Measured dispatch chooses among the tile sizes whose error is within the decode bound; an
     # error study may force any of them.
     sizes = winograd.TILE_SIZES if tuning.forced_choice("residual_unit") else winograd.DISPATCH_TILE_SIZES
-    extra = {f"winograd{m}": lambda v, m=m: residual_unit_winograd(v, *rest, m=m) for m in (sizes if square else ())}
+    extra = {}
+    for m in sizes if square else ():
+        extra[f"winograd{m}"] = lambda v, m=m: residual_unit_winograd(v, *rest, m=m)
+        extra[f"winograd{m}-onednn"] = lambda v, m=m: residual_unit_winograd(v, *rest, m=m, onednn=True)
     if square and x.dtype == torch.bfloat16 and c % 2 == 0 and brgemm_bf16_available():
         extra["brgemm"] = lambda v: residual_unit_brgemm(v, *rest)
     return _tuned("residual_unit", x, (f"C{c}", f"k{weight1.shape[-1]}", f"d{int(dilation)}"), rest,
@@ -370,15 +378,15 @@ def _tuned_residual_unit(x, alpha1, weight1, bias1, dilation, alpha2, weight2, b
 
 
 def residual_unit_winograd(x, alpha1, weight1, bias1, dilation, alpha2, weight2, bias2, m: int = 2,
-                           chunk: int = 0) -> torch.Tensor:
+                           chunk: int = 0, onednn: bool = False) -> torch.Tensor:
     """The residual unit with its k-tap conv as Winograd F(m, k) (see :mod:`.winograd`), weights
-    transformed once per weight tensor."""
+    transformed once per weight tensor; its products on oneDNN's GEMM if ``onednn``, else MKL's."""
     ext = extension()
     filter_ = packed(weight1, f"native_winograd{m}", lambda w: winograd.transform_filter(w, m))
     input_transform, output_transform = winograd.kernel_transforms(m, weight1.shape[-1])
     return ext.residual_unit_winograd(x, alpha1, weight1, bias1, int(dilation), alpha2, weight2, bias2, chunk,
                                       filter_, packed(weight2, "native_taps_last", ext.pack_residual_weight),
-                                      input_transform, output_transform)
+                                      input_transform, output_transform, onednn)
 
 
 _brgemm_bf16: bool | None = None
@@ -447,7 +455,8 @@ def _tuned_snake_conv_transpose1d(x, alpha, weight, bias, stride, padding, outpu
                   rest, ext.snake_conv_transpose1d_onednn, eager.snake_conv_transpose1d,
                   ext.snake_conv_transpose1d_gemm if fits else None, ext.snake_conv_transpose1d,
                   lambda: (weight if weight.dtype == torch.float32 and weight.is_contiguous()
-                           else packed(weight, "native_float", ext.pack_conv_transpose1d_weight),), extra)
+                           else packed(weight, "native_float", ext.pack_conv_transpose1d_weight),), extra,
+                  lambda: (packed(weight, "native_transposed_rows", ext.pack_conv_transpose1d_weight_rows),))
 
 
 # torch.library registrations, so that torch.compile / torch.export can treat the kernels as opaque
