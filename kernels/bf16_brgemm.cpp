@@ -80,7 +80,11 @@ int64_t brgemm_chunk_frames(int64_t channels) {
 
 }  // namespace
 
-bool brgemm_bf16_available() { return at::native::cpublas::could_pack(at::kBFloat16); }
+// oneDNN's bf16 brgemm reads the VNNI layout on AMX (could_pack) and on AVX512-BF16 (Zen 4 / Zen 5 and
+// Cooper Lake: VDPBF16PS); on other AVX-512 CPUs it would emulate bf16 dot products in fp32.
+bool brgemm_bf16_available() {
+  return at::native::cpublas::could_pack(at::kBFloat16) || __builtin_cpu_supports("avx512bf16");
+}
 
 at::Tensor pack_residual_weight_bf16(const at::Tensor& weight) {
   return pack_residual_weight(weight).to(at::kBFloat16);  // bf16 -> fp32 -> bf16 is exact
