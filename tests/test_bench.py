@@ -288,6 +288,26 @@ def test_results_older_than_the_kernels_are_marked_stale(monkeypatch):
     assert report.staleness({"git": {}}) is None
 
 
+def test_long_results_older_than_the_kernels_are_marked_stale():
+    code, head = report._git("rev-parse", "HEAD")
+    if code != 0:
+        pytest.skip("not a git checkout")
+    result = {
+        "created": "2026-12-01T00:00:00+00:00", "threads": 2, "config": "XcodecConfig()",
+        "machine": {"id": "cpu-test-2c", "cpu": "Test CPU", "cpu_cores": 2}, "git": {"commit": head, "dirty": False},
+    }
+    assert "STALE" not in report.long_markdown(result)
+    assert "STALE" not in report.long_markdown({**result, "git": {}})
+    text = report.long_markdown({**result, "git": {"commit": "0" * 40}})
+    assert text.startswith("**STALE**: ") and "not in this checkout's history" in text
+    assert "python -m xcodec_fast.benchmark.long" in text.split("\n\n")[0]
+    _, last_kernel_change = report._git("log", "-1", "--format=%H", "--", *report.KERNEL_SOURCES)
+    code, before = report._git("rev-parse", f"{last_kernel_change}~1")
+    if code != 0:
+        pytest.skip("shallow clone: the commit before the last kernel change is not here")
+    assert "**STALE**: the kernels changed in" in report.long_markdown({**result, "git": {"commit": before}})
+
+
 def test_gpu_session_plan_fits_seven_minutes(tmp_path):
     """The one-call GPU check's dry run prints every part with its budget, in order, and a total
     of at most 420 s; at most six files are planned into $OUT."""

@@ -46,10 +46,9 @@ def test_mistake_is_one_line_and_exit_2(files, tmp_path, capsys, argv, message):
     argv = [a.format(root=files, out=tmp_path) for a in argv] + MODEL
     try:
         code = cli.main(argv)
-    except SystemExit as exc:  # argparse-style exits carry the message themselves
-        code, err = 2, str(exc.code)
-    else:
-        err = capsys.readouterr().err
+    except SystemExit as exc:  # argparse's own exits: the status it would give the shell
+        code = exc.code
+    err = capsys.readouterr().err
     assert code == 2, err
     assert "Traceback" not in err
     assert pytest.importorskip("re").search(message, err), err
@@ -66,3 +65,18 @@ def test_an_unavailable_backend_is_one_line(files, tmp_path, capsys, monkeypatch
     assert cli.main(["encode", str(files / "clip.wav"), "-o", str(tmp_path / "c.npy"), "--backend", "triton"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: backend 'triton' was requested") and "Traceback" not in err
+
+
+def test_a_mistake_exits_2_from_a_real_process(tmp_path):
+    """The exit status the shell sees, not the one main() returns: a float codes file."""
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    codes = tmp_path / "floats.npy"
+    np.save(codes, np.zeros((8, 4), dtype=np.float32))
+    result = subprocess.run([sys.executable, "-m", "xcodec_fast.cli", "decode", str(codes), "-o", str(tmp_path / "x.wav"),
+                             "--model", "random-tiny"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr and "must be integers" in result.stderr

@@ -100,7 +100,7 @@ def test_bad_inputs_are_clear_errors(exported):
 
 def test_a_config_whose_padding_depends_on_length_is_refused(exported, monkeypatch):
     model, folder, _, _ = exported
-    monkeypatch.setattr(type(model), "_acoustic_needs_padding", lambda self, n: n == 5 * self.config.hop_length)
+    monkeypatch.setattr(type(model), "acoustic_needs_padding", lambda self, n: n == 5 * self.config.hop_length)
     with pytest.raises(export.ExportError, match="one ONNX encoder graph cannot hold"):
         export.export_onnx(model, folder / "other", max_frames=16)
 

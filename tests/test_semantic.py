@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+import tolerances
+
 transformers = pytest.importorskip("transformers")
 
 from xcodec_fast.config import SemanticConfig  # noqa: E402
@@ -95,7 +97,7 @@ def test_matches_transformers(model_type, norm, stable, old_spelling):
         with torch.no_grad():
             got = ours(audio)
         assert got.shape == expected.shape == (2, int(ours.frame_lengths(torch.tensor(num_samples))), 16)
-        torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+        tolerances.assert_close(got, expected, tolerances.SEMANTIC_VS_TRANSFORMERS)
 
 
 @pytest.mark.parametrize("model_type,norm,stable", VARIANTS)
@@ -116,8 +118,8 @@ def test_padded_batch_matches_items_alone(model_type, norm, stable):
             alone = ours(item)
             assert alone.shape[1] == frames[b]
             valid = got[b : b + 1, : frames[b]]
-            assert (valid - alone).abs().max() < 1e-5
-            torch.testing.assert_close(valid, alone, rtol=0, atol=1e-5)
+            assert (valid - alone).abs().max() < tolerances.SEMANTIC_BATCHED.atol
+            tolerances.assert_close(valid, alone, tolerances.SEMANTIC_BATCHED)
 
 
 @pytest.mark.parametrize("model_type", ["hubert", "wavlm"])
@@ -149,7 +151,7 @@ def test_hubert_without_feature_projection_norm():
     assert not any(k.startswith("feature_projection.layer_norm") for k in ours.state_dict())
     audio = torch.randn(1, 5000, generator=torch.Generator().manual_seed(8))
     with torch.no_grad():
-        torch.testing.assert_close(ours(audio), _hf_mean_hidden(hf, audio), rtol=0, atol=1e-6)
+        tolerances.assert_close(ours(audio), _hf_mean_hidden(hf, audio), tolerances.SEMANTIC_VS_TRANSFORMERS)
 
 
 def test_odd_positional_kernel():
@@ -157,7 +159,7 @@ def test_odd_positional_kernel():
     hf, ours = _pair("wavlm", num_conv_pos_embeddings=15, num_conv_pos_embedding_groups=4, seed=9)
     audio = torch.randn(1, 7000, generator=torch.Generator().manual_seed(10))
     with torch.no_grad():
-        torch.testing.assert_close(ours(audio), _hf_mean_hidden(hf, audio), rtol=0, atol=1e-6)
+        tolerances.assert_close(ours(audio), _hf_mean_hidden(hf, audio), tolerances.SEMANTIC_VS_TRANSFORMERS)
 
 
 def test_fold_weight_norm_on_prefixed_checkpoint():
@@ -212,14 +214,14 @@ def test_default_size_hubert_matches_transformers():
     audio = 0.1 * torch.randn(1, 16321, generator=gen)
     with torch.no_grad():
         got = ours(audio)
-        torch.testing.assert_close(got, _hf_mean_hidden(hf, audio), rtol=0, atol=1e-5)
+        tolerances.assert_close(got, _hf_mean_hidden(hf, audio), tolerances.SEMANTIC_BATCHED)
         # Padded batch: the short item's frames equal it run alone.
         batch = torch.cat([audio, torch.zeros(1, 16321)])
         batch[1, :8000] = audio[0, :8000]
         padded = ours(batch, torch.tensor([16321, 8000]))
         alone = ours(audio[:, :8000])
-        torch.testing.assert_close(padded[1:, : alone.shape[1]], alone, rtol=0, atol=1e-5)
-        torch.testing.assert_close(padded[:1], got, rtol=0, atol=1e-5)
+        tolerances.assert_close(padded[1:, : alone.shape[1]], alone, tolerances.SEMANTIC_BATCHED)
+        tolerances.assert_close(padded[:1], got, tolerances.SEMANTIC_BATCHED)
 
 
 def test_masked_group_norm_over_several_steps_matches_per_item_group_norm():
@@ -242,4 +244,4 @@ def test_masked_group_norm_over_several_steps_matches_per_item_group_norm():
     out = semantic._masked_group_norm(x, valid, norm.float())
     assert out.data_ptr() == x.data_ptr()
     for b, n in enumerate(lengths):
-        torch.testing.assert_close(out[b : b + 1, :, :n].double(), expected[b], rtol=1e-5, atol=1e-5)
+        tolerances.assert_close(out[b : b + 1, :, :n].double(), expected[b], tolerances.MASKED_GROUP_NORM_VS_FLOAT64)

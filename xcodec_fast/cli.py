@@ -35,8 +35,23 @@ def _frames(seconds: float | None, model, default: int, what: str, minimum: int 
         return default
     frames = int(round(seconds * model.config.frame_rate))
     if frames < minimum:
-        raise SystemExit(f"error: {what} {seconds} is under {minimum} frame(s) of {1 / model.config.frame_rate:.3f} s")
+        raise ValueError(f"{what} {seconds} is under {minimum} frame(s) of {1 / model.config.frame_rate:.3f} s")
     return frames
+
+
+def _output_file(path: str) -> Path:
+    """``-o`` with its folder made, checked before the work so a long run cannot end in a write error."""
+    out = Path(path)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(f"cannot write {out}: {exc.filename or out.parent}: {exc.strerror}; "
+                         "pass -o a path in a writable directory") from None
+    if out.is_dir():
+        raise ValueError(f"-o {out} is a directory; pass a file path")
+    if not os.access(out.parent, os.W_OK):
+        raise ValueError(f"cannot write {out}: {out.parent} is not writable; pass -o a path in a writable directory")
+    return out
 
 
 def _encode_file(model, path: str, bandwidth: float | None, chunk_frames: int, context_frames: int, progress: bool):
@@ -64,15 +79,15 @@ def cmd_encode(args) -> int:
 
     from .modeling.codec import ENCODE_CHUNK_FRAMES, ENCODE_CONTEXT_FRAMES
 
+    out = _output_file(args.output)
     model, model_id = _load(args)
     chunk = _frames(args.chunk_seconds, model, ENCODE_CHUNK_FRAMES, "--chunk-seconds")
     context = _frames(args.context_seconds, model, ENCODE_CONTEXT_FRAMES, "--context-seconds", minimum=0)
     start = time.perf_counter()
     codes, n_samples = _encode_file(model, args.input, args.bandwidth, chunk, context, not args.quiet)
     elapsed = time.perf_counter() - start
-    out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    np.save(out, codes.cpu().numpy().astype(np.int16))
+    with open(out, "wb") as fh:  # np.save(path) would append .npy to any other name
+        np.save(fh, codes.cpu().numpy().astype(np.int16))
     seconds = n_samples / model.config.sample_rate
     _say(
         f"{args.input}: {seconds:.2f} s -> codes {tuple(codes.shape)} (quantizers x frames) in {elapsed:.2f} s "
@@ -88,17 +103,17 @@ def _read_codes(path: str):
     try:
         codes = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError) as exc:
-        raise SystemExit(f"error: cannot read codes from {path}: {exc or 'empty file'}") from None
+        raise ValueError(f"cannot read codes from {path}: {exc or 'empty file'}") from None
     if not isinstance(codes, np.ndarray):  # an .npz archive
         codes.close()
-        raise SystemExit(f"error: {path} is an .npz archive; decode takes one array saved with np.save "
+        raise ValueError(f"{path} is an .npz archive; decode takes one array saved with np.save "
                          "(what 'xcodec-fast encode' writes)")
     if not np.issubdtype(codes.dtype, np.integer):
-        raise SystemExit(f"error: {path} holds {codes.dtype} values; codes must be integers")
+        raise ValueError(f"{path} holds {codes.dtype} values; codes must be integers")
     if codes.ndim == 2:
         codes = codes[None]
     if codes.ndim != 3:
-        raise SystemExit(f"error: {path} has shape {codes.shape}; expected (quantizers, frames) or (batch, quantizers, frames)")
+        raise ValueError(f"{path} has shape {codes.shape}; expected (quantizers, frames) or (batch, quantizers, frames)")
     return torch.from_numpy(codes.astype(np.int64))
 
 
@@ -140,7 +155,7 @@ def cmd_decode(args) -> int:
     codes = model.check_codes(_read_codes(args.input))
     chunk = _frames(args.chunk_seconds, model, DECODE_CHUNK_FRAMES, "--chunk-seconds")
     if args.push_frames is not None and args.push_frames < 1:
-        raise SystemExit(f"error: --push-frames must be at least 1, got {args.push_frames}")
+        raise ValueError(f"--push-frames must be at least 1, got {args.push_frames}")
     out = Path(args.output)
     start = time.perf_counter()
     first_audio = None
@@ -150,7 +165,7 @@ def cmd_decode(args) -> int:
         written = [out]
     else:
         if args.stream:
-            raise SystemExit(f"error: --stream writes one file; {args.input} holds a batch of {codes.shape[0]}")
+            raise ValueError(f"--stream writes one file; {args.input} holds a batch of {codes.shape[0]}")
         audio = model.decode(codes, chunk_frames=chunk).audio_values
         written = []
         for i in range(audio.shape[0]):
@@ -371,7 +386,8 @@ def main(argv: list[str] | None = None) -> int:
 
             cpu_malloc.apply_from_environment()
         return int(args.func(args) or 0)
-    except (ValueError, TypeError, FileNotFoundError, OSError, BackendUnavailableError) as exc:
+    # RuntimeError: refusals such as a held output lock or a rank started without torchrun.
+    except (ValueError, TypeError, FileNotFoundError, OSError, RuntimeError, BackendUnavailableError) as exc:
         _say(f"error: {exc}")
         return 2
 

@@ -59,7 +59,7 @@ def _check_padding_is_length_independent(model, max_frames: int) -> int:
     hop = model.config.hop_length
     first = max(1, -(-model.min_input_length() // hop))
     for frames in range(first, max_frames + 1):
-        if model._acoustic_needs_padding(frames * hop) or model.code_frames(frames * hop) != frames:
+        if model.acoustic_needs_padding(frames * hop) or model.code_frames(frames * hop) != frames:
             raise ExportError(
                 f"this config pads the acoustic encoder's input at {frames * hop} samples but not at others: "
                 "one ONNX encoder graph cannot hold for every length"

@@ -76,10 +76,13 @@ def load_model(spec=None, device=None, dtype=None, backend=None, random_fallback
     elif spec in RANDOM_MODELS:
         model, model_id = XcodecModel.from_random(RANDOM_MODELS[spec](), seed=0), f"{spec} (seed 0)"
     elif spec is not None:
-        return XcodecModel.from_pretrained(str(spec), dtype=dtype, device=device, backend=backend), str(spec)
+        fingerprint = _float32_fingerprint(lambda: XcodecModel.from_pretrained(str(spec)), dtype)
+        return _keep(XcodecModel.from_pretrained(str(spec), dtype=dtype, device=device, backend=backend),
+                     fingerprint), str(spec)
     else:
         try:
-            return _load_default(dtype=dtype, device=device, backend=backend), DEFAULT_MODEL
+            fingerprint = _float32_fingerprint(_load_default, dtype)
+            return _keep(_load_default(dtype=dtype, device=device, backend=backend), fingerprint), DEFAULT_MODEL
         except Exception as exc:
             if not random_fallback:
                 raise
@@ -95,19 +98,47 @@ def load_model(spec=None, device=None, dtype=None, backend=None, random_fallback
         model.backend = backend
     if device is not None:
         model = model.to(device)
-    if dtype not in (None, "auto"):
-        model = model.to(parse_dtype(dtype))
+    if dtype not in (None, "auto") and parse_dtype(dtype) != model.dtype:
+        fingerprint = weights_fingerprint(model)  # of the weights as given, not as cast for this run
+        model = _keep(model.to(parse_dtype(dtype)), fingerprint)
     return model, model_id
+
+
+def _float32_fingerprint(load, dtype) -> str | None:
+    """The fingerprint of the float32 load when ``dtype`` would cast the checkpoint to half
+    precision (cast weights hash differently); None otherwise. Costs one more load, in float32."""
+    if dtype in (None, "auto") or parse_dtype(dtype) == torch.float32:
+        return None
+    reference = load()
+    try:
+        return weights_fingerprint(reference)
+    finally:
+        del reference
+
+
+def _keep(model, fingerprint: str | None):
+    if fingerprint is not None:
+        # Remembered with the dtype it stands for: a later cast by the caller hashes afresh.
+        model._xcodec_weights_sha256 = (model.dtype, fingerprint)
+    return model
 
 
 def weights_fingerprint(model) -> str:
     """sha256 over the model's parameters and persistent buffers (names, dtypes, shapes, bytes):
-    the same for the same weights however they were loaded, different for any other weights."""
+    the same for the same weights however they were loaded, different for any other weights.
+    It does not depend on the run's dtype: floating tensors are hashed as float32, and a model that
+    ``load_model`` cast to half precision carries the fingerprint of its weights before the cast
+    (so shards tokenized with --dtype bfloat16 detokenize with the float32 model)."""
     import hashlib
 
+    kept = getattr(model, "_xcodec_weights_sha256", None)
+    if kept is not None and kept[0] == model.dtype:
+        return kept[1]
     digest = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
         tensor = tensor.detach().to("cpu").contiguous()
+        if tensor.is_floating_point() and tensor.dtype != torch.float32:
+            tensor = tensor.float()  # a half-precision checkpoint hashes as its (exact) float32 load
         digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
         digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
     return digest.hexdigest()

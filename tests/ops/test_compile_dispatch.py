@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+import tolerances
 import xcodec_fast.ops as ops
 
 
@@ -25,7 +26,7 @@ def test_fullgraph_compile_through_ops(backend):
     expected = ops.eager.snake(ops.eager.residual_unit(x, alpha, weight, bias, 3, alpha, weight2, bias), alpha)
     with ops.use_backend(backend):
         compiled = torch.compile(block, fullgraph=True, backend="eager")
-        torch.testing.assert_close(compiled(x), expected, rtol=1e-6, atol=1e-6)
+        tolerances.assert_close(compiled(x), expected, tolerances.COMPILED_VS_EAGER)
 
 
 def test_backend_change_is_seen_by_compiled_code():

@@ -4,7 +4,7 @@ native backend runs ATen's or oneDNN's (weight reordered once), whichever measur
 import pytest
 import torch
 
-from tolerances import to_reference
+from tolerances import LINEAR_VS_FLOAT64, to_reference
 from xcodec_fast import ops
 from xcodec_fast.modeling.layers import Linear
 from xcodec_fast.ops import native, packing, tuning
@@ -12,10 +12,6 @@ from xcodec_fast.ops import native, packing, tuning
 NATIVE = native.availability(torch.device("cpu"))[0] and native._onednn_linear_available()
 needs_native = pytest.mark.skipif(not NATIVE, reason="native backend or oneDNN unavailable")
 GEN = torch.Generator().manual_seed(5)
-
-# oneDNN sums in another order than MKL: fp32 within a few ulps of the output scale, and bf16
-# within bf16's own rounding of the output.
-LINEAR_VS_FLOAT64 = {torch.float32: 2e-6, torch.bfloat16: 2e-2}
 
 
 def _case(shape, fin, fout, dtype=torch.float32, bias=True):

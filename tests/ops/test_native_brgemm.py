@@ -171,8 +171,8 @@ def test_transposed_forced_dispatch_runs_brgemm_and_only_for_bf16():
         forced = ops.snake_conv_transpose1d(*args)
         assert torch.equal(forced, native.snake_conv_transpose1d_brgemm(*args))
         fp32 = fp32_args(args)  # no brgemm candidate for fp32: the forced choice does not apply
-        torch.testing.assert_close(ops.snake_conv_transpose1d(*fp32), eager.snake_conv_transpose1d(*fp32),
-                                   rtol=1e-5, atol=1e-5)
+        tolerances.assert_close(ops.snake_conv_transpose1d(*fp32), eager.snake_conv_transpose1d(*fp32),
+                                tolerances.BRGEMM_FORCED_FP32)
 
 
 @needs_brgemm

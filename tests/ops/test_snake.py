@@ -71,9 +71,8 @@ def test_add_snake_matches_eager(backend, shape, dtype):
 def test_half_snake_is_near_eagers_step_by_step_result(backend, shape, dtype):
     # Rounded once from fp32, so within a few ulps of eager's rounding after every step.
     x, _, alpha = inputs(backend, shape, dtype, seed=0)
-    eps = torch.finfo(dtype).eps
-    torch.testing.assert_close(run(backend, "snake", x, alpha).float(), eager.snake(x, alpha).float(),
-                               rtol=4 * eps, atol=4 * eps)
+    tolerances.assert_close(run(backend, "snake", x, alpha).float(), eager.snake(x, alpha).float(),
+                            tolerances.SNAKE_HALF_VS_EAGER_STEPS[backend, dtype])
 
 
 @pytest.mark.parametrize("backend", backend_params("native"))

@@ -266,7 +266,7 @@ def test_huge_planes_are_split_along_frames(monkeypatch):
         proj = ops.dequantize_project(codes_ref, cb, w, bvec)
     assert torch.equal(codes, codes_ref)
     assert torch.equal(dec, eager.rvq_decode(codes_ref, cb))
-    torch.testing.assert_close(proj, eager.dequantize_project(codes_ref, cb, w, bvec), rtol=1e-5, atol=1e-5)
+    tolerances.assert_close(proj, eager.dequantize_project(codes_ref, cb, w, bvec), tolerances.DEQUANTIZE_PROJECT_VS_EAGER)
 
 
 def test_rvq_dispatch_and_custom_ops():

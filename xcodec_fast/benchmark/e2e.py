@@ -123,7 +123,7 @@ def _run_end_to_end(config, config_name, seconds, batches, backends, device, pol
     try:
         reference = build_reference(config, seed, device, calibration)
     except Exception as exc:
-        section["skipped"].append({"impl": "transformers", "reason": f"{type(exc).__name__}: {exc}"[:300]})
+        section["skipped"].append({"impl": "transformers", "reason": short_error(exc)})
         log(f"end-to-end skipped: cannot build transformers' XcodecModel: {exc}")
         return section
 
@@ -151,7 +151,7 @@ def _run_end_to_end(config, config_name, seconds, batches, backends, device, pol
         except Exception as exc:
             ours = None
             section["skipped"].append(
-                {"impl": "xcodec_fast", "reason": f"cannot load: {type(exc).__name__}: {exc}"[:300]}
+                {"impl": "xcodec_fast", "reason": "cannot load: " + short_error(exc, limit=300 - len("cannot load: "))}
             )
             log(f"xcodec_fast skipped: {exc}")
     if ours is not None:

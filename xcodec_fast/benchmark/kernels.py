@@ -90,7 +90,7 @@ def measure_ceilings(device: torch.device, dtypes: list[str], copy_bytes: int, m
                 )
         except RuntimeError as exc:
             ceilings["matmul_tflops"][name] = None
-            ceilings.setdefault("errors", {})[name] = str(exc).splitlines()[0][:200]
+            ceilings.setdefault("errors", {})[name] = short_error(exc, limit=200, with_type=False)
             continue
         ceilings["matmul_tflops"][name] = 2 * matmul_n**3 / summarize(times)["median_s"] / 1e12
     return ceilings

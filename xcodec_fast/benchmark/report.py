@@ -258,9 +258,15 @@ def staleness(result: dict) -> str | None:
     return f"this result's commit {commit[:10]} is not in this checkout's history"
 
 
-def summary_markdown(result: dict) -> str:
+def stale_warning(result: dict, rerun: str) -> list[str]:
+    """The STALE paragraph that heads a stored result older than the kernels (see staleness), as a
+    list of at most one paragraph; ``rerun`` is the command that refreshes it."""
     why = staleness(result)
-    warning = [f"**STALE**: {why}; rerun `xcodec-fast bench` on this machine."] if why else []
+    return [f"**STALE**: {why}; rerun `{rerun}` on this machine."] if why else []
+
+
+def summary_markdown(result: dict) -> str:
+    warning = stale_warning(result, "xcodec-fast bench")
     return "\n\n".join(warning + [machine_line(result), backend_notes(result), kernel_summary(result), e2e_table(result)])
 
 
@@ -323,7 +329,8 @@ def _mb(value) -> str:
 def long_markdown(result: dict) -> str:
     m, g = result["machine"], result["git"]
     commit = (g.get("commit") or "unknown")[:10] + ("+dirty" if g.get("dirty") else "")
-    parts = [f"**{m['id']}** ({m['cpu']}, {m['cpu_cores']} cores, {result['threads']} threads; "
+    parts = stale_warning(result, "python -m xcodec_fast.benchmark.long")
+    parts += [f"**{m['id']}** ({m['cpu']}, {m['cpu_cores']} cores, {result['threads']} threads; "
              f"{result['created'][:10]}, commit {commit}; {result['config']}). Peak memory is the process's "
              "peak resident set (`VmHWM`), each row in a fresh process; 'added' is the call's own peak above the "
              "resident set after loading the model, the input and a warm-up call."]

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from .. import ops
 from ..cuda_graphs import CudaGraphCodec
 from ..config import XcodecConfig
+from ..lengths import truncating_conv_output_length
 from .acoustic import DacDecoder, DacEncoder, zero_beyond
 from .adapter import SemanticDecoder, SemanticEncoder
 from .layers import Linear
@@ -37,12 +38,6 @@ DECODE_CHUNK_FRAMES = 500
 # encode_windows and the agreement figures in bench/results/long-*.json.
 ENCODE_CHUNK_FRAMES = 3000
 ENCODE_CONTEXT_FRAMES = 250
-
-
-def _torch_conv_length(length: int, conv: nn.Conv1d) -> int:
-    # transformers' conv1d_output_length: int() of a float division (truncates toward zero).
-    numerator = length + 2 * conv.padding[0] - conv.dilation[0] * (conv.kernel_size[0] - 1) - 1
-    return int(numerator / conv.stride[0] + 1)
 
 
 def _chunk_size(chunk_frames, total_frames: int, default: int) -> int:
@@ -128,12 +123,15 @@ class XcodecModel(nn.Module):
         return bool(self.config.extra.get("return_dict", True)) if return_dict is None else bool(return_dict)
 
     # ---- lengths ---------------------------------------------------------------------------
-    def _acoustic_needs_padding(self, num_samples: int) -> bool:
-        """transformers runs the acoustic encoder on audio padded by hop/2 per side when its conv
-        arithmetic on the raw length misses the semantic frame count; decide that without running it."""
+    def acoustic_needs_padding(self, num_samples: int) -> bool:
+        """Whether the acoustic encoder runs on ``num_samples`` samples padded by hop/2 per side, as
+        transformers does when its (truncating) conv arithmetic on the raw length misses the semantic
+        frame count (:func:`xcodec_fast.lengths.truncating_conv_output_length`). Host arithmetic only:
+        decided without running anything; encode, the export wrappers and batches all follow it."""
         length = num_samples
         for conv in self.acoustic_encoder.conv_layers():
-            length = _torch_conv_length(length, conv)
+            length = truncating_conv_output_length(length, conv.kernel_size[0], conv.stride[0], conv.padding[0],
+                                                   conv.dilation[0])
         return length != self.code_frames(num_samples)
 
     def code_frames(self, num_samples: int) -> int:
@@ -271,7 +269,7 @@ class XcodecModel(nn.Module):
         semantic_input = F.pad(audio[:, 0], (self.pad, self.pad))
         field = self.semantic_model.min_input_length
         statistics = self.semantic_model.feature_extractor.group_norm_statistics(semantic_input)
-        acoustic_input = F.pad(audio, (self.pad, self.pad)) if self._acoustic_needs_padding(num_samples) else audio
+        acoustic_input = F.pad(audio, (self.pad, self.pad)) if self.acoustic_needs_padding(num_samples) else audio
         before, after = (math.ceil(samples / hop) for samples in self.acoustic_encoder.context())
         codes = torch.empty(audio.shape[0], num_quantizers, total, dtype=torch.long, device=audio.device)
         for window in plan_windows(total, chunk_frames, context_frames, context_frames):
@@ -298,7 +296,7 @@ class XcodecModel(nn.Module):
         features = self.semantic_model(F.pad(audio[:, 0], (self.pad, self.pad)))
         e_semantic, _ = self.encoder_semantic(features.transpose(1, 2))
         if acoustic_padding is None:
-            acoustic_padding = self._acoustic_needs_padding(num_samples)
+            acoustic_padding = self.acoustic_needs_padding(num_samples)
         acoustic_input = F.pad(audio, (self.pad, self.pad)) if acoustic_padding else audio
         e_acoustic, _ = self.acoustic_encoder(acoustic_input)
         if e_acoustic.shape[-1] != e_semantic.shape[-1]:
@@ -345,7 +343,7 @@ class XcodecModel(nn.Module):
         acoustic_size = self.config.acoustic_model_config.hidden_size
         e_acoustic = e_semantic.new_zeros(audio.shape[0], acoustic_size, e_semantic.shape[-1])
         # Items may differ in transformers' pad decision: run the acoustic encoder per decision.
-        decisions = [self._acoustic_needs_padding(n) for n in lengths.tolist()]
+        decisions = [self.acoustic_needs_padding(n) for n in lengths.tolist()]
         for padded in (False, True):
             items = torch.tensor([i for i, d in enumerate(decisions) if d == padded], dtype=torch.long)
             if items.numel() == 0:

@@ -17,6 +17,8 @@ from typing import Callable
 
 import torch
 
+from ..errors import short_error
+
 BACKENDS = ("eager", "triton", "native")
 CHOICES = BACKENDS + ("auto",)
 ENV_VAR = "XCODEC_FAST_BACKEND"
@@ -82,7 +84,7 @@ def _load(backend: str):
     try:
         module = importlib.import_module(_backend_modules[backend])
     except Exception as exc:  # any import failure means "this backend cannot run here"
-        _load_errors[backend] = f"{type(exc).__name__}: {exc}"
+        _load_errors[backend] = short_error(exc, limit=500)  # one line: it ends up in availability's reason
         return None
     _loaded[backend] = module
     return module

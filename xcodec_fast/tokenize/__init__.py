@@ -26,6 +26,7 @@ from pathlib import Path
 
 from .. import cpu_malloc
 from ..checkpoints import CheckpointError
+from ..errors import short_error
 from ..loading import DEFAULT_MODEL, load_model, weights_fingerprint
 from ..ops.backend import BackendUnavailableError
 from .engine import BatchEncoder, OutputInUse, RuntimeMismatch, SettingsMismatch, TokenizeOptions, merge, tokenize
@@ -149,8 +150,10 @@ def run(args: argparse.Namespace) -> int:
             retry_failed=args.retry_failed,
             force_resume=args.force_resume,
         )
-    except (InputError, SettingsMismatch, ValueError, OSError, CheckpointError, OutputInUse, BackendUnavailableError) as exc:
+    except (InputError, SettingsMismatch, ValueError, OSError, CheckpointError, OutputInUse, BackendUnavailableError,
+            RuntimeError) as exc:
         # OSError: a model that cannot be had (not cached while offline, no such repo) among others.
+        # RuntimeError: e.g. a rank started without torchrun, or a model that fails on every input.
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.json_summary:
@@ -189,7 +192,11 @@ def detokenize(tokens, output_dir, model=None, ids=None, limit=None, device=None
         if t.is_dir():
             index = t / "index.json"
             if index.exists():
-                shards += [t / s["file"] for s in json.loads(index.read_text())["shards"]]
+                try:
+                    shards += [t / s["file"] for s in json.loads(index.read_text(encoding="utf-8"))["shards"]]
+                except (ValueError, UnicodeDecodeError, KeyError, TypeError) as exc:
+                    raise InputError(f"{index} is damaged ({short_error(exc)}); rewrite it with: python -m "
+                                     f"xcodec_fast.tokenize merge {t}, or pass the shard .parquet files") from None
             else:
                 shards += sorted((t / "shards").glob("shard-*.parquet")) or sorted(t.glob("*.parquet"))
         elif t.exists():
@@ -252,7 +259,7 @@ def run_detokenize(args: argparse.Namespace) -> int:
         written = detokenize(args.tokens, args.output_dir, model=args.model, ids=args.ids, limit=args.limit,
                              device=args.device, dtype=args.dtype, backend=args.backend, overwrite=args.overwrite,
                              allow_other_weights=args.allow_other_weights)
-    except (InputError, ValueError, OSError, CheckpointError, BackendUnavailableError) as exc:
+    except (InputError, ValueError, OSError, CheckpointError, BackendUnavailableError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"wrote {len(written)} files under {args.output_dir}", file=sys.stderr)

@@ -559,7 +559,11 @@ def tokenize(inputs, output_dir, model=None, options: TokenizeOptions | None = N
     if batch_seconds is None:
         batch_seconds = default_batch_seconds(model.device)
     output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create --output-dir {output_dir}: {exc.filename or output_dir}: {exc.strerror}; "
+                         "pass a directory you can write") from None
     settings = {
         "model": model_id,
         "bandwidth": bandwidth,
@@ -702,13 +706,13 @@ def _run_rank(run: RankRun) -> dict:
                          "num_windows": window_encodes(codes.shape[1], window // hop) if p.num_samples > window else 1,
                          "json": p.item.sidecar, "codes": codes})
             p.codes = None
-        if npy:
-            for r in rows:
-                write_npy(output_dir / "npy" / npy_paths[r["id"]], r["codes"],
-                          npy_tmp / f"{k:05d}-{os.getpid()}.npy.tmp")
         if k in retry:
             order = {items[i].id: i for i in ranges[k]}
             rows = sorted(_shard_rows(output_dir / "shards" / done[k]["file"]) + rows, key=lambda r: order[r["id"]])
+        if npy:  # after the merge: a retried shard's old rows need their files too (earlier runs maybe had no --npy)
+            for r in rows:
+                write_npy(output_dir / "npy" / npy_paths[r["id"]], r["codes"],
+                          npy_tmp / f"{k:05d}-{os.getpid()}.npy.tmp")
         name = shard_name(k, num_shards)
         write_shard(output_dir / "shards" / name, rows, {**shard_meta_base, "shard": k, "num_shards": num_shards})
         digests = shard_digests(output_dir / "shards" / name)  # what a resume checks it against
@@ -827,6 +831,10 @@ def merge(output_dir) -> dict:
     settings_path = output_dir / "tokenize.json"
     if not settings_path.exists():
         raise FileNotFoundError(f"{output_dir} has no tokenize.json: not a tokenize output directory")
-    settings = json.loads(settings_path.read_text(encoding="utf-8"))
-    num_shards = math.ceil(settings["num_items"] / settings["shard_size"])
+    try:
+        settings = json.loads(settings_path.read_text(encoding="utf-8"))
+        num_shards = math.ceil(settings["num_items"] / settings["shard_size"])
+    except (ValueError, UnicodeDecodeError, KeyError, TypeError) as exc:
+        raise SettingsMismatch(f"{settings_path} is damaged ({short_error(exc)}); it cannot be merged: rerun the "
+                               "tokenize command into a new --output-dir, or with --overwrite") from None
     return write_index(output_dir, settings, num_shards, completed_shards(output_dir, num_shards))

@@ -199,18 +199,21 @@ def _list_directory(root: Path, audio_column: str, id_column: str | None) -> lis
     return items
 
 
-def _list_text_manifest(path: Path) -> list[Item]:
+def _utf8_line(path: Path, lineno: int, raw: bytes) -> str:
+    """One manifest line as text, or an InputError naming the line and the byte."""
     try:
-        return _read_text_manifest(path)
+        return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise InputError(f"{path}: not UTF-8 text ({exc}); save the manifest as UTF-8") from None
+        raise InputError(f"{path}:{lineno}: not UTF-8 text (byte {raw[exc.start]:#04x} at column {exc.start + 1}); "
+                         "save the manifest as UTF-8") from None
 
 
-def _read_text_manifest(path: Path) -> list[Item]:
+def _list_text_manifest(path: Path) -> list[Item]:
     items = []
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            line = line.rstrip("\n").rstrip("\r")
+    # Bytes, decoded line by line: a decoding error then names its line.
+    with open(path, "rb") as fh:
+        for lineno, raw in enumerate(fh, 1):
+            line = _utf8_line(path, lineno, raw).rstrip("\n").rstrip("\r")
             if not line.strip() or line.lstrip().startswith("#"):
                 continue
             parts = line.split("\t")
@@ -228,15 +231,16 @@ def _json_records(path: Path):
     """(line number, record) of a .jsonl or .jsonl.gz file, blank lines skipped."""
     opener = gzip.open if path.name.lower().endswith(".gz") else open
     try:
-        with opener(path, "rt", encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, 1):
+        with opener(path, "rb") as fh:
+            for lineno, raw in enumerate(fh, 1):
+                line = _utf8_line(path, lineno, raw)
                 if not line.strip():
                     continue
                 try:
                     yield lineno, json.loads(line)
                 except json.JSONDecodeError as exc:
                     raise InputError(f"{path}:{lineno}: not valid JSON ({exc})") from None
-    except (UnicodeDecodeError, gzip.BadGzipFile, EOFError) as exc:
+    except (gzip.BadGzipFile, EOFError) as exc:
         raise InputError(f"{path}: cannot read as {'gzipped ' if opener is gzip.open else ''}UTF-8 JSON lines ({exc})") from None
 
 

@@ -37,6 +37,8 @@ from typing import Any
 
 import torch
 
+from ...errors import short_error
+
 TRITON_TYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.int64: "i64", torch.int32: "i32"}
 
 WATCH = re.compile(
@@ -186,7 +188,9 @@ def _compile_job(job: tuple[int, int]) -> dict:
     try:
         return compile_config(cfg, arch)
     except Exception as exc:  # report every failure, not just the first
-        return {"name": cfg.name, "arch": f"sm_{arch}", "error": f"{type(exc).__name__}: {exc}"}
+        # the whole diagnostic for --json / --record, its first line for the one-line report
+        return {"name": cfg.name, "arch": f"sm_{arch}", "error": f"{type(exc).__name__}: {exc}",
+                "error_line": short_error(exc, limit=200)}
 
 
 def compile_all(archs=(90, 80), name_filter: str | None = None, jobs: int | None = None) -> list[dict]:
@@ -206,7 +210,7 @@ def compile_all(archs=(90, 80), name_filter: str | None = None, jobs: int | None
 
 def _line(r: dict) -> str:
     if "error" in r:
-        return f"{r['name']:<58} {r['arch']}  FAILED: {r['error'].splitlines()[0][:200]}"
+        return f"{r['name']:<58} {r['arch']}  FAILED: {r.get('error_line') or r['error'].splitlines()[0][:200]}"
     return (
         f"{r['name']:<58} {r['arch']}  warps {r['num_warps']}  regs {r['regs']:>3}  stack {r['stack']}  "
         f"spills {r['spill_loads']}/{r['spill_stores']}  smem {r['shared']}  tensor-core {r['tensor_core']}"

@@ -51,10 +51,14 @@ def snake(v, alpha, inv_alpha, FAST_SIN: tl.constexpr):
     return v + inv_alpha * sin_squared(alpha * v, FAST_SIN)
 
 
+# The exact precision as a constexpr, for kernels whose dots are never TF32 (RVQ scores).
+IEEE: tl.constexpr = tl.constexpr("ieee")
+
+
 @triton.jit
 def dot(a, b, acc, PRECISION: tl.constexpr):
-    """acc + a @ b; PRECISION is "ieee" (exact fp32 FMAs) or "tf32" (fp32 on tensor cores).
-    Half-precision operands run on tensor cores either way, accumulating in fp32."""
+    """acc + a @ b; PRECISION is "ieee" (exact fp32 FMAs; ``IEEE``) or "tf32" (fp32 on tensor
+    cores). Half-precision operands run on tensor cores either way, accumulating in fp32."""
     return tl.dot(a, b, acc, input_precision=PRECISION)
 
 

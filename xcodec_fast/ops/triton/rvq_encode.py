@@ -15,6 +15,7 @@ import triton
 import triton.language as tl
 
 from ..backend import register
+from . import _math
 from ._compile import kernel_config
 from ._launch import frame_chunks
 
@@ -61,7 +62,7 @@ def _rvq_encode_kernel(
                 r = tl.load(res_ptr + base + d[:, None] * T_pad + t[None, :],
                             mask=dmask[:, None] & tmask[None, :], other=0.0)
                 # fp32: exact-fp32 FMAs (no TF32); fp16/bf16: tensor cores, fp32 accumulate.
-                acc = tl.dot(e, r, acc, input_precision="ieee")
+                acc = _math.dot(e, r, acc, _math.IEEE)
             norm = tl.load(norms_ptr + q * K + k, mask=kmask, other=0.0).to(tl.float32)
             # argmax_k -|r - e_k|^2 = argmax_k 2 r.e_k - |e_k|^2  (|r|^2 is the same for every k)
             score = tl.where(kmask[:, None], 2.0 * acc - norm[:, None], float("-inf"))
