@@ -98,3 +98,21 @@ def test_random_model_specs(tmp_path, clip):
     codes_path = tmp_path / "codes.npy"
     assert cli.main(["encode", str(clip), "-o", str(codes_path), "--model", "random-tiny"]) == 0
     assert np.load(codes_path).shape[0] == 8
+
+
+def test_encode_writes_exactly_the_path_it_prints(tiny_dir, clip, tmp_path, capsys):
+    """np.save appends .npy to other names; -o codes.bin must write codes.bin and nothing else."""
+    out = tmp_path / "codes.bin"
+    assert cli.main(["encode", str(clip), "-o", str(out), "--model", str(tiny_dir)]) == 0
+    printed = capsys.readouterr()
+    assert str(out) in printed.out + printed.err
+    assert out.exists() and not (tmp_path / "codes.bin.npy").exists()
+    assert np.load(out).ndim == 2
+
+
+def test_encode_output_under_a_file_is_one_line_before_any_work(tiny_dir, clip, tmp_path, capsys):
+    blocker = tmp_path / "somefile"
+    blocker.write_text("x")
+    assert cli.main(["encode", str(clip), "-o", str(blocker / "out.npy"), "--model", str(tiny_dir)]) == 2
+    err = capsys.readouterr().err
+    assert "cannot write" in err and "Traceback" not in err
