@@ -386,8 +386,7 @@ def main(argv: list[str] | None = None) -> int:
 
             cpu_malloc.apply_from_environment()
         return int(args.func(args) or 0)
-    # RuntimeError: refusals such as a held output lock or a rank started without torchrun.
-    except (ValueError, TypeError, FileNotFoundError, OSError, RuntimeError, BackendUnavailableError) as exc:
+    except (ValueError, TypeError, FileNotFoundError, OSError, BackendUnavailableError) as exc:
         _say(f"error: {exc}")
         return 2
 

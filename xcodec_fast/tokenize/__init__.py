@@ -29,7 +29,7 @@ from ..checkpoints import CheckpointError
 from ..errors import short_error
 from ..loading import DEFAULT_MODEL, load_model, weights_fingerprint
 from ..ops.backend import BackendUnavailableError
-from .engine import BatchEncoder, OutputInUse, RuntimeMismatch, SettingsMismatch, TokenizeOptions, merge, tokenize
+from .engine import BatchEncoder, ModelFailing, OutputInUse, RuntimeMismatch, SettingsMismatch, TokenizeOptions, merge, tokenize
 from .sources import InputError, Item, list_items
 from .writer import atomic_write_json, read_codes, unique_relpaths
 
@@ -151,9 +151,9 @@ def run(args: argparse.Namespace) -> int:
             force_resume=args.force_resume,
         )
     except (InputError, SettingsMismatch, ValueError, OSError, CheckpointError, OutputInUse, BackendUnavailableError,
-            RuntimeError) as exc:
+            ModelFailing) as exc:
         # OSError: a model that cannot be had (not cached while offline, no such repo) among others.
-        # RuntimeError: e.g. a rank started without torchrun, or a model that fails on every input.
+        # Other RuntimeErrors are internal errors and keep their traceback.
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.json_summary:
@@ -259,7 +259,7 @@ def run_detokenize(args: argparse.Namespace) -> int:
         written = detokenize(args.tokens, args.output_dir, model=args.model, ids=args.ids, limit=args.limit,
                              device=args.device, dtype=args.dtype, backend=args.backend, overwrite=args.overwrite,
                              allow_other_weights=args.allow_other_weights)
-    except (InputError, ValueError, OSError, CheckpointError, BackendUnavailableError, RuntimeError) as exc:
+    except (InputError, ValueError, OSError, CheckpointError, BackendUnavailableError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"wrote {len(written)} files under {args.output_dir}", file=sys.stderr)

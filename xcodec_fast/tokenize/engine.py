@@ -156,7 +156,7 @@ class BatchEncoder:
                 if not oom and not self._ever_succeeded:
                     self._lone_failures += 1
                     if self._lone_failures >= 3:
-                        raise RuntimeError(f"the model failed on each of the first inputs; last error: {exc}") from exc
+                        raise ModelFailing(f"the model failed on each of the first inputs; last error: {exc}") from exc
                 reason = "out of memory encoding one item alone; lower --max-seconds or --batch-seconds" if oom else "encode failed"
                 return [f"{reason}: {short_error(exc)}"]
             if oom:
@@ -268,6 +268,10 @@ class _Pending:
     num_samples: int = 0
     codes: np.ndarray | None = None
     error: str | None = None
+
+
+class ModelFailing(RuntimeError):
+    """The model failed on every one of the first inputs: a run-level problem, not a bad item."""
 
 
 class OutputInUse(RuntimeError):
@@ -594,7 +598,7 @@ def tokenize(inputs, output_dir, model=None, options: TokenizeOptions | None = N
         group.barrier()
         if rank != 0:
             if world_size > 1 and not group.active and not (output_dir / "tokenize.json").exists():
-                raise RuntimeError(f"rank {rank} without torchrun: run rank 0 first (it lists the inputs)")
+                raise InputError(f"rank {rank} without torchrun: run rank 0 first (it lists the inputs)")
             items = _prepare(output_dir, settings, inputs, audio_column, id_column, overwrite=False,
                              force_resume=opts.force_resume, owner=False)
         summary = _run_rank(RankRun(items, output_dir, settings, model, rank, world_size, window, batch_seconds, opts))
