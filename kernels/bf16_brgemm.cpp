@@ -86,6 +86,13 @@ bool brgemm_bf16_available() {
   return at::native::cpublas::could_pack(at::kBFloat16) || __builtin_cpu_supports("avx512bf16");
 }
 
+// Every bf16 brgemm kernel's input: bfloat16 storage with a unit-stride time axis, on a CPU that has it.
+static void check_brgemm_input(const at::Tensor& x, const char* op) {
+  TORCH_CHECK(x.scalar_type() == at::kBFloat16, op, ": x must be bfloat16, got ", x.scalar_type());
+  TORCH_CHECK(x.stride(2) == 1, op, ": x needs a unit-stride time axis");
+  TORCH_CHECK(brgemm_bf16_available(), op, ": this CPU or torch build has no bf16 brgemm");
+}
+
 at::Tensor pack_residual_weight_bf16(const at::Tensor& weight) {
   return pack_residual_weight(weight).to(at::kBFloat16);  // bf16 -> fp32 -> bf16 is exact
 }
@@ -95,9 +102,7 @@ at::Tensor residual_unit_brgemm(const at::Tensor& x, const at::Tensor& alpha1, c
                                 const at::Tensor& weight2, const std::optional<at::Tensor>& bias2, int64_t chunk,
                                 const std::optional<at::Tensor>& packed1, const std::optional<at::Tensor>& packed2) {
   check_input(x, alpha1, "residual_unit_brgemm");
-  TORCH_CHECK(x.scalar_type() == at::kBFloat16, "residual_unit_brgemm: x must be bfloat16, got ", x.scalar_type());
-  TORCH_CHECK(x.stride(2) == 1, "residual_unit_brgemm: x needs a unit-stride time axis");
-  TORCH_CHECK(brgemm_bf16_available(), "residual_unit_brgemm: this CPU or torch build has no bf16 brgemm");
+  check_brgemm_input(x, "residual_unit_brgemm");
   const int64_t batch = x.size(0), channels = x.size(1), frames = x.size(2);
   TORCH_CHECK(channels % 2 == 0, "residual_unit_brgemm: needs an even channel count, got ", channels);
   TORCH_CHECK(weight1.dim() == 3 && weight1.size(0) == channels && weight1.size(1) == channels &&
@@ -115,17 +120,10 @@ at::Tensor residual_unit_brgemm(const at::Tensor& x, const at::Tensor& alpha1, c
   if (out.numel() == 0) return out;
   const auto [a1, inv1] = snake_coefficients(alpha1);
   const auto [a2, inv2] = snake_coefficients(alpha2);
-  auto packed_bf16 = [&](const std::optional<at::Tensor>& packed, const at::Tensor& weight, int64_t taps) {
-    if (!packed.has_value()) return pack_residual_weight_bf16(weight);
-    const at::Tensor& p = *packed;
-    TORCH_CHECK(p.scalar_type() == at::kBFloat16 && p.is_contiguous() && p.device().is_cpu() &&
-                    p.sizes() == at::IntArrayRef({channels, taps, channels}),
-                "residual_unit_brgemm: packed weight must be a contiguous CPU bfloat16 tensor of shape (", channels,
-                ", ", taps, ", ", channels, "), got ", p.scalar_type(), " ", p.sizes());
-    return p;
-  };
-  const at::Tensor w1 = packed_bf16(packed1, weight1, kernel);
-  const at::Tensor w2 = packed_bf16(packed2, weight2, 1);
+  const at::Tensor w1 = packed_weight(packed1, weight1, {channels, kernel, channels}, pack_residual_weight_bf16,
+                                      "residual_unit_brgemm", at::kBFloat16);
+  const at::Tensor w2 = packed_weight(packed2, weight2, {channels, 1, channels}, pack_residual_weight_bf16,
+                                      "residual_unit_brgemm", at::kBFloat16);
   const std::vector<float> b1 = bias_values(bias1, channels), b2 = bias_values(bias2, channels);
   const auto* w1p = w1.data_ptr<at::BFloat16>();
   const auto* w2p = w2.data_ptr<at::BFloat16>();
@@ -171,15 +169,7 @@ at::Tensor residual_unit_brgemm(const at::Tensor& x, const at::Tensor& alpha1, c
         pack_pair(h + 2 * q * cols, h + (2 * q + 1) * cols, h_vnni.data() + q * cols, cols);
       }
       float* o = o_buf.data();
-      for (int64_t c = 0; c < channels; ++c) {
-        float* oc = o + c * cols;
-        load_floats(xr.row(b * channels + c) + t0, oc, n);
-        const fVec vb(b2[c]);
-        int64_t i = 0;
-        for (; i + fVec::size() <= n; i += fVec::size()) (fVec::loadu(oc + i) + vb).store(oc + i);
-        if (i < n) (fVec::loadu(oc + i, n - i) + vb).store(oc + i, n - i);
-        std::fill(oc + n, oc + cols, 0.0f);
-      }
+      for (int64_t c = 0; c < channels; ++c) shortcut_plus_bias(xr.row(b * channels + c) + t0, b2[c], o + c * cols, n, cols);
       at::native::cpublas::brgemm(channels, cols, channels, channels, cols, cols, true, w2p,
                                   reinterpret_cast<const at::BFloat16*>(h_vnni.data()), o, true);
       store_rows(o, cols, outp + b * channels * frames + t0, frames, channels, n);
@@ -199,10 +189,7 @@ at::Tensor snake_conv_transpose1d_brgemm(const at::Tensor& x, const at::Tensor& 
                                          int64_t output_padding, int64_t chunk,
                                          const std::optional<at::Tensor>& packed) {
   check_input(x, alpha, "snake_conv_transpose1d_brgemm");
-  TORCH_CHECK(x.scalar_type() == at::kBFloat16, "snake_conv_transpose1d_brgemm: x must be bfloat16, got ",
-              x.scalar_type());
-  TORCH_CHECK(x.stride(2) == 1, "snake_conv_transpose1d_brgemm: x needs a unit-stride time axis");
-  TORCH_CHECK(brgemm_bf16_available(), "snake_conv_transpose1d_brgemm: this CPU or torch build has no bf16 brgemm");
+  check_brgemm_input(x, "snake_conv_transpose1d_brgemm");
   const int64_t batch = x.size(0), in_channels = x.size(1), frames = x.size(2);
   TORCH_CHECK(weight.dim() == 3 && weight.size(0) == in_channels,
               "snake_conv_transpose1d_brgemm: weight must be (C_in, C_out, k) with C_in = ", in_channels, ", got ",
@@ -212,21 +199,12 @@ at::Tensor snake_conv_transpose1d_brgemm(const at::Tensor& x, const at::Tensor& 
   TORCH_CHECK(stride >= 1 && padding >= 0 && output_padding >= 0,
               "snake_conv_transpose1d_brgemm: stride must be >= 1, padding and output_padding >= 0");
   const int64_t out_channels = weight.size(1), kernel = weight.size(2);
-  const int64_t out_frames = (frames - 1) * stride - 2 * padding + kernel + output_padding;
-  TORCH_CHECK(out_frames > 0 || frames == 0, "snake_conv_transpose1d_brgemm: ", frames, " frames give no output frames");
-  auto out = at::empty({batch, out_channels, std::max<int64_t>(out_frames, 0)},
-                       x.options().memory_format(at::MemoryFormat::Contiguous));
+  auto out = transposed_conv_output(x, out_channels, kernel, stride, padding, output_padding,
+                                    "snake_conv_transpose1d_brgemm");
   if (out.numel() == 0) return out;
-  at::Tensor wt;
-  if (packed.has_value()) {
-    wt = *packed;
-    TORCH_CHECK(wt.scalar_type() == at::kBFloat16 && wt.is_contiguous() && wt.device().is_cpu() &&
-                    wt.sizes() == at::IntArrayRef({out_channels, kernel, in_channels}),
-                "snake_conv_transpose1d_brgemm: packed weight must be a contiguous CPU bfloat16 tensor of shape (",
-                out_channels, ", ", kernel, ", ", in_channels, "), got ", wt.scalar_type(), " ", wt.sizes());
-  } else {
-    wt = pack_conv_transpose1d_weight_bf16(weight);
-  }
+  const int64_t out_frames = out.size(2);
+  const at::Tensor wt = packed_weight(packed, weight, {out_channels, kernel, in_channels},
+                                      pack_conv_transpose1d_weight_bf16, "snake_conv_transpose1d_brgemm", at::kBFloat16);
   const auto* wp = wt.data_ptr<at::BFloat16>();
   const std::vector<float> b = bias_values(bias, out_channels);
   const auto [a, inv] = snake_coefficients(alpha);
@@ -279,13 +257,6 @@ at::Tensor pack_conv1d_weight_bf16(const at::Tensor& weight, int64_t stride) {
   return pack_conv1d_weight(weight, stride).to(at::kBFloat16);
 }
 
-// dst[0, n) = x[lo, lo + n) of one bf16 row in fp32, zeros outside [0, frames).
-static void window_floats(const at::BFloat16* xs, int64_t frames, int64_t lo, int64_t n, float* dst) {
-  const int64_t v0 = std::clamp<int64_t>(lo, 0, frames), v1 = std::clamp<int64_t>(lo + n, 0, frames);
-  std::fill(dst, dst + n, 0.0f);
-  if (v1 > v0) load_floats(xs + v0, dst + (v0 - lo), v1 - v0);
-}
-
 at::Tensor snake_conv1d_brgemm(const at::Tensor& x, const std::optional<at::Tensor>& alpha, const at::Tensor& weight,
                                const std::optional<at::Tensor>& bias, int64_t stride, int64_t padding, int64_t chunk,
                                const std::optional<at::Tensor>& packed) {
@@ -295,9 +266,7 @@ at::Tensor snake_conv1d_brgemm(const at::Tensor& x, const std::optional<at::Tens
   } else {
     check_x(x, "snake_conv1d_brgemm");
   }
-  TORCH_CHECK(x.scalar_type() == at::kBFloat16, "snake_conv1d_brgemm: x must be bfloat16, got ", x.scalar_type());
-  TORCH_CHECK(x.stride(2) == 1, "snake_conv1d_brgemm: x needs a unit-stride time axis");
-  TORCH_CHECK(brgemm_bf16_available(), "snake_conv1d_brgemm: this CPU or torch build has no bf16 brgemm");
+  check_brgemm_input(x, "snake_conv1d_brgemm");
   const int64_t batch = x.size(0), in_channels = x.size(1), frames = x.size(2);
   TORCH_CHECK(weight.dim() == 3 && weight.size(1) == in_channels,
               "snake_conv1d_brgemm: weight must be (C_out, C_in, k) with C_in = ", in_channels, ", got ",
@@ -312,16 +281,9 @@ at::Tensor snake_conv1d_brgemm(const at::Tensor& x, const std::optional<at::Tens
   auto out = at::empty({batch, out_channels, out_frames}, x.options().memory_format(at::MemoryFormat::Contiguous));
   if (out.numel() == 0) return out;
   const int64_t taps = (kernel + stride - 1) / stride, phase_rows = in_channels * stride, rows = taps * phase_rows;
-  at::Tensor w;
-  if (packed.has_value()) {
-    w = *packed;
-    TORCH_CHECK(w.scalar_type() == at::kBFloat16 && w.is_contiguous() && w.device().is_cpu() &&
-                    w.sizes() == at::IntArrayRef({out_channels, taps, in_channels, stride}),
-                "snake_conv1d_brgemm: packed weight must be a contiguous CPU bfloat16 tensor of shape (", out_channels,
-                ", ", taps, ", ", in_channels, ", ", stride, "), got ", w.scalar_type(), " ", w.sizes());
-  } else {
-    w = pack_conv1d_weight_bf16(weight, stride);
-  }
+  const at::Tensor w = packed_weight(packed, weight, {out_channels, taps, in_channels, stride},
+                                     [stride](const at::Tensor& v) { return pack_conv1d_weight_bf16(v, stride); },
+                                     "snake_conv1d_brgemm", at::kBFloat16);
   const auto* wp = w.data_ptr<at::BFloat16>();
   const std::vector<float> b = bias_values(bias, out_channels);
   const auto [a, inv] = with_snake ? snake_coefficients(*alpha)
@@ -349,14 +311,9 @@ at::Tensor snake_conv1d_brgemm(const at::Tensor& x, const std::optional<at::Tens
           snake_window(xr.row(bi * in_channels + c), frames, t0 * stride - padding, width * stride, a[c], inv[c], dst,
                        scratch.data());
         } else {
-          window_floats(xr.row(bi * in_channels + c), frames, t0 * stride - padding, width * stride, dst);
+          input_window(xr.row(bi * in_channels + c), frames, t0 * stride - padding, width * stride, dst);
         }
-        if (stride > 1) {
-          for (int64_t r = 0; r < stride; ++r) {
-            float* pr = p_buf.data() + (c * stride + r) * span;
-            for (int64_t u = 0; u < width; ++u) pr[u] = line[u * stride + r];
-          }
-        }
+        if (stride > 1) split_phases(line.data(), width, stride, p_buf.data() + c * stride * span, span);
       }
       for (int64_t j = 0; j < pair_rows; ++j) {
         pack_pair(p_buf.data() + 2 * j * span, p_buf.data() + (2 * j + 1) * span, p_vnni.data() + j * span, width);

@@ -125,24 +125,69 @@ inline void store_floats(const float* src, scalar_t* dst, int64_t n) {
   for (; i < n; ++i) dst[i] = static_cast<scalar_t>(src[i]);
 }
 
-// dst[0, n) = snake(x[lo, lo + n)) for one row of `frames` samples, zeros outside [0, frames)
-// (the convolutions' zero padding: snake(0) = 0). scratch holds n floats.
-template <typename scalar_t>
-void snake_window(const scalar_t* xs, int64_t frames, int64_t lo, int64_t n, float a, float inv, float* dst,
-                  float* scratch) {
+// The part [v0, v1) of the window [lo, lo + n) that lies inside a row of `frames` samples; zeroes
+// dst (the window, n floats) outside it: the convolutions' zero padding.
+inline std::pair<int64_t, int64_t> zero_outside(int64_t frames, int64_t lo, int64_t n, float* dst) {
   const int64_t v0 = std::clamp<int64_t>(lo, 0, frames), v1 = std::clamp<int64_t>(lo + n, 0, frames);
   if (v1 <= v0) {
     std::fill(dst, dst + n, 0.0f);
-    return;
+    return {v0, v0};
   }
   std::fill(dst, dst + (v0 - lo), 0.0f);
   std::fill(dst + (v1 - lo), dst + n, 0.0f);
+  return {v0, v1};
+}
+
+// dst[0, n) = x[lo, lo + n) of one row in fp32, zeros outside [0, frames).
+template <typename scalar_t>
+void input_window(const scalar_t* xs, int64_t frames, int64_t lo, int64_t n, float* dst) {
+  const auto [v0, v1] = zero_outside(frames, lo, n, dst);
+  if (v1 <= v0) return;
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    std::memcpy(dst + (v0 - lo), xs + v0, (v1 - v0) * sizeof(float));
+  } else {
+    load_floats(xs + v0, dst + (v0 - lo), v1 - v0);
+  }
+}
+
+// dst[0, n) = x[0, n) + bias in fp32 (a residual unit's shortcut plus its last conv's bias, which
+// that conv's GEMM then accumulates onto); dst[n, width) = 0.
+template <typename scalar_t>
+void shortcut_plus_bias(const scalar_t* xs, float bias, float* dst, int64_t n, int64_t width) {
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    std::memcpy(dst, xs, n * sizeof(float));
+  } else {
+    load_floats(xs, dst, n);
+  }
+  const fVec vb(bias);
+  int64_t i = 0;
+  for (; i + fVec::size() <= n; i += fVec::size()) (fVec::loadu(dst + i) + vb).store(dst + i);
+  if (i < n) (fVec::loadu(dst + i, n - i) + vb).store(dst + i, n - i);
+  std::fill(dst + n, dst + width, 0.0f);
+}
+
+// dst[0, n) = snake(x[lo, lo + n)) for one row of `frames` samples, zeros outside [0, frames)
+// (snake(0) = 0). scratch holds n floats.
+template <typename scalar_t>
+void snake_window(const scalar_t* xs, int64_t frames, int64_t lo, int64_t n, float a, float inv, float* dst,
+                  float* scratch) {
+  const auto [v0, v1] = zero_outside(frames, lo, n, dst);
+  if (v1 <= v0) return;
   float* dv = dst + (v0 - lo);
   if constexpr (std::is_same_v<scalar_t, float>) {
     snake_floats(xs + v0, dv, scratch, v1 - v0, a, inv);
   } else {
     load_floats(xs + v0, dv, v1 - v0);
     snake_floats(dv, dv, scratch, v1 - v0, a, inv);
+  }
+}
+
+// A strided conv's window line (width · stride samples) split by phase: row r of dst (stride rows,
+// leading dimension ld) holds line[u · stride + r] for u < width.
+inline void split_phases(const float* line, int64_t width, int64_t stride, float* dst, int64_t ld) {
+  for (int64_t r = 0; r < stride; ++r) {
+    float* pr = dst + r * ld;
+    for (int64_t u = 0; u < width; ++u) pr[u] = line[u * stride + r];
   }
 }
 
@@ -216,6 +261,21 @@ void dispatch_storage_type(at::ScalarType type, const char* op, const F& body) {
     case at::kHalf: return body(c10::Half{});
     default: TORCH_CHECK(false, op, ": unsupported dtype ", type);
   }
+}
+
+// Runs body(x_rows, out_data, begin, end) over tasks [0, tasks) in parallel, typed by x's storage
+// type (out has the same), MKL single-threaded inside each task.
+template <typename F>
+void for_each_task(const at::Tensor& x, const at::Tensor& out, const char* op, int64_t tasks, const F& body) {
+  dispatch_storage_type(x.scalar_type(), op, [&](auto tag) {
+    using scalar_t = decltype(tag);
+    const auto xr = rows_of<scalar_t>(x);
+    scalar_t* outp = out.data_ptr<scalar_t>();
+    at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
+      const SequentialMkl sequential;
+      body(xr, outp, begin, end);
+    });
+  });
 }
 
 // Floor division for possibly negative numerators.
@@ -329,17 +389,34 @@ void gemm_rm(Gemm engine, int64_t m, int64_t n, int64_t k, const float* a, int64
   at::addmm_out(C, C, A, B, beta, 1.0);
 }
 
-// A GEMM path's weight: the caller's packed copy (checked: float32, contiguous, the expected shape), or
-// pack(weight) now.
+// "(a, b, c)", as the Python side prints a shape.
+inline std::string shape_text(at::IntArrayRef sizes) {
+  std::string text = "(";
+  for (size_t i = 0; i < sizes.size(); ++i) text += (i ? ", " : "") + std::to_string(sizes[i]);
+  return text + ")";
+}
+
+// A GEMM path's weight: the caller's packed copy (checked: `dtype`, contiguous, CPU, the expected shape),
+// or pack(weight) now.
 template <typename Pack>
 at::Tensor packed_weight(const std::optional<at::Tensor>& packed, const at::Tensor& weight, at::IntArrayRef sizes,
-                         const Pack& pack, const char* op) {
+                         const Pack& pack, const char* op, at::ScalarType dtype = at::kFloat) {
   if (!packed.has_value()) return pack(weight);
   const at::Tensor& p = *packed;
-  TORCH_CHECK(p.scalar_type() == at::kFloat && p.is_contiguous() && p.device().is_cpu() && p.sizes() == sizes, op,
-              ": packed weight must be a contiguous CPU float32 tensor of shape ", sizes, ", got ", p.scalar_type(),
-              " ", p.sizes());
+  TORCH_CHECK(p.scalar_type() == dtype && p.is_contiguous() && p.device().is_cpu() && p.sizes() == sizes, op,
+              ": packed weight must be a contiguous CPU ", dtype == at::kFloat ? "float32" : "bfloat16",
+              " tensor of shape ", shape_text(sizes), ", got ", p.scalar_type(), " ", shape_text(p.sizes()));
   return p;
+}
+
+// A transposed conv's output, (B, C_out, (T - 1)·s - 2p + k + output_padding), contiguous.
+inline at::Tensor transposed_conv_output(const at::Tensor& x, int64_t out_channels, int64_t kernel, int64_t stride,
+                                         int64_t padding, int64_t output_padding, const char* op) {
+  const int64_t frames = x.size(2);
+  const int64_t out_frames = (frames - 1) * stride - 2 * padding + kernel + output_padding;
+  TORCH_CHECK(out_frames > 0 || frames == 0, op, ": ", frames, " frames give no output frames");
+  return at::empty({x.size(0), out_channels, std::max<int64_t>(out_frames, 0)},
+                   x.options().memory_format(at::MemoryFormat::Contiguous));
 }
 
 }  // namespace

@@ -71,44 +71,34 @@ at::Tensor snake_conv1d_gemm(const at::Tensor& x_in, const at::Tensor& alpha, co
   const int64_t span = chunk + taps - 1;  // P row length
   const int64_t cols = chunk;             // full-width GEMMs, as in residual_unit_gemm (codes equal alone)
 
-  dispatch_storage_type(x.scalar_type(), "snake_conv1d", [&](auto tag) {
-    using scalar_t = decltype(tag);
+  for_each_task(x, out, "snake_conv1d", batch * chunks, [&](const auto& xr, auto* outp, int64_t begin, int64_t end) {
+    using scalar_t = std::remove_pointer_t<decltype(outp)>;
     constexpr bool kFloatOut = std::is_same_v<scalar_t, float>;
-    const auto xr = rows_of<scalar_t>(x);
-    scalar_t* outp = out.data_ptr<scalar_t>();
-    at::parallel_for(0, batch * chunks, 1, [&](int64_t begin, int64_t end) {
-      const SequentialMkl sequential;
-      std::vector<float> line(span * stride), scratch(span * stride), p_buf(phase_rows * span), i_buf(rows * cols),
-          o_buf(out_channels * cols);
-      for (int64_t task = begin; task < end; ++task) {
-        const int64_t bi = task / chunks, t0 = (task % chunks) * chunk;
-        const int64_t n = std::min(chunk, out_frames - t0), width = n + taps - 1;
-        for (int64_t c = 0; c < in_channels; ++c) {
-          snake_window(xr.row(bi * in_channels + c), frames, t0 * stride - padding, width * stride, a[c], inv[c],
-                       stride == 1 ? p_buf.data() + c * span : line.data(), scratch.data());
-          if (stride > 1) {
-            for (int64_t r = 0; r < stride; ++r) {
-              float* pr = p_buf.data() + (c * stride + r) * span;
-              for (int64_t u = 0; u < width; ++u) pr[u] = line[u * stride + r];
-            }
-          }
-        }
-        float* im = i_buf.data();
-        for (int64_t m = 0; m < taps; ++m) {
-          for (int64_t row = 0; row < phase_rows; ++row) {
-            float* dst = im + (m * phase_rows + row) * cols;
-            std::memcpy(dst, p_buf.data() + row * span + m, n * sizeof(float));
-            std::fill(dst + n, dst + cols, 0.0f);
-          }
-        }
-        const bool direct = kFloatOut && n == cols;
-        float* o = direct ? reinterpret_cast<float*>(outp) + bi * out_channels * out_frames + t0 : o_buf.data();
-        const int64_t ldo = direct ? out_frames : cols;
-        for (int64_t oc = 0; oc < out_channels; ++oc) std::fill(o + oc * ldo, o + oc * ldo + cols, b[oc]);
-        gemm_rm(engine, out_channels, cols, rows, wp, rows, false, im, cols, 1.0f, o, ldo);
-        if (!direct) store_rows(o, ldo, outp + bi * out_channels * out_frames + t0, out_frames, out_channels, n);
+    std::vector<float> line(span * stride), scratch(span * stride), p_buf(phase_rows * span), i_buf(rows * cols),
+        o_buf(out_channels * cols);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t bi = task / chunks, t0 = (task % chunks) * chunk;
+      const int64_t n = std::min(chunk, out_frames - t0), width = n + taps - 1;
+      for (int64_t c = 0; c < in_channels; ++c) {
+        snake_window(xr.row(bi * in_channels + c), frames, t0 * stride - padding, width * stride, a[c], inv[c],
+                     stride == 1 ? p_buf.data() + c * span : line.data(), scratch.data());
+        if (stride > 1) split_phases(line.data(), width, stride, p_buf.data() + c * stride * span, span);
       }
-    });
+      float* im = i_buf.data();
+      for (int64_t m = 0; m < taps; ++m) {
+        for (int64_t row = 0; row < phase_rows; ++row) {
+          float* dst = im + (m * phase_rows + row) * cols;
+          std::memcpy(dst, p_buf.data() + row * span + m, n * sizeof(float));
+          std::fill(dst + n, dst + cols, 0.0f);
+        }
+      }
+      const bool direct = kFloatOut && n == cols;
+      float* o = direct ? reinterpret_cast<float*>(outp) + bi * out_channels * out_frames + t0 : o_buf.data();
+      const int64_t ldo = direct ? out_frames : cols;
+      for (int64_t oc = 0; oc < out_channels; ++oc) std::fill(o + oc * ldo, o + oc * ldo + cols, b[oc]);
+      gemm_rm(engine, out_channels, cols, rows, wp, rows, false, im, cols, 1.0f, o, ldo);
+      if (!direct) store_rows(o, ldo, outp + bi * out_channels * out_frames + t0, out_frames, out_channels, n);
+    }
   });
   return out;
 }
@@ -127,11 +117,9 @@ at::Tensor snake_conv_transpose1d_gemm(const at::Tensor& x_in, const at::Tensor&
   check_conv_args(x, alpha, weight, weight.size(0), stride, padding, "snake_conv_transpose1d");
   const int64_t batch = x.size(0), in_channels = x.size(1), frames = x.size(2);
   const int64_t out_channels = weight.size(1), kernel = weight.size(2);
-  const int64_t out_frames = (frames - 1) * stride - 2 * padding + kernel + output_padding;
-  TORCH_CHECK(out_frames > 0 || frames == 0, "snake_conv_transpose1d: ", frames, " frames give no output frames");
-  auto out = at::empty({batch, out_channels, std::max<int64_t>(out_frames, 0)},
-                       x.options().memory_format(at::MemoryFormat::Contiguous));
+  auto out = transposed_conv_output(x, out_channels, kernel, stride, padding, output_padding, "snake_conv_transpose1d");
   if (out.numel() == 0) return out;
+  const int64_t out_frames = out.size(2);
   const std::vector<float> b = bias_values(bias, out_channels);
   // MKL reads W as stored (C_in, C_out·k), transposed; oneDNN reads Wᵀ (C_out·k, C_in).
   const bool rows_first = engine == Gemm::onednn;
@@ -159,39 +147,35 @@ at::Tensor snake_conv_transpose1d_gemm(const at::Tensor& x_in, const at::Tensor&
   const int64_t chunks = (steps + chunk - 1) / chunk;
   const int64_t span = chunk + reach;
 
-  dispatch_storage_type(x.scalar_type(), "snake_conv_transpose1d", [&](auto tag) {
-    using scalar_t = decltype(tag);
+  for_each_task(x, out, "snake_conv_transpose1d", batch * chunks,
+                [&](const auto& xr, auto* outp, int64_t begin, int64_t end) {
+    using scalar_t = std::remove_pointer_t<decltype(outp)>;
     constexpr bool kFloatOut = std::is_same_v<scalar_t, float>;
-    const auto xr = rows_of<scalar_t>(x);
-    scalar_t* outp = out.data_ptr<scalar_t>();
-    at::parallel_for(0, batch * chunks, 1, [&](int64_t begin, int64_t end) {
-      const SequentialMkl sequential;
-      std::vector<float> s_buf(in_channels * span), scratch(span), z_buf(z_rows * span), phase(chunk);
-      std::vector<float> line(kFloatOut ? 0 : chunk * stride);
-      for (int64_t task = begin; task < end; ++task) {
-        const int64_t bi = task / chunks, q0 = (task % chunks) * chunk;
-        const int64_t n = std::min(chunk, steps - q0);
-        const TransposedTask span_of = transposed_task(q0, n, stride, padding, kernel, out_frames);
-        const int64_t first = span_of.first, len = span_of.len, t_first = span_of.t_first, width = span_of.width;
-        for (int64_t c = 0; c < in_channels; ++c) {
-          snake_window(xr.row(bi * in_channels + c), frames, t_first, width, a[c], inv[c], s_buf.data() + c * width,
-                       scratch.data());
-        }
-        float* z = z_buf.data();
-        gemm_rm(engine, z_rows, width, in_channels, wp, rows_first ? in_channels : z_rows, !rows_first, s_buf.data(), width, 0.0f, z, width);
-        for (int64_t o = 0; o < out_channels; ++o) {
-          scalar_t* yrow = outp + (bi * out_channels + o) * out_frames + first;
-          float* dst;
-          if constexpr (kFloatOut) {
-            dst = yrow;
-          } else {
-            dst = line.data();
-          }
-          gather_transposed(z, width, o, kernel, stride, padding, q0, span_of, b[o], phase.data(), dst);
-          if constexpr (!kFloatOut) store_floats(line.data(), yrow, len);
-        }
+    std::vector<float> s_buf(in_channels * span), scratch(span), z_buf(z_rows * span), phase(chunk);
+    std::vector<float> line(kFloatOut ? 0 : chunk * stride);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t bi = task / chunks, q0 = (task % chunks) * chunk;
+      const int64_t n = std::min(chunk, steps - q0);
+      const TransposedTask span_of = transposed_task(q0, n, stride, padding, kernel, out_frames);
+      const int64_t first = span_of.first, len = span_of.len, t_first = span_of.t_first, width = span_of.width;
+      for (int64_t c = 0; c < in_channels; ++c) {
+        snake_window(xr.row(bi * in_channels + c), frames, t_first, width, a[c], inv[c], s_buf.data() + c * width,
+                     scratch.data());
       }
-    });
+      float* z = z_buf.data();
+      gemm_rm(engine, z_rows, width, in_channels, wp, rows_first ? in_channels : z_rows, !rows_first, s_buf.data(), width, 0.0f, z, width);
+      for (int64_t o = 0; o < out_channels; ++o) {
+        scalar_t* yrow = outp + (bi * out_channels + o) * out_frames + first;
+        float* dst;
+        if constexpr (kFloatOut) {
+          dst = yrow;
+        } else {
+          dst = line.data();
+        }
+        gather_transposed(z, width, o, kernel, stride, padding, q0, span_of, b[o], phase.data(), dst);
+        if constexpr (!kFloatOut) store_floats(line.data(), yrow, len);
+      }
+    }
   });
   return out;
 }

@@ -52,63 +52,47 @@ at::Tensor residual_unit_gemm(const at::Tensor& x, const at::Tensor& alpha1, con
   // the item is alone or in a longer padded batch (codes equal alone).
   const int64_t cols = chunk;
 
-  dispatch_storage_type(x.scalar_type(), "residual_unit", [&](auto tag) {
-    using scalar_t = decltype(tag);
-    const auto xr = rows_of<scalar_t>(x);
-    scalar_t* outp = out.data_ptr<scalar_t>();
+  for_each_task(x, out, "residual_unit", batch * chunks, [&](const auto& xr, auto* outp, int64_t begin, int64_t end) {
+    using scalar_t = std::remove_pointer_t<decltype(outp)>;
     constexpr bool kFloatOut = std::is_same_v<scalar_t, float>;
-    at::parallel_for(0, batch * chunks, 1, [&](int64_t begin, int64_t end) {
-      const SequentialMkl sequential;
-      std::vector<float> s_buf(channels * span), h_buf(channels * cols), i_buf(kernel * channels * cols),
-          scratch(std::max(span, cols)), o_buf(channels * cols);
-      for (int64_t task = begin; task < end; ++task) {
-        const int64_t b = task / chunks, t0 = (task % chunks) * chunk;
-        const int64_t n = std::min(chunk, frames - t0);
-        const int64_t lo = t0 - pad, width = n + 2 * pad;  // S covers [lo, lo + width)
-        // S = snake(x) over the chunk and its halo; zero padding outside the signal.
-        for (int64_t c = 0; c < channels; ++c) {
-          snake_window(xr.row(b * channels + c), frames, lo, width, a1[c], inv1[c], s_buf.data() + c * span,
-                       scratch.data());
-        }
-        // H = b1 + Σ_k W1_k · S shifted by k·d.
-        float* h = h_buf.data();
-        for (int64_t c = 0; c < channels; ++c) std::fill(h + c * cols, h + (c + 1) * cols, b1[c]);
-        // im2col: row k·C + c of I is S[c] shifted by k·d; one GEMM with K = 7C runs ~3.5x faster than
-        // seven K = C GEMMs on shifted views of S.
-        float* im = i_buf.data();
-        for (int64_t k = 0; k < kernel; ++k) {
-          for (int64_t c = 0; c < channels; ++c) {
-            float* row = im + (k * channels + c) * cols;
-            std::memcpy(row, s_buf.data() + c * span + k * dilation, n * sizeof(float));
-            std::fill(row + n, row + cols, 0.0f);
-          }
-        }
-        gemm_rm(engine, channels, cols, kernel * channels, w1p, kernel * channels, false, im, cols, 1.0f, h, cols);
-        // Columns past n keep b1: they only feed output columns that are dropped.
-        for (int64_t c = 0; c < channels; ++c) snake_floats(h + c * cols, h + c * cols, scratch.data(), n, a2[c], inv2[c]);
-        // out = (x + b2) + W2 · H, written straight into the output for a full fp32 chunk.
-        const bool direct = kFloatOut && n == cols;
-        float* o = direct ? reinterpret_cast<float*>(outp) + b * channels * frames + t0 : o_buf.data();
-        const int64_t ldo = direct ? frames : cols;
-        for (int64_t c = 0; c < channels; ++c) {
-          // x + b2 from S's source row: reread x (still in cache from the first pass).
-          const scalar_t* xs = xr.row(b * channels + c) + t0;
-          float* oc = o + c * ldo;
-          if constexpr (kFloatOut) {
-            std::memcpy(oc, xs, n * sizeof(float));
-          } else {
-            load_floats(xs, oc, n);
-          }
-          const fVec vb(b2[c]);
-          int64_t i = 0;
-          for (; i + fVec::size() <= n; i += fVec::size()) (fVec::loadu(oc + i) + vb).store(oc + i);
-          if (i < n) (fVec::loadu(oc + i, n - i) + vb).store(oc + i, n - i);
-          std::fill(oc + n, oc + (direct ? n : cols), 0.0f);
-        }
-        gemm_rm(engine, channels, cols, channels, w2p, channels, false, h, cols, 1.0f, o, ldo);
-        if (!direct) store_rows(o, ldo, outp + b * channels * frames + t0, frames, channels, n);
+    std::vector<float> s_buf(channels * span), h_buf(channels * cols), i_buf(kernel * channels * cols),
+        scratch(std::max(span, cols)), o_buf(channels * cols);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / chunks, t0 = (task % chunks) * chunk;
+      const int64_t n = std::min(chunk, frames - t0);
+      const int64_t lo = t0 - pad, width = n + 2 * pad;  // S covers [lo, lo + width)
+      // S = snake(x) over the chunk and its halo; zero padding outside the signal.
+      for (int64_t c = 0; c < channels; ++c) {
+        snake_window(xr.row(b * channels + c), frames, lo, width, a1[c], inv1[c], s_buf.data() + c * span,
+                     scratch.data());
       }
-    });
+      // H = b1 + Σ_k W1_k · S shifted by k·d.
+      float* h = h_buf.data();
+      for (int64_t c = 0; c < channels; ++c) std::fill(h + c * cols, h + (c + 1) * cols, b1[c]);
+      // im2col: row k·C + c of I is S[c] shifted by k·d; one GEMM with K = 7C runs ~3.5x faster than
+      // seven K = C GEMMs on shifted views of S.
+      float* im = i_buf.data();
+      for (int64_t k = 0; k < kernel; ++k) {
+        for (int64_t c = 0; c < channels; ++c) {
+          float* row = im + (k * channels + c) * cols;
+          std::memcpy(row, s_buf.data() + c * span + k * dilation, n * sizeof(float));
+          std::fill(row + n, row + cols, 0.0f);
+        }
+      }
+      gemm_rm(engine, channels, cols, kernel * channels, w1p, kernel * channels, false, im, cols, 1.0f, h, cols);
+      // Columns past n keep b1: they only feed output columns that are dropped.
+      for (int64_t c = 0; c < channels; ++c) snake_floats(h + c * cols, h + c * cols, scratch.data(), n, a2[c], inv2[c]);
+      // out = (x + b2) + W2 · H, written straight into the output for a full fp32 chunk.
+      const bool direct = kFloatOut && n == cols;
+      float* o = direct ? reinterpret_cast<float*>(outp) + b * channels * frames + t0 : o_buf.data();
+      const int64_t ldo = direct ? frames : cols;
+      // x + b2 from S's source rows: reread x (still in cache from the first pass).
+      for (int64_t c = 0; c < channels; ++c) {
+        shortcut_plus_bias(xr.row(b * channels + c) + t0, b2[c], o + c * ldo, n, direct ? n : cols);
+      }
+      gemm_rm(engine, channels, cols, channels, w2p, channels, false, h, cols, 1.0f, o, ldo);
+      if (!direct) store_rows(o, ldo, outp + b * channels * frames + t0, frames, channels, n);
+    }
   });
   return out;
 }

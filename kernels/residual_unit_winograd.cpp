@@ -93,86 +93,82 @@ at::Tensor residual_unit_winograd(const at::Tensor& x, const at::Tensor& alpha1,
   const int64_t s_len = phase_len * block;             // S samples read per chunk, halo included
   const int64_t chunks = (frames + chunk - 1) / chunk;
 
-  dispatch_storage_type(x.scalar_type(), "residual_unit_winograd", [&](auto tag) {
-    using scalar_t = decltype(tag);
-    const auto xr = rows_of<scalar_t>(x);
-    scalar_t* outp = out.data_ptr<scalar_t>();
-    at::parallel_for(0, batch * chunks, 1, [&](int64_t begin, int64_t end) {
-      const SequentialMkl sequential;
-      std::vector<float> s_row(s_len), scratch(std::max(s_len, chunk)), r_buf(channels * s_len),
-          v_buf(alpha * channels * tiles), m_buf(alpha * channels * tiles), h_buf(channels * chunk),
-          o_buf(channels * chunk);
-      for (int64_t task = begin; task < end; ++task) {
-        const int64_t b = task / chunks, t0 = (task % chunks) * chunk;
-        const int64_t n = std::min(chunk, frames - t0);
-        // S split by phase of the m-stride: R[s][j·d + res] = S[(j·m + s)·d + res], zeros outside the signal.
-        for (int64_t c = 0; c < channels; ++c) {
-          snake_window(xr.row(b * channels + c), frames, t0 - pad, s_len, a1[c], inv1[c], s_row.data(),
-                       scratch.data());
-          float* rc = r_buf.data() + c * s_len;
-          for (int64_t s = 0; s < m; ++s) {
-            for (int64_t res = 0; res < dilation; ++res) {
-              float* dst = rc + s * phase_len * dilation + res;
-              const float* src = s_row.data() + s * dilation + res;
-              for (int64_t j = 0; j < phase_len; ++j) dst[j * dilation] = src[j * block];
-            }
+  for_each_task(x, out, "residual_unit_winograd", batch * chunks,
+                [&](const auto& xr, auto* outp, int64_t begin, int64_t end) {
+    using scalar_t = std::remove_pointer_t<decltype(outp)>;
+    std::vector<float> s_row(s_len), scratch(std::max(s_len, chunk)), r_buf(channels * s_len),
+        v_buf(alpha * channels * tiles), m_buf(alpha * channels * tiles), h_buf(channels * chunk),
+        o_buf(channels * chunk);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / chunks, t0 = (task % chunks) * chunk;
+      const int64_t n = std::min(chunk, frames - t0);
+      // S split by phase of the m-stride: R[s][j·d + res] = S[(j·m + s)·d + res], zeros outside the signal.
+      for (int64_t c = 0; c < channels; ++c) {
+        snake_window(xr.row(b * channels + c), frames, t0 - pad, s_len, a1[c], inv1[c], s_row.data(),
+                     scratch.data());
+        float* rc = r_buf.data() + c * s_len;
+        for (int64_t s = 0; s < m; ++s) {
+          for (int64_t res = 0; res < dilation; ++res) {
+            float* dst = rc + s * phase_len * dilation + res;
+            const float* src = s_row.data() + s * dilation + res;
+            for (int64_t j = 0; j < phase_len; ++j) dst[j * dilation] = src[j * block];
           }
         }
-        // Tile t = q·d + res reads input p at R[p % m][t + (p / m)·d]: V[a][c][t] = Σ_p Bᵀ[a][p] · that.
-        for (int64_t c = 0; c < channels; ++c) {
-          const float* rc = r_buf.data() + c * s_len;
-          for (int64_t a = 0; a < alpha; ++a) {
-            float* dst = v_buf.data() + (a * channels + c) * tiles;
-            bool first = true;
-            for (int64_t p = 0; p < alpha; ++p) {
-              const float coef = bt[a * alpha + p];
-              if (coef == 0.0f) continue;
-              axpy(coef, rc + (p % m) * phase_len * dilation + (p / m) * dilation, dst, tiles, first);
-              first = false;
-            }
-            if (first) std::fill(dst, dst + tiles, 0.0f);
-          }
-        }
+      }
+      // Tile t = q·d + res reads input p at R[p % m][t + (p / m)·d]: V[a][c][t] = Σ_p Bᵀ[a][p] · that.
+      for (int64_t c = 0; c < channels; ++c) {
+        const float* rc = r_buf.data() + c * s_len;
         for (int64_t a = 0; a < alpha; ++a) {
-          gemm_rm(engine, channels, tiles, channels, up + a * channels * channels, channels, false,
-                  v_buf.data() + a * channels * tiles, tiles, 0.0f, m_buf.data() + a * channels * tiles, tiles);
-        }
-        // H[c][i · tiles + t] = b1 + Σ_a Aᵀ[i][a] · M[a][c][t] (output i of tile t); then snake.
-        for (int64_t c = 0; c < channels; ++c) {
-          float* hc = h_buf.data() + c * chunk;
-          for (int64_t i = 0; i < m; ++i) {
-            float* hi = hc + i * tiles;
-            std::fill(hi, hi + tiles, b1[c]);
-            for (int64_t a = 0; a < alpha; ++a) {
-              const float coef = at_m[i * alpha + a];
-              if (coef != 0.0f) axpy(coef, m_buf.data() + (a * channels + c) * tiles, hi, tiles, false);
-            }
+          float* dst = v_buf.data() + (a * channels + c) * tiles;
+          bool first = true;
+          for (int64_t p = 0; p < alpha; ++p) {
+            const float coef = bt[a * alpha + p];
+            if (coef == 0.0f) continue;
+            axpy(coef, rc + (p % m) * phase_len * dilation + (p / m) * dilation, dst, tiles, first);
+            first = false;
           }
-          snake_floats(hc, hc, scratch.data(), chunk, a2[c], inv2[c]);
+          if (first) std::fill(dst, dst + tiles, 0.0f);
         }
-        gemm_rm(engine, channels, chunk, channels, w2p, channels, false, h_buf.data(), chunk, 0.0f, o_buf.data(), chunk);
-        // out[t0 + q·m·d + i·d + res] = x + b2 + O[i · tiles + q·d + res], back in time order.
-        for (int64_t c = 0; c < channels; ++c) {
-          const scalar_t* xs = xr.row(b * channels + c) + t0;
-          scalar_t* os = outp + (b * channels + c) * frames + t0;
-          const float* oc = o_buf.data() + c * chunk;
-          const float bias = b2[c];
-          // One strided stream per (i, res): times i·d + res + q·m·d read O at i·tiles + res + q·d.
-          for (int64_t i = 0; i < m; ++i) {
-            for (int64_t res = 0; res < dilation; ++res) {
-              const int64_t first = i * dilation + res;
-              if (first >= n) break;
-              const int64_t count = (n - first + block - 1) / block;
-              const float* src = oc + i * tiles + res;
-              for (int64_t q = 0; q < count; ++q) {
-                const int64_t t = first + q * block;
-                os[t] = static_cast<scalar_t>(static_cast<float>(xs[t]) + (bias + src[q * dilation]));
-              }
+      }
+      for (int64_t a = 0; a < alpha; ++a) {
+        gemm_rm(engine, channels, tiles, channels, up + a * channels * channels, channels, false,
+                v_buf.data() + a * channels * tiles, tiles, 0.0f, m_buf.data() + a * channels * tiles, tiles);
+      }
+      // H[c][i · tiles + t] = b1 + Σ_a Aᵀ[i][a] · M[a][c][t] (output i of tile t); then snake.
+      for (int64_t c = 0; c < channels; ++c) {
+        float* hc = h_buf.data() + c * chunk;
+        for (int64_t i = 0; i < m; ++i) {
+          float* hi = hc + i * tiles;
+          std::fill(hi, hi + tiles, b1[c]);
+          for (int64_t a = 0; a < alpha; ++a) {
+            const float coef = at_m[i * alpha + a];
+            if (coef != 0.0f) axpy(coef, m_buf.data() + (a * channels + c) * tiles, hi, tiles, false);
+          }
+        }
+        snake_floats(hc, hc, scratch.data(), chunk, a2[c], inv2[c]);
+      }
+      gemm_rm(engine, channels, chunk, channels, w2p, channels, false, h_buf.data(), chunk, 0.0f, o_buf.data(), chunk);
+      // out[t0 + q·m·d + i·d + res] = x + b2 + O[i · tiles + q·d + res], back in time order.
+      for (int64_t c = 0; c < channels; ++c) {
+        const scalar_t* xs = xr.row(b * channels + c) + t0;
+        scalar_t* os = outp + (b * channels + c) * frames + t0;
+        const float* oc = o_buf.data() + c * chunk;
+        const float bias = b2[c];
+        // One strided stream per (i, res): times i·d + res + q·m·d read O at i·tiles + res + q·d.
+        for (int64_t i = 0; i < m; ++i) {
+          for (int64_t res = 0; res < dilation; ++res) {
+            const int64_t first = i * dilation + res;
+            if (first >= n) break;
+            const int64_t count = (n - first + block - 1) / block;
+            const float* src = oc + i * tiles + res;
+            for (int64_t q = 0; q < count; ++q) {
+              const int64_t t = first + q * block;
+              os[t] = static_cast<scalar_t>(static_cast<float>(xs[t]) + (bias + src[q * dilation]));
             }
           }
         }
       }
-    });
+    }
   });
   return out;
 }
