@@ -201,33 +201,33 @@ def test_save_pretrained_round_trip_is_exact(checkpoint, tmp_path, audio):
 
 
 # ---- original X-Codec checkpoints -----------------------------------------------------------
+# transformers' acoustic encoder / decoder -> (the original's module, the list its layers sit in, the
+# original index of res_unitN minus N, original indices of the layers a DAC block has beside its units).
+# Both sides share the rest: res-unit layer order, block i -> i + 1, and the top conv1/snake1/conv2 at 0/5/6.
+ACOUSTIC_LAYOUTS = {
+    "acoustic_encoder.": ("encoder", "block", -1, {"snake1": 3, "conv1": 4}),
+    "acoustic_decoder.": ("decoder_2", "model", 1, {"snake1": 0, "conv_t1": 1}),
+}
+
+
 def transformers_to_original_key(key: str) -> str:
     """The inverse of transformers' convert_xcodec_weights_to_hf mapping (4 DAC blocks)."""
     unit_layers = {"snake1": 0, "conv1": 1, "snake2": 2, "conv2": 3}
+    top_layers = {"conv1": 0, "snake1": 5, "conv2": 6}
     key = key.replace("parametrizations.weight.original0", "weight_g")
     key = key.replace("parametrizations.weight.original1", "weight_v")
-    if key.startswith("acoustic_encoder."):
-        rest = key[len("acoustic_encoder.") :]
+    for prefix, (module, layers, unit_shift, block_layers) in ACOUSTIC_LAYOUTS.items():
+        if not key.startswith(prefix):
+            continue
+        rest = key[len(prefix) :]
         if m := re.match(r"block\.(\d)\.res_unit(\d)\.(\w+)\.(.*)", rest):
             block, unit, layer, tail = m.groups()
-            return f"encoder.block.{int(block) + 1}.block.{int(unit) - 1}.block.{unit_layers[layer]}.{tail}"
-        if m := re.match(r"block\.(\d)\.(snake1|conv1)\.(.*)", rest):
+            return f"{module}.{layers}.{int(block) + 1}.block.{int(unit) + unit_shift}.block.{unit_layers[layer]}.{tail}"
+        if m := re.match(rf"block\.(\d)\.({'|'.join(block_layers)})\.(.*)", rest):
             block, layer, tail = m.groups()
-            return f"encoder.block.{int(block) + 1}.block.{3 if layer == 'snake1' else 4}.{tail}"
-        top = {"conv1": "block.0", "snake1": "block.5", "conv2": "block.6"}
+            return f"{module}.{layers}.{int(block) + 1}.block.{block_layers[layer]}.{tail}"
         head, _, tail = rest.partition(".")
-        return f"encoder.{top[head]}.{tail}"
-    if key.startswith("acoustic_decoder."):
-        rest = key[len("acoustic_decoder.") :]
-        if m := re.match(r"block\.(\d)\.res_unit(\d)\.(\w+)\.(.*)", rest):
-            block, unit, layer, tail = m.groups()
-            return f"decoder_2.model.{int(block) + 1}.block.{int(unit) + 1}.block.{unit_layers[layer]}.{tail}"
-        if m := re.match(r"block\.(\d)\.(snake1|conv_t1)\.(.*)", rest):
-            block, layer, tail = m.groups()
-            return f"decoder_2.model.{int(block) + 1}.block.{0 if layer == 'snake1' else 1}.{tail}"
-        top = {"conv1": "model.0", "snake1": "model.5", "conv2": "model.6"}
-        head, _, tail = rest.partition(".")
-        return f"decoder_2.{top[head]}.{tail}"
+        return f"{module}.{layers}.{top_layers[head]}.{tail}"
     if key.startswith(("encoder_semantic.", "decoder_semantic.")):
         return re.sub(r"(conv\d?)\.(weight|bias)$", r"\1.conv.\2", key)
     if m := re.match(r"quantizer\.quantizers\.(\d+)\.codebook\.(.*)", key):

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from xcodec_fast import ops
+from xcodec_fast.ops import tuning
 
 CUDA = torch.cuda.is_available()
 # Triton runs CUDA tensors, or CPU tensors under its interpreter (tests/conftest.py); native, CPU ones.
@@ -53,7 +54,36 @@ def fp32_args(args):
     return [a.float() if isinstance(a, torch.Tensor) else a for a in args]
 
 
+def assert_item_alone_equals_item_in_a_zero_padded_batch(run, x, length):
+    """The model zeroes frames past an item's length in a padded batch: ``run``'s frames of item 0
+    there must be bit-equal to its result on the item alone (codes equal in padded batches),
+    whatever its batch-mates hold."""
+    alone = run(x[:1, :, :length])
+    batch = x.clone()
+    batch[0, :, length:] = 0
+    assert torch.equal(run(batch)[:1, :, : alone.shape[-1]], alone)
+
+
 # --- native's cases (CPU) ---
+
+
+def measure_dispatch(tmp_path, monkeypatch, mode="auto"):
+    """Measured dispatch on (``mode`` "retune": measure even sites a stored table has), with its
+    table in ``tmp_path`` and no tuner left from other tests."""
+    monkeypatch.setenv(tuning.MODE_ENV, mode)
+    monkeypatch.setenv(tuning.CACHE_ENV, str(tmp_path))
+    monkeypatch.setattr(tuning, "_tuners", {})
+
+
+def assert_forced_residual_unit_runs(choice, implementation, args):
+    """ops.residual_unit on native with ``choice`` forced returns ``implementation``'s result, and
+    that differs from the default GEMM's (so the forcing is seen)."""
+    from xcodec_fast.ops import native  # not at import: Triton-only runs never load the native backend
+
+    with ops.use_backend("native"), tuning.forced("residual_unit", choice):
+        forced = ops.residual_unit(*args)
+    assert torch.equal(forced, implementation(*args))
+    assert not torch.equal(forced, native.extension().residual_unit_gemm(*args))
 
 
 def make_input(batch, channels, frames, dtype=torch.float32, seed=0):

@@ -4,10 +4,11 @@ native backend runs ATen's or oneDNN's (weight reordered once), whichever measur
 import pytest
 import torch
 
+from op_cases import measure_dispatch
 from tolerances import LINEAR_VS_FLOAT64, to_reference
 from xcodec_fast import ops
 from xcodec_fast.modeling.layers import Linear
-from xcodec_fast.ops import native, packing, tuning
+from xcodec_fast.ops import native, packing
 
 NATIVE = native.availability(torch.device("cpu"))[0] and native._onednn_linear_available()
 needs_native = pytest.mark.skipif(not NATIVE, reason="native backend or oneDNN unavailable")
@@ -85,9 +86,7 @@ def test_the_onednn_weight_is_reordered_once_and_again_when_it_changes(monkeypat
 
 @needs_native
 def test_measured_dispatch_times_both_on_a_linear_probe(tmp_path, monkeypatch):
-    monkeypatch.setenv(tuning.MODE_ENV, "auto")
-    monkeypatch.setenv(tuning.CACHE_ENV, str(tmp_path))
-    monkeypatch.setattr(tuning, "_tuners", {})
+    measure_dispatch(tmp_path, monkeypatch)
     x, w, b = _case((1, 9), 128, 256)
     with torch.no_grad(), ops.use_backend("native"):
         ops.linear(x, w, b)

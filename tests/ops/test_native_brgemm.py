@@ -2,11 +2,16 @@
 against fp32 next to eager bf16's own, odd sizes, batch independence, chunking, dispatch, and bad
 arguments."""
 
+from typing import Callable, NamedTuple
+
 import pytest
 import torch
 
 import tolerances
-from op_cases import fp32_args, residual_args
+from op_cases import (
+    assert_forced_residual_unit_runs, assert_item_alone_equals_item_in_a_zero_padded_batch, fp32_args, measure_dispatch,
+    residual_args,
+)
 from xcodec_fast import ops
 from xcodec_fast.ops import eager, native, tuning
 
@@ -68,15 +73,8 @@ def test_chunk_size_changes_nothing_but_rounding(chunk):
 @needs_brgemm
 @pytest.mark.parametrize("dilation", DILATIONS)
 def test_item_alone_equals_item_in_a_zero_padded_batch(dilation):
-    """Frames past an item's length are zero in a padded batch: its frames must be bit-equal to
-    its result alone, whatever its batch-mates hold."""
-    x, alpha1, w1, b1, d, alpha2, w2, b2 = residual_args(3, 16, 777, dilation, torch.bfloat16)
-    length = 401
-    alone = native.residual_unit_brgemm(x[:1, :, :length], alpha1, w1, b1, d, alpha2, w2, b2)
-    batch = x.clone()
-    batch[0, :, length:] = 0
-    together = native.residual_unit_brgemm(batch, alpha1, w1, b1, d, alpha2, w2, b2)
-    assert torch.equal(together[:1, :, :length], alone)
+    x, *rest = residual_args(3, 16, 777, dilation, torch.bfloat16)
+    assert_item_alone_equals_item_in_a_zero_padded_batch(lambda v: native.residual_unit_brgemm(v, *rest), x, 401)
 
 
 @needs_brgemm
@@ -94,13 +92,8 @@ def test_forced_dispatch_runs_brgemm_and_the_table_measures_it(tmp_path, monkeyp
     """ops.residual_unit on native runs brgemm for bf16 when forced; measuring times it beside the
     other implementations for bf16, and never offers it for fp32 or an odd channel count."""
     args = residual_args(1, 32, 2001, 3, torch.bfloat16)
-    with ops.use_backend("native"), tuning.forced("residual_unit", "brgemm"):
-        forced = ops.residual_unit(*args)
-    assert torch.equal(forced, native.residual_unit_brgemm(*args))
-    assert not torch.equal(forced, native.extension().residual_unit_gemm(*args))
-    monkeypatch.setenv(tuning.CACHE_ENV, str(tmp_path))
-    monkeypatch.setenv(tuning.MODE_ENV, "retune")
-    monkeypatch.setattr(tuning, "_tuners", {})
+    assert_forced_residual_unit_runs("brgemm", native.residual_unit_brgemm, args)
+    measure_dispatch(tmp_path, monkeypatch, "retune")
     with ops.use_backend("native"):
         ops.residual_unit(*args)
         ops.residual_unit(*residual_args(1, 32, 2001, 3))
@@ -148,20 +141,53 @@ def transposed_args(cin, cout, frames, kernel, stride, padding, output_padding, 
     return (*conv_inputs(cin, cout, frames, kernel, True, batch, seed), stride, padding, output_padding)
 
 
+# (C_in, C_out, frames, kernel, stride, padding): the encoder's four downsampling sites and its
+# last conv at short lengths, the decoder's 64 -> 1 output conv, then odd shapes (C_in odd with an
+# even stride, kernel < stride, one output frame).
+STRIDED = [(64, 128, 2001, 4, 2, 1), (128, 256, 1601, 8, 4, 2), (256, 512, 1001, 10, 5, 3), (512, 1024, 333, 16, 8, 4),
+           (1024, 256, 41, 3, 1, 1), (64, 1, 3001, 7, 1, 3), (3, 5, 11, 3, 2, 1), (2, 3, 1, 1, 1, 0), (4, 6, 29, 2, 3, 0),
+           (6, 2, 9, 9, 1, 0)]
+
+
+def strided_args(cin, cout, frames, kernel, stride, padding, batch=2, seed=0):
+    return (*conv_inputs(cin, cout, frames, kernel, False, batch, seed), stride, padding)
+
+
+class BrgemmConv(NamedTuple):
+    """One of the two brgemm convs, for the tests they share."""
+
+    kernel: Callable
+    reference: Callable  # eager's op
+    make_args: Callable  # case -> the op's arguments
+    cases: list
+    chunked_case: tuple  # long enough for several chunks
+
+
+BRGEMM_CONVS = {
+    "transposed": BrgemmConv(native.snake_conv_transpose1d_brgemm, eager.snake_conv_transpose1d, transposed_args,
+                             TRANSPOSED, (64, 32, 777, 8, 4, 2, 0)),
+    "strided": BrgemmConv(native.snake_conv1d_brgemm, eager.snake_conv1d, strided_args, STRIDED,
+                          (64, 32, 1777, 8, 4, 2)),
+}
+
+
 @needs_brgemm
-@pytest.mark.parametrize("case", TRANSPOSED, ids=lambda c: "-".join(map(str, c)))
-def test_transposed_error_vs_fp32_is_within_bf16s_and_eager_bf16s(case):
-    args = transposed_args(*case)
-    assert_matches_fp32_and_beats_eager(native.snake_conv_transpose1d_brgemm(*args), eager.snake_conv_transpose1d, args)
+@pytest.mark.parametrize("name, case", [pytest.param(name, case, id="-".join([name, *map(str, case)]))
+                                        for name, conv in BRGEMM_CONVS.items() for case in conv.cases])
+def test_conv_error_vs_fp32_is_within_bf16s_and_eager_bf16s(name, case):
+    conv = BRGEMM_CONVS[name]
+    args = conv.make_args(*case)
+    assert_matches_fp32_and_beats_eager(conv.kernel(*args), conv.reference, args)
 
 
 @needs_brgemm
 @pytest.mark.parametrize("chunk", [1, 7, 64, 4096])
-def test_transposed_chunk_size_changes_nothing_but_rounding(chunk):
-    args = transposed_args(64, 32, 777, 8, 4, 2, 0)
-    expected = eager.snake_conv_transpose1d(*fp32_args(args))
-    out = native.snake_conv_transpose1d_brgemm(*args, chunk=chunk)
-    assert peak_error(out, expected) <= tolerances.BRGEMM_BF16
+@pytest.mark.parametrize("name", BRGEMM_CONVS)
+def test_conv_chunk_size_changes_nothing_but_rounding(name, chunk):
+    conv = BRGEMM_CONVS[name]
+    args = conv.make_args(*conv.chunked_case)
+    expected = conv.reference(*fp32_args(args))
+    assert peak_error(conv.kernel(*args, chunk=chunk), expected) <= tolerances.BRGEMM_BF16
 
 
 @needs_brgemm
@@ -190,42 +216,10 @@ def test_transposed_bad_arguments_name_the_problem():
         ext.snake_conv_transpose1d_brgemm(x, alpha, weight, bias, s, p, op, 0, weight.float())
 
 
-# (C_in, C_out, frames, kernel, stride, padding): the encoder's four downsampling sites and its
-# last conv at short lengths, the decoder's 64 -> 1 output conv, then odd shapes (C_in odd with an
-# even stride, kernel < stride, one output frame).
-STRIDED = [(64, 128, 2001, 4, 2, 1), (128, 256, 1601, 8, 4, 2), (256, 512, 1001, 10, 5, 3), (512, 1024, 333, 16, 8, 4),
-           (1024, 256, 41, 3, 1, 1), (64, 1, 3001, 7, 1, 3), (3, 5, 11, 3, 2, 1), (2, 3, 1, 1, 1, 0), (4, 6, 29, 2, 3, 0),
-           (6, 2, 9, 9, 1, 0)]
-
-
-def strided_args(cin, cout, frames, kernel, stride, padding, batch=2, seed=0):
-    return (*conv_inputs(cin, cout, frames, kernel, False, batch, seed), stride, padding)
-
-
-@needs_brgemm
-@pytest.mark.parametrize("case", STRIDED, ids=lambda c: "-".join(map(str, c)))
-def test_strided_error_vs_fp32_is_within_bf16s_and_eager_bf16s(case):
-    args = strided_args(*case)
-    assert_matches_fp32_and_beats_eager(native.snake_conv1d_brgemm(*args), eager.snake_conv1d, args)
-
-
-@needs_brgemm
-@pytest.mark.parametrize("chunk", [1, 7, 64, 4096])
-def test_strided_chunk_size_changes_nothing_but_rounding(chunk):
-    args = strided_args(64, 32, 1777, 8, 4, 2)
-    expected = eager.snake_conv1d(*fp32_args(args))
-    assert peak_error(native.snake_conv1d_brgemm(*args, chunk=chunk), expected) <= tolerances.BRGEMM_BF16
-
-
 @needs_brgemm
 def test_strided_item_alone_equals_item_in_a_zero_padded_batch():
-    x, alpha, weight, bias, s, p = strided_args(16, 8, 1603, 8, 4, 2, batch=3)
-    length = 801
-    alone = native.snake_conv1d_brgemm(x[:1, :, :length], alpha, weight, bias, s, p)
-    batch = x.clone()
-    batch[0, :, length:] = 0
-    together = native.snake_conv1d_brgemm(batch, alpha, weight, bias, s, p)
-    assert torch.equal(together[:1, :, : alone.shape[-1]], alone)
+    x, *rest = strided_args(16, 8, 1603, 8, 4, 2, batch=3)
+    assert_item_alone_equals_item_in_a_zero_padded_batch(lambda v: native.snake_conv1d_brgemm(v, *rest), x, 801)
 
 
 @needs_brgemm

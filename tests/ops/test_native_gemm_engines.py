@@ -8,7 +8,9 @@ import pytest
 import torch
 
 import tolerances
-from op_cases import dac_weights, fp32_args, make_input, residual_args
+from op_cases import (
+    assert_item_alone_equals_item_in_a_zero_padded_batch, dac_weights, fp32_args, make_input, residual_args,
+)
 from xcodec_fast import ops
 from xcodec_fast.ops import eager, native, tuning, winograd
 
@@ -70,16 +72,11 @@ def test_item_alone_equals_item_in_a_zero_padded_batch_on_onednn(dilation):
     ext = native.extension()
     x, alpha1, w1, b1, d, alpha2, w2, b2 = residual_args(3, 16, 777, dilation)
     rest = (alpha1, w1, b1, d, alpha2, w2, b2)
-    length = 401
-    batch = x.clone()
-    batch[0, :, length:] = 0
-    for run in (lambda v: ext.residual_unit_gemm(v, *rest, 0, onednn=True),
-                lambda v: native.residual_unit_winograd(v, *rest, onednn=True)):
-        assert torch.equal(run(batch)[:1, :, :length], run(x[:1, :, :length]))
     w, b = dac_weights(16, 24, 8, seed=5)
-    conv = lambda v: ext.snake_conv1d_gemm(v, alpha1, w, b, 4, 2, 0, onednn=True)  # noqa: E731
-    alone = conv(x[:1, :, :length])
-    assert torch.equal(conv(batch)[:1, :, : alone.shape[-1]], alone)
+    for run in (lambda v: ext.residual_unit_gemm(v, *rest, 0, onednn=True),
+                lambda v: native.residual_unit_winograd(v, *rest, onednn=True),
+                lambda v: ext.snake_conv1d_gemm(v, alpha1, w, b, 4, 2, 0, onednn=True)):
+        assert_item_alone_equals_item_in_a_zero_padded_batch(run, x, 401)
 
 
 def test_transposed_conv_on_onednn_reads_its_own_weight_layout():

@@ -9,9 +9,12 @@ import torch
 import torch.nn.functional as F
 
 import tolerances
-from op_cases import fp32_args, residual_args
+from op_cases import (
+    assert_forced_residual_unit_runs, assert_item_alone_equals_item_in_a_zero_padded_batch, fp32_args, measure_dispatch,
+    residual_args,
+)
 from xcodec_fast import ops
-from xcodec_fast.ops import eager, native, tuning, winograd
+from xcodec_fast.ops import eager, native, winograd
 
 if not native.availability(torch.device("cpu"))[0]:
     pytest.skip("native backend unavailable", allow_module_level=True)
@@ -90,15 +93,8 @@ def test_chunk_size_changes_nothing_but_rounding(chunk):
 
 @pytest.mark.parametrize("dilation", DILATIONS)
 def test_item_alone_equals_item_in_a_zero_padded_batch(dilation):
-    """The model zeroes frames past an item's length: the item's frames must then be bit-equal to
-    its result alone (codes equal in padded batches), whatever its batch-mates hold."""
-    x, alpha1, w1, b1, d, alpha2, w2, b2 = residual_args(3, 16, 777, dilation)
-    length = 401
-    alone = native.residual_unit_winograd(x[:1, :, :length], alpha1, w1, b1, d, alpha2, w2, b2)
-    batch = x.clone()
-    batch[0, :, length:] = 0
-    together = native.residual_unit_winograd(batch, alpha1, w1, b1, d, alpha2, w2, b2)
-    assert torch.equal(together[:1, :, :length], alone)
+    x, *rest = residual_args(3, 16, 777, dilation)
+    assert_item_alone_equals_item_in_a_zero_padded_batch(lambda v: native.residual_unit_winograd(v, *rest), x, 401)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -122,13 +118,8 @@ def test_forced_dispatch_runs_winograd_and_the_table_measures_it(tmp_path, monke
     """ops.residual_unit on native runs Winograd when forced; with measuring on, every square unit
     times each allowed tile size beside the direct implementations."""
     args = residual_args(1, 32, 2001, 3)
-    with ops.use_backend("native"), tuning.forced("residual_unit", "winograd2"):
-        forced = ops.residual_unit(*args)
-    assert torch.equal(forced, native.residual_unit_winograd(*args, m=2))
-    assert not torch.equal(forced, native.extension().residual_unit_gemm(*args))
-    monkeypatch.setenv(tuning.CACHE_ENV, str(tmp_path))
-    monkeypatch.setenv(tuning.MODE_ENV, "retune")
-    monkeypatch.setattr(tuning, "_tuners", {})
+    assert_forced_residual_unit_runs("winograd2", lambda *a: native.residual_unit_winograd(*a, m=2), args)
+    measure_dispatch(tmp_path, monkeypatch, "retune")
     with ops.use_backend("native"):
         ops.residual_unit(*args)
     (entry,) = native.tuner().table.values()

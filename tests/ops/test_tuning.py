@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import tolerances
+from op_cases import measure_dispatch
 from xcodec_fast.ops import eager, native, tuning, winograd
 
 if not native.availability(torch.device("cpu"))[0]:
@@ -16,9 +17,7 @@ if not native.availability(torch.device("cpu"))[0]:
 @pytest.fixture
 def tuned(tmp_path, monkeypatch):
     """Measuring on, with a dispatch table in tmp_path and no tuner left from other tests."""
-    monkeypatch.setenv(tuning.MODE_ENV, "auto")
-    monkeypatch.setenv(tuning.CACHE_ENV, str(tmp_path))
-    monkeypatch.setattr(tuning, "_tuners", {})
+    measure_dispatch(tmp_path, monkeypatch)
     return tmp_path
 
 

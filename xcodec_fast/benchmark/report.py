@@ -84,39 +84,21 @@ def kernel_detail(result: dict) -> str:
     """Every case: time, GB/s, TFLOP/s, roofline fraction, speedup, agreement with eager."""
     rows = []
     for r in result.get("kernels", []):
+        case = [r["op"], r["label"], str(r["batch"]), r["dtype"], r["backend"]]
         if r["status"] != "ok":
-            rows.append(
-                [
-                    r["op"],
-                    r["label"],
-                    str(r["batch"]),
-                    r["dtype"],
-                    r["backend"],
-                    r["status"] + ": " + r.get("reason", "")[:80],
-                    "",
-                    "",
-                    "",
-                    "",
-                    "",
-                ]
-            )
+            # Nothing was measured: the status and its reason fill the first of the six measurement columns.
+            rows.append(case + [r["status"] + ": " + r.get("reason", "")[:80]] + [""] * 5)
             continue
         agree = r.get("code_match", r.get("max_rel_err"))
-        rows.append(
-            [
-                r["op"],
-                r["label"],
-                str(r["batch"]),
-                r["dtype"],
-                r["backend"],
-                f"{r['median_s'] * 1e3:.3f}",
-                f"{r['gbps']:.1f}",
-                f"{r['tflops']:.3f}",
-                f"{100 * r['roofline_fraction']:.1f} ({r['bound']})",
-                _fmt(r.get("speedup_vs_eager"), ".2f"),
-                _fmt(agree, ".2e" if "max_rel_err" in r else ".4f"),
-            ]
-        )
+        measured = [
+            f"{r['median_s'] * 1e3:.3f}",
+            f"{r['gbps']:.1f}",
+            f"{r['tflops']:.3f}",
+            f"{100 * r['roofline_fraction']:.1f} ({r['bound']})",
+            _fmt(r.get("speedup_vs_eager"), ".2f"),
+            _fmt(agree, ".2e" if "max_rel_err" in r else ".4f"),
+        ]
+        rows.append(case + measured)
     header = [
         "op",
         "site",

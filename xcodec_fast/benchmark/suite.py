@@ -29,29 +29,22 @@ DEFAULT_RESULTS = _ROOT / "bench" / "results" if _IN_CHECKOUT else Path("xcodec-
 DEFAULT_PLOTS = _ROOT / "bench" / "out" if _IN_CHECKOUT else Path("xcodec-fast-bench") / "out"
 
 # Quick mode: < 2 minutes on a small CPU. Full mode: the real 10 s workload, for GPUs.
+_FULL = dict(
+    seconds=10.0,
+    batches="1,16",
+    dtypes="float32,bfloat16,float16",
+    dilations="1,3,9",
+    e2e_config="full",
+    e2e_seconds=10.0,
+    compile=True,
+)
 MODES = {
     "quick": dict(
         seconds=0.5, batches="1", dtypes="float32", dilations="1", e2e_config="tiny", e2e_seconds=2.0, compile=False
     ),
-    "full": dict(
-        seconds=10.0,
-        batches="1,16",
-        dtypes="float32,bfloat16,float16",
-        dilations="1,3,9",
-        e2e_config="full",
-        e2e_seconds=10.0,
-        compile=True,
-    ),
+    "full": _FULL,
     # The same 10 s workload sized for a CPU: batch 16 x 10 s and fp16 convolutions are impractical there.
-    "full-cpu": dict(
-        seconds=10.0,
-        batches="1",
-        dtypes="float32,bfloat16",
-        dilations="1,3,9",
-        e2e_config="full",
-        e2e_seconds=10.0,
-        compile=True,
-    ),
+    "full-cpu": {**_FULL, "batches": "1", "dtypes": "float32,bfloat16"},
 }
 CONFIGS = {"full": XcodecConfig, "tiny": tiny_config}
 

@@ -25,6 +25,18 @@ def bf16_in_interpreter(x: torch.Tensor) -> bool:
     return INTERPRETING and x.device.type == "cpu" and x.dtype == torch.bfloat16
 
 
+def float_or_none(t: torch.Tensor | None) -> torch.Tensor | None:
+    """``t`` in fp32, None staying None: the operands of a launch rerun in fp32 (bf16_in_interpreter)."""
+    return None if t is None else t.float()
+
+
+def split_launch_options(cfg: dict) -> tuple[dict, dict]:
+    """A config-table row as (kernel constexprs, launch options): num_warps and num_stages are
+    launch options, everything else a block size the kernel takes as a constexpr."""
+    blocks = dict(cfg)
+    return blocks, {k: blocks.pop(k) for k in ("num_warps", "num_stages")}
+
+
 def needs_int64_offsets(*tensors: torch.Tensor | None) -> bool:
     """Whether any tensor's elements reach past int32 offsets (e.g. 64 channels × 35 min of 16 kHz)."""
     return any(t is not None and t.numel() >= INT32_LIMIT for t in tensors)

@@ -40,8 +40,8 @@ from ..backend import register
 from . import _math, _pack
 from ._compile import kernel_config
 from ._launch import (
-    MATH_MODES, bf16_in_interpreter, default_model_sites, flat, mode_label, needs_int64_offsets, pow2,
-    unique_configs,
+    MATH_MODES, bf16_in_interpreter, default_model_sites, flat, float_or_none, mode_label, needs_int64_offsets,
+    pow2, split_launch_options, unique_configs,
 )
 
 
@@ -138,7 +138,7 @@ def snake_conv1d_launch(
 ) -> torch.Tensor:
     """``[residual +] [snake_out](conv1d([snake_in](x), weight, bias, stride, padding, dilation))``."""
     if bf16_in_interpreter(x):
-        f = lambda t: None if t is None else t.float()  # noqa: E731
+        f = float_or_none
         return snake_conv1d_launch(f(x), f(alpha_in), f(weight), f(bias), stride, padding, dilation,
                                    f(alpha_out), f(residual)).to(x.dtype)
     x = x.contiguous()
@@ -156,8 +156,7 @@ def snake_conv1d_launch(
         if residual.shape != out.shape:
             raise ValueError(f"snake_conv1d: residual has shape {tuple(residual.shape)}, the output {tuple(out.shape)}")
     int64 = needs_int64_offsets(x, out)
-    cfg = conv_config(c_out, c_in, ksize, x.dtype, int64)
-    launch = {k: cfg.pop(k) for k in ("num_warps", "num_stages")}
+    cfg, launch = split_launch_options(conv_config(c_out, c_in, ksize, x.dtype, int64))
     grid = (triton.cdiv(t_out, cfg["BLOCK_T"]), triton.cdiv(c_out, cfg["BLOCK_CO"]), batch)
     dummy = w
     _snake_conv1d_kernel[grid](
@@ -230,8 +229,7 @@ def snake_conv_transpose1d(x, alpha, weight, bias, stride, padding, output_paddi
 
 def conv_compile_config(label, dtype, c_out, c_in, ksize, snake_in, snake_out, has_res, precision="ieee",
                         int64=False):
-    cfg = conv_config(c_out, c_in, ksize, dtype, int64)
-    launch = {k: cfg.pop(k) for k in ("num_warps", "num_stages")}
+    cfg, launch = split_launch_options(conv_config(c_out, c_in, ksize, dtype, int64))
     types = {n: dtype for n in ("x_ptr", "alpha_in_ptr", "w_ptr", "bias_ptr", "alpha_out_ptr", "res_ptr", "out_ptr")}
     types.update({n: "i32" for n in ("C_in", "C_out", "T_in", "T_out", "conv_stride", "dilation", "padding")})
     const = dict(KSIZE=ksize, SNAKE_IN=snake_in, HAS_BIAS=True, SNAKE_OUT=snake_out, HAS_RES=has_res,

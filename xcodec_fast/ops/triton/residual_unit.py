@@ -36,8 +36,8 @@ from ..backend import register
 from . import _math, _pack
 from ._compile import kernel_config
 from ._launch import (
-    MATH_MODES, bf16_in_interpreter, default_model_sites, flat, mode_label, needs_int64_offsets, pow2,
-    unique_configs,
+    MATH_MODES, bf16_in_interpreter, default_model_sites, flat, float_or_none, mode_label, needs_int64_offsets,
+    pow2, split_launch_options, unique_configs,
 )
 from .conv import conv_compile_config, snake_conv1d_launch
 
@@ -126,7 +126,7 @@ def use_fused(c: int, c_mid: int) -> bool:
 def residual_unit_launch(x, alpha1, weight1, bias1, dilation, alpha2, weight2, bias2, fused: bool | None = None):
     """x + conv1x1(snake(conv_k(snake(x), dilation)), 'same' padding; fused=None picks by channel count."""
     if bf16_in_interpreter(x):
-        f = lambda t: None if t is None else t.float()  # noqa: E731
+        f = float_or_none
         return residual_unit_launch(f(x), f(alpha1), f(weight1), f(bias1), dilation, f(alpha2), f(weight2),
                                     f(bias2), fused).to(x.dtype)
     x = x.contiguous()
@@ -143,8 +143,7 @@ def residual_unit_launch(x, alpha1, weight1, bias1, dilation, alpha2, weight2, b
         return out
     w1 = _pack.taps_first(weight1)  # (K, C_mid, C)
     w2 = _pack.matrix(weight2)  # (C, C_mid)
-    cfg = fused_config(c, c_mid, x.dtype)
-    launch = {k: cfg.pop(k) for k in ("num_warps", "num_stages")}
+    cfg, launch = split_launch_options(fused_config(c, c_mid, x.dtype))
     grid = (triton.cdiv(t, cfg["BLOCK_T"]), batch)
     _residual_unit_fused_kernel[grid](
         x, flat(alpha1), w1, flat(bias1) if bias1 is not None else w1, flat(alpha2), w2,
@@ -182,8 +181,7 @@ def residual_unit(x, alpha1, weight1, bias1, dilation, alpha2, weight2, bias2):
 
 
 def fused_compile_config(dtype, c, precision="ieee", int64=False):
-    cfg = fused_config(c, c, dtype)
-    launch = {k: cfg.pop(k) for k in ("num_warps", "num_stages")}
+    cfg, launch = split_launch_options(fused_config(c, c, dtype))
     types = {n: dtype for n in ("x_ptr", "alpha1_ptr", "w1_ptr", "bias1_ptr", "alpha2_ptr", "w2_ptr", "bias2_ptr",
                                 "out_ptr")}
     types.update({n: "i32" for n in ("C", "C_mid", "T", "dilation", "padding")})
