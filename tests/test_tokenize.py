@@ -1,6 +1,7 @@
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -657,6 +658,89 @@ def test_npy_on_a_finished_run_writes_every_item(tmp_path, model):
         np.testing.assert_array_equal(np.load(out / "npy" / (row["id"] + ".npy")), codes)
 
 
+def test_npy_with_retry_failed_writes_every_item(tmp_path, model):
+    """A resume with --retry-failed --npy after a first run without --npy: every item gets its file,
+    those of the shard it rewrites and of the shards it leaves alone, not only the retried one."""
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(5):
+        sf.write(data / f"{i}.wav", _chirp(16000, 0.2 + 0.1 * i, 1, i), 16000)
+    (data / "1b.wav").write_bytes(b"RIFF not yet")  # shard 1 of [0 1] [1b 2] [3 4]
+    kw = dict(model=model, num_workers=0, progress=False, shard_size=2, batch_seconds=2, max_seconds=1)
+    out = tmp_path / "out"
+    assert tokenize([data], out, **kw)["failed"] == 1 and not (out / "npy").exists()
+    sf.write(data / "1b.wav", _chirp(16000, 0.45, 1, 9), 16000)
+    again = tokenize([data], out, npy=True, retry_failed=True, **kw)
+    assert (again["retried"], again["ok"], again["skipped_already_done"]) == (1, 1, 5)
+    table = pa.concat_tables(_rows(out)[1])
+    assert sorted(p.name for p in (out / "npy").iterdir()) == sorted(f"{i}.npy" for i in table.column("id").to_pylist())
+    assert len(table) == 6
+    for row, codes in zip(table.to_pylist(), read_codes(table)):
+        np.testing.assert_array_equal(np.load(out / "npy" / (row["id"] + ".npy")), codes, err_msg=row["id"])
+
+
+def test_bfloat16_tokens_belong_to_the_float32_weights(tmp_path, capsys):
+    """The weights' fingerprint does not depend on the run's dtype: shards tokenized with --dtype
+    bfloat16 detokenize, and resume, with the same checkpoint in float32; other weights at the same
+    path (same config, other random weights) are refused, naming the weights."""
+    from xcodec_fast.loading import weights_fingerprint
+
+    same = tmp_path / "checkpoint"
+    XcodecModel.from_random(tiny_config(), seed=0).save_pretrained(same)
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("a.wav", "b.wav"):
+        sf.write(data / name, _chirp(16000, 0.4, 1, len(name)), 16000)
+    out = tmp_path / "out"
+    common = [data, "-o", out, "--shard-size", "1", "--num-workers", "0", "--no-progress"]
+    cli = lambda *extra: main(list(map(str, [*common, *extra])))  # noqa: E731
+
+    assert cli("--model", same, "--dtype", "bfloat16") == 0
+    saved = json.loads((out / "tokenize.json").read_text())
+    assert saved["runtime"]["dtype"] == "bfloat16"
+    assert saved["weights_sha256"] == weights_fingerprint(XcodecModel.from_pretrained(same))  # the float32 load's
+    assert main(["detokenize", str(out), "-o", str(tmp_path / "wav"), "--model", str(same)]) == 0
+
+    # A float32 resume: refused for the runtime (dtype) alone, accepted with --force-resume, weights unquestioned.
+    (out / "shards" / "shard-00001-of-00002.parquet").unlink()
+    capsys.readouterr()
+    assert cli("--model", same) == 2
+    err = capsys.readouterr().err
+    assert "dtype: was 'bfloat16', now 'float32'" in err and "weights" not in err
+    assert cli("--model", same, "--force-resume") == 0
+    err = capsys.readouterr().err
+    assert "other weights" not in err and "ok 1, failed 0, skipped (already done) 1" in err
+
+    XcodecModel.from_random(tiny_config(), seed=99).save_pretrained(same)  # retrained in place
+    assert cli("--model", same) == 2
+    err = capsys.readouterr().err
+    assert "(weights_sha256: was" in err and "can be forced with --force-resume" in err and "Traceback" not in err
+    assert main(["detokenize", str(out), "-o", str(tmp_path / "wav2"), "--model", str(same)]) == 2
+    err = capsys.readouterr().err
+    assert f"was encoded with other weights than {same}'s" in err and "--allow-other-weights" in err
+    assert not (tmp_path / "wav2").exists()
+
+
+def test_item_errors_carry_no_memory_addresses(tmp_path, model, monkeypatch):
+    """A library's message can hold an object's repr ('<object object at 0x7f...>'), different in
+    every run: errors.jsonl and the Ray adapter's error column record it without the address."""
+    import xcodec_fast.audio
+
+    def failing_resample(audio, orig_sr, target_sr):
+        raise RuntimeError(f"resampler {object()!r} failed")
+
+    monkeypatch.setattr(xcodec_fast.audio, "resample", failing_resample)
+    decoded = {"array": _chirp(22050, 0.3, 1, 1)[:, 0].tolist(), "sampling_rate": 22050}  # datasets' decoded Audio
+    pq.write_table(pa.table({"name": ["bad"], "audio": [decoded]}), tmp_path / "decoded.parquet")
+    out = tmp_path / "out"
+    tokenize([tmp_path / "decoded.parquet"], out, model=model, id_column="name", num_workers=0, progress=False)
+    [error] = [json.loads(line) for line in (out / "errors.jsonl").read_text().splitlines()]
+    udf = XcodecTokenizeBatch(model=model, batch_seconds=2, max_seconds=1)
+    ray_error = udf({"audio": np.array([decoded], dtype=object), "name": np.array(["bad"])})["error"][0]
+    for text in (error["reason"], ray_error):
+        assert "resampler <object object> failed" in text and not re.search(r"0x[0-9a-fA-F]", text), text
+
+
 def test_options_object_and_keywords_are_the_same_run(tmp_path):
     """tokenize() takes its settings as keywords or as one TokenizeOptions (keywords override it);
     a misspelt setting is a TypeError naming it, a bad value a ValueError naming the option."""
@@ -685,6 +769,6 @@ def test_throughput_bench_records_each_dtype(tmp_path):
     runs = json.loads(output.read_text())["runs"]
     assert [(r["model"], r["dtype"], r["threads"]) for r in runs] == [("random-tiny", "float32", 1),
                                                                       ("random-tiny", "bfloat16", 1)]
-    for run in runs:
-        assert run["summary"]["runtime"]["dtype"] == run["dtype"]
-        assert run["summary"]["ok"] >= 1 and run["summary"]["failed"] == 0
+    for entry in runs:
+        assert entry["summary"]["runtime"]["dtype"] == entry["dtype"]
+        assert entry["summary"]["ok"] >= 1 and entry["summary"]["failed"] == 0

@@ -104,6 +104,38 @@ def test_tokenize_webdataset_keeps_keys_and_sidecars(shards, model, tmp_path, nu
         np.testing.assert_array_equal(codes, _alone(model, audio), err_msg=row["id"])
 
 
+@pytest.mark.parametrize("suffix", [".tar", ".tar.gz"])
+def test_webdataset_sample_soundfile_cannot_read_is_a_failed_item(model, tmp_path, suffix):
+    """An .m4a sample is listed and fails as an item (errors.jsonl names the shard and the member);
+    the samples around it tokenize."""
+    webdataset = pytest.importorskip("webdataset")
+    shard = tmp_path / f"mixed{suffix}"
+    clips = {"a": _clip(0.5, seed=1), "c": _clip(0.6, seed=3)}
+    with webdataset.TarWriter(str(shard)) as sink:
+        sink.write({"__key__": "a", "flac": _encoded(clips["a"], "FLAC")})
+        sink.write({"__key__": "b", "m4a": b"\x00\x00\x00\x20ftypM4A \x00\x00\x00\x00", "json": {"text": "b"}})
+        sink.write({"__key__": "c", "wav": _encoded(clips["c"], "WAV")})
+    assert [i.id for i in list_items([shard])] == ["a", "b", "c"]
+    out = tmp_path / "out"
+    summary = tokenize([shard], out, model=model, num_workers=0, progress=False)
+    assert (summary["ok"], summary["failed"]) == (2, 1)
+    [error] = [json.loads(line) for line in (out / "errors.jsonl").read_text().splitlines()]
+    assert error["id"] == "b" and error["source"] == str(shard.resolve())
+    assert f"{shard.resolve()}:b.m4a: soundfile cannot decode .m4a audio; convert it first" in error["reason"]
+    table = _rows(out)
+    assert table.column("id").to_pylist() == ["a", "c"]
+    for ident, codes in zip(["a", "c"], read_codes(table)):
+        np.testing.assert_array_equal(codes, _alone(model, clips[ident].astype(np.float32)), err_msg=ident)
+
+
+def test_webdataset_readable_audio_wins_over_unreadable(tmp_path):
+    webdataset = pytest.importorskip("webdataset")
+    with webdataset.TarWriter(str(tmp_path / "both.tar")) as sink:
+        sink.write({"__key__": "k", "m4a": b"\x00\x00\x00\x20ftypM4A ", "flac": _encoded(_clip(0.2, seed=1), "FLAC")})
+    [item] = list_items([tmp_path / "both.tar"])
+    assert item.member == "k.flac" and len(ItemLoader().load(item)) == 3200
+
+
 @pytest.fixture(scope="module")
 def lhotse_manifests(tmp_path_factory):
     """Recordings and cuts written by lhotse itself: a mono and a stereo file, cuts into both."""
@@ -163,6 +195,37 @@ def test_lhotse_errors_name_the_line(tmp_path):
     (tmp_path / "latin1.jsonl").write_bytes('{"path": "caf\xe9.wav"}\n'.encode("latin-1"))
     with pytest.raises(InputError, match=r"latin1.jsonl:1: not UTF-8 text \(byte 0xe9 at column 14\)"):
         list_items([tmp_path / "latin1.jsonl"])
+
+
+@pytest.mark.parametrize("perturbation", ["perturb_speed", "perturb_volume"])
+def test_lhotse_transforms_are_refused(lhotse_manifests, tmp_path, perturbation):
+    """Recordings with transforms (written by lhotse's own perturbation) would be read untransformed:
+    refused, naming the manifest, its line and the id, whether a cut holds them or a recording."""
+    lhotse = pytest.importorskip("lhotse")
+    _, recordings, cuts = lhotse_manifests
+    factor = 1.1 if perturbation == "perturb_speed" else 0.5
+    name = "Speed" if perturbation == "perturb_speed" else "Volume"
+    perturbed = getattr(cuts[1], perturbation)(factor)
+    lhotse.CutSet.from_cuts([cuts[0], perturbed, cuts[2]]).to_file(tmp_path / "cuts_sp.jsonl.gz")
+    with pytest.raises(InputError, match=rf"cuts_sp.jsonl.gz:2: cut '{perturbed.id}': its recording "
+                                         rf"'{perturbed.recording.id}' has transforms \({name}\), which are not applied "
+                                         r"here; write the transformed audio to files first \(lhotse: CutSet.save_audios"):
+        list_items([tmp_path / "cuts_sp.jsonl.gz"])
+    recording = getattr(recordings["mono"], perturbation)(factor)
+    lhotse.RecordingSet.from_recordings([recordings["stereo"], recording]).to_file(tmp_path / "recordings_sp.jsonl.gz")
+    with pytest.raises(InputError, match=rf"recordings_sp.jsonl.gz:2: recording '{recording.id}' has transforms \({name}\)"):
+        list_items([tmp_path / "recordings_sp.jsonl.gz"])
+
+
+def test_lhotse_supervisions_alone_name_the_manifest_needed(lhotse_manifests, tmp_path):
+    lhotse = pytest.importorskip("lhotse")
+    lhotse.SupervisionSet.from_segments([
+        lhotse.SupervisionSegment("mono-sup", recording_id="mono", start=0.5, duration=1.0, channel=0, text="hello"),
+    ]).to_file(tmp_path / "supervisions_train.jsonl.gz")
+    with pytest.raises(InputError, match=r"supervisions_train.jsonl.gz:1: a Lhotse supervisions manifest \(supervision "
+                                         r"'mono-sup' of recording 'mono'\) holds no audio; pass the recordings manifest "
+                                         r"\(recordings\*.jsonl.gz\) or a cuts manifest \(cuts\*.jsonl.gz\)"):
+        list_items([tmp_path / "supervisions_train.jsonl.gz"])
 
 
 @pytest.mark.parametrize("layout", ["parquet", "save_to_disk"])

@@ -54,6 +54,37 @@ def _output_file(path: str) -> Path:
     return out
 
 
+def _check_output_dir(path, option: str = "-o", shown=None) -> Path:
+    """A folder that can be made and written, checked before the model loads (nothing is created):
+    a path under a regular file or on a read-only file system is then one line, not a late error.
+    ``shown``: the path the user gave, when ``path`` is its folder."""
+    out = Path(path)
+    if shown is None and out.exists() and not out.is_dir():
+        raise ValueError(f"{option} {out} is a file; pass a directory")
+    shown = out if shown is None else shown
+    existing = out
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"cannot use {option} {shown}: {existing} is a file, not a directory; "
+                         f"pass {option} a path in a writable directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"cannot use {option} {shown}: {existing} is not writable; "
+                         f"pass {option} a path in a writable directory")
+    return out
+
+
+def _make_output_dir(path, option: str = "-o") -> Path:
+    """``option``'s folder made now, before the model loads, or one line saying why it cannot be."""
+    out = Path(path)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(f"cannot create {option} {out}: {exc.filename or out}: {exc.strerror}; "
+                         f"pass {option} a directory you can write") from None
+    return out
+
+
 def _encode_file(model, path: str, bandwidth: float | None, chunk_frames: int, context_frames: int, progress: bool):
     """Codes (n_q, T) of one file; files longer than ``chunk_frames`` go window by window
     (bounded memory), with a progress bar."""
@@ -187,9 +218,8 @@ def cmd_demo(args) -> int:
 
     from .audio import demo_clip, write_wav
 
+    out = _make_output_dir(args.output_dir)
     model, model_id = _load(args, random_fallback=True)
-    out = Path(args.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     if args.input:
         from .audio import load_audio
 
@@ -226,9 +256,15 @@ def cmd_demo(args) -> int:
 def cmd_export_onnx(args) -> int:
     import torch
 
-    from .export import ExportError, OnnxCodec, export_onnx
+    from .export import OPSET, ExportError, OnnxCodec, export_onnx
     from .loading import load_model
 
+    if args.opset < OPSET:
+        # torch's exporter writes opset 18 graphs and converts them down, which fails for this model
+        # (with a logged traceback) while the export still says it used the opset asked for.
+        raise ValueError(f"--opset {args.opset} is below {OPSET}, the lowest opset torch's ONNX exporter writes; "
+                         f"pass --opset {OPSET} or higher")
+    _check_output_dir(args.output_dir)
     model, model_id = load_model(args.model, "cpu", "float32", "eager")
     num_quantizers = None if args.bandwidth is None else model.config.num_quantizers_for_bandwidth(args.bandwidth)
     _say(f"exporting {model_id} to {args.output_dir} (opset {args.opset}; tracing takes a minute)")
@@ -252,6 +288,24 @@ def cmd_export_onnx(args) -> int:
         err = float((runner.decode(codes) - audio).abs().max() / audio.abs().max())
         _say(f"check: onnxruntime codes {100 * equal:.2f}% equal to eager, audio max error {err:.1e} of peak")
     return 0
+
+
+def cmd_bench(args) -> int:
+    """``benchmark.run`` after the checks of what it would only reach late (threads at the start,
+    output paths after minutes of timing)."""
+    from . import benchmark
+
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads must be a positive integer, got {args.threads}")
+    if args.output is not None:
+        if args.output.is_dir():
+            raise ValueError(f"--output {args.output} is a directory; pass a .json file path")
+        _check_output_dir(args.output.parent, "--output", shown=args.output)
+    else:
+        _check_output_dir(args.results_dir, "--results-dir")
+    if not args.no_plots:
+        _check_output_dir(args.plots_dir, "--plots-dir")
+    return benchmark.run(args)
 
 
 def cmd_info(args) -> int:
@@ -366,7 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
 
         p = sub.add_parser("bench", help="kernel and end-to-end benchmarks")
         benchmark.add_arguments(p)
-        p.set_defaults(func=benchmark.run)
+        p.set_defaults(func=cmd_bench)
     except ImportError:
         pass
     return parser

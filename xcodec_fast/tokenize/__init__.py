@@ -179,6 +179,7 @@ def detokenize(tokens, output_dir, model=None, ids=None, limit=None, device=None
     replaced unless ``overwrite`` (checked for every target before anything is decoded: the output
     directory may be the source audio's). Shards record the weights they were encoded with
     (``weights_sha256``); decoding them with other weights is refused unless ``allow_other_weights``.
+    An id of ``ids`` found in no shard is an error (a misspelt id would write nothing).
     Returns the files written."""
     import pyarrow.parquet as pq
     import torch
@@ -186,6 +187,8 @@ def detokenize(tokens, output_dir, model=None, ids=None, limit=None, device=None
     from ..audio import write_wav
     from .writer import shard_metadata
 
+    if limit is not None and limit < 0:
+        raise ValueError(f"--limit must be 0 or more, got {limit}")
     tokens = [Path(t) for t in ([tokens] if isinstance(tokens, (str, Path)) else tokens)]
     shards = []
     for t in tokens:
@@ -211,6 +214,10 @@ def detokenize(tokens, output_dir, model=None, ids=None, limit=None, device=None
     # "a/b.wav" -> a/b.wav; other ids get ".wav" appended ("a/b.flac" -> a/b.flac.wav).
     names = unique_relpaths(all_ids, ".wav", keep_own_suffix=True)
     wanted = None if ids is None else set(ids)
+    unknown = [] if ids is None else [i for i in dict.fromkeys(ids) if i not in names]
+    if unknown:  # a misspelt id would otherwise write nothing, silently
+        raise InputError(f"--ids: {len(unknown)} of {len(set(ids))} ids are in none of the shards (e.g. {unknown[0]!r}); "
+                         "ids are the shards' 'id' column (the path relative to the input directory, or the manifest's id)")
     out_dir, written, planned = Path(output_dir), [], {}
     for shard, shard_ids in zip(shards, _shard_ids(shards)):
         for ident in shard_ids:
@@ -228,6 +235,11 @@ def detokenize(tokens, output_dir, model=None, ids=None, limit=None, device=None
             raise ValueError(f"{shard} was encoded with other weights than {model_id}'s (weights_sha256 "
                              f"{recorded[:12]}... vs {fingerprint[:12]}...): its codes mean nothing to this model; pass "
                              "the model that encoded it, or --allow-other-weights")
+    try:  # now, not at the first write: after the decoding of an item
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create --output-dir {out_dir}: {exc.filename or out_dir}: {exc.strerror}; "
+                         "pass a directory you can write") from None
     for shard in shards:
         meta = shard_metadata(shard)
         table = pq.read_table(shard)
@@ -247,10 +259,15 @@ def detokenize(tokens, output_dir, model=None, ids=None, limit=None, device=None
 
 
 def _shard_ids(shards):
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     for shard in shards:
-        yield pq.read_table(shard, columns=["id"]).column("id").to_pylist()
+        try:
+            yield pq.read_table(shard, columns=["id"]).column("id").to_pylist()
+        except (pa.ArrowException, OSError, KeyError) as exc:
+            raise InputError(f"{shard} is not a token shard ({short_error(exc, with_type=False)}); pass a tokenize "
+                             "output directory or its shards/*.parquet files") from None
 
 
 def run_detokenize(args: argparse.Namespace) -> int:

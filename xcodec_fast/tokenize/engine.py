@@ -202,6 +202,12 @@ class BatchEncoder:
 # ---------------------------------------------------------------------------------------------
 # worker-side decoding
 # ---------------------------------------------------------------------------------------------
+def item_error(exc: BaseException) -> str:
+    """An item's failure as it is recorded (errors.jsonl, the Ray adapter's ``error`` column): the
+    message without memory addresses, which differ from run to run, or the type when it is empty."""
+    return without_addresses(str(exc)).strip() or type(exc).__name__
+
+
 class _DecodeDataset:
     """Map-style dataset for torch's DataLoader: position -> (position, audio or None, error or None)."""
 
@@ -217,7 +223,7 @@ class _DecodeDataset:
         try:
             return position, self.loader.load(item), None
         except Exception as exc:  # noqa: BLE001 - any decode failure becomes an errors.jsonl entry
-            text = without_addresses(str(exc)).strip() or type(exc).__name__
+            text = item_error(exc)
             return position, None, text if item.source in text or item.id in text else f"{item.describe()}: {text}"
 
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from ..loading import load_model
 from .batching import Segment, window_samples
-from .engine import BatchEncoder, default_batch_seconds
+from .engine import BatchEncoder, default_batch_seconds, item_error
 from .sources import ItemLoader
 
 
@@ -75,7 +75,7 @@ class XcodecTokenizeBatch:
             try:
                 audio = self._decode(value, rate, f"row {row}")
             except Exception as exc:  # noqa: BLE001 - a bad row is reported in its 'error' field
-                errors[row] = str(exc) or type(exc).__name__
+                errors[row] = item_error(exc)  # as errors.jsonl has it: no run-to-run memory addresses
                 continue
             lengths[row] = len(audio)
             segments.append(Segment(row, 0, audio))

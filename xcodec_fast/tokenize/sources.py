@@ -14,12 +14,13 @@ Inputs (any mix):
     no audio files), or a brace pattern (``data/{000000..000099}.tar``). A sample is the group of
     members sharing a key (the member path up to the first dot of its file name); its audio is the
     first member with an audio extension, its ``.json`` member the sidecar (kept with
-    ``keep_json``). Read with the standard library's tarfile: listing records each member's data
+    ``keep_json``); a sample whose audio soundfile cannot read (``.m4a``...) is a failed item. Read with the standard library's tarfile: listing records each member's data
     offset, so a worker reads an uncompressed shard's samples by seeking, front to back, without
     extracting anything; a compressed shard is decompressed as a stream, forward only.
   * Lhotse manifests: ``.jsonl`` / ``.jsonl.gz`` whose records are cuts (one item per cut: its
     recording's file, its start, duration and channel; ids are the cut ids) or recordings (one item
-    per recording), read by a small reader of Lhotse's documented JSON schema (file sources only).
+    per recording), read by a small reader of Lhotse's documented JSON schema (file sources only;
+    recordings with ``transforms``, e.g. speed perturbation, are refused: they are not applied).
 
 Item ids: the path relative to the input directory, the manifest's id (or its path as written),
 the table's id column, ``<table file>#<row>``, the WebDataset key or the Lhotse cut / recording id.
@@ -253,6 +254,16 @@ def _lhotse_kind(record) -> str | None:
     return None
 
 
+def _lhotse_without_audio(record) -> str | None:
+    """'supervisions' or 'features' for the Lhotse manifests that point at a recording by id only."""
+    if isinstance(record, dict) and "recording_id" in record and "recording" not in record:
+        if "storage_type" in record:
+            return "features"
+        if "start" in record and "duration" in record:
+            return "supervisions"
+    return None
+
+
 def _list_json_manifest(path: Path) -> list[Item]:
     records = _json_records(path)
     first = next(records, None)
@@ -261,6 +272,15 @@ def _list_json_manifest(path: Path) -> list[Item]:
     kind = _lhotse_kind(first[1])
     if kind is not None:
         return _list_lhotse(path, kind, [first], records)
+    other = _lhotse_without_audio(first[1])
+    if other is not None:
+        # They name their recording by id alone: the audio's file and rate are in the recordings.
+        lineno, record = first
+        what = f"{other[:-1]} {record['id']!r}" if record.get("id") else other[:-1]
+        raise InputError(
+            f"{path}:{lineno}: a Lhotse {other} manifest ({what} of recording {record['recording_id']!r}) holds no "
+            "audio; pass the recordings manifest (recordings*.jsonl.gz) or a cuts manifest (cuts*.jsonl.gz) instead"
+        )
     items = []
     for lineno, record in [first, *records]:
         audio = None
@@ -299,6 +319,21 @@ def _lhotse_source(manifest: Path, lineno: int, recording: dict, channel: int) -
     raise InputError(f"{manifest}:{lineno}: recording {recording.get('id')!r} has no source for channel {channel}")
 
 
+def _refuse_transforms(manifest: Path, lineno: int, recording: dict, cut: str | None = None) -> None:
+    """A recording with ``transforms`` (speed or volume perturbation, reverb...) is refused: they are not
+    applied here, so the file's own audio would be tokenized under the perturbed recording's id."""
+    transforms = recording.get("transforms")
+    if not transforms:
+        return
+    names = ", ".join(str(t.get("name")) if isinstance(t, dict) else repr(t) for t in transforms)
+    whose = f"cut {cut!r}: its recording" if cut is not None else "recording"
+    raise InputError(
+        f"{manifest}:{lineno}: {whose} {recording.get('id')!r} has transforms ({names}), which are not applied "
+        "here; write the transformed audio to files first (lhotse: CutSet.save_audios(DIR)) and tokenize that "
+        "manifest, or leave the transforms out"
+    )
+
+
 def _list_lhotse(path: Path, kind: str, head: list, rest) -> list[Item]:
     items = []
     for lineno, record in [*head, *rest]:
@@ -308,6 +343,7 @@ def _list_lhotse(path: Path, kind: str, head: list, rest) -> list[Item]:
         if not isinstance(ident, str) or not ident:
             raise InputError(f"{path}:{lineno}: a Lhotse {kind[:-1]} needs a string 'id', got {ident!r}")
         if kind == "recordings":
+            _refuse_transforms(path, lineno, record)
             source, _ = _lhotse_source(path, lineno, record, -1)
             items.append(Item(ident, source))
             continue
@@ -318,6 +354,10 @@ def _list_lhotse(path: Path, kind: str, head: list, rest) -> list[Item]:
         if not isinstance(channel, int):
             raise InputError(f"{path}:{lineno}: cut {ident!r} has channel {channel!r}; one channel per cut is read")
         recording = record["recording"]
+        if not isinstance(recording, dict):
+            raise InputError(f"{path}:{lineno}: cut {ident!r} has a {type(recording).__name__} 'recording'; "
+                             "expected the recording object")
+        _refuse_transforms(path, lineno, recording, cut=ident)
         num_channels = sum(len(s.get("channels") or [0]) for s in recording.get("sources", []))
         source, file_channel = _lhotse_source(path, lineno, recording, channel if num_channels > 1 else -1)
         start, duration = float(record["start"]), float(record["duration"])
@@ -347,12 +387,14 @@ def list_tar(path: Path) -> list[Item]:
                     sample["json"] = tar.extractfile(member).read().decode("utf-8", errors="replace")
                 elif extension in AUDIO_EXTENSIONS and "audio" not in sample:
                     sample["audio"] = member
+                elif extension in UNREADABLE_AUDIO and "unreadable" not in sample:
+                    sample["unreadable"] = member  # listed, to fail as an item, unless readable audio is there too
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise InputError(f"{path}: cannot read as a tar shard ({exc})") from None
     source = str(path.resolve())
     items = []
     for key, sample in samples.items():
-        member = sample.get("audio")
+        member = sample.get("audio", sample.get("unreadable"))
         if member is None:
             raise InputError(f"{path}: sample {key!r} has no audio member (extensions {', '.join(AUDIO_EXTENSIONS)})")
         items.append(Item(key, source, member=member.name, offset=-1 if compressed else member.offset_data,
@@ -418,6 +460,10 @@ class ItemLoader:
         return {**self.__dict__, "_cache_key": None, "_cache": None, "_group": None, "_tar_stream": None}
 
     def load(self, item: Item) -> np.ndarray:
+        if item.member.lower().endswith(UNREADABLE_AUDIO):
+            suffix = os.path.splitext(item.member)[1]
+            raise AudioError(f"{item.describe()}: soundfile cannot decode {suffix} audio; convert it first "
+                             f"(e.g. ffmpeg -i in{suffix} out.flac) and write the shard again")
         if item.member:
             audio, _ = load_audio(self._tar_member(item), self.sample_rate, max_seconds=self.max_file_seconds,
                                   name=item.describe())
