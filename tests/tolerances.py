@@ -148,10 +148,17 @@ CHUNKED_GROUP_NORM_OUTPUT = Close(1e-4, 1e-5)
 # fp32 roundings of each weight (torch.allclose semantics).
 WEIGHT_NORM_ROUND_TRIP = Close(1e-6, 1e-7)
 
-# Chunked / streamed decode against the whole decode, relative to its peak, per backend: oneDNN's
-# and MKL's summation order depends on a call's width, so windows round differently (measured up
-# to 6e-7 tiny, 2.4e-6 full size, on a 2-core AMD EPYC VM).
-CHUNKED_DECODE = {"eager": 5e-6, "native": 5e-6, "triton": 5e-6}
+# Chunked / streamed decode against the whole decode, relative to its peak, per backend. Windows
+# start on the decoder's grid and the width-dependent convs run on blocks (modeling/acoustic.py), so
+# where oneDNN's convolutions keep one algorithm across widths every frame is computed with the same
+# calls as in the whole decode: the full-size decoder was bit-equal on a 2-core AMD EPYC (Zen 5) VM,
+# eager and native, every chunk size from 1 frame. The tiny test decoders (2-16 channels) are not
+# quite: oneDNN switches algorithm by width in their residual units too (measured up to 3e-7 on the
+# same VM; 2.4e-6 before the grid and blocks). Triton (GPU, not measured) keeps the old bound.
+CHUNKED_DECODE = {"eager": 1e-6, "native": 1e-6, "triton": 5e-6}
+# A conv computed on the decode grid's blocks (or native's width-invariant GEMM) against one whole
+# call, fp32: the same products summed in another order.
+ON_GRID_VS_WHOLE_CALL = Close(1e-6, 1e-6, of_peak=True)
 
 
 def to_reference(x: torch.Tensor) -> torch.Tensor:

@@ -20,6 +20,8 @@ from torch import Tensor, nn
 
 from .. import ops
 from ..config import AcousticConfig
+from ..ops.grid import blocked_conv1d
+from ..ops.winograd import tile_period
 from ..lengths import conv_output_length
 from ..sites import RESIDUAL_DILATIONS, RESIDUAL_KERNEL
 
@@ -45,6 +47,25 @@ def zero_outside(x: Tensor, starts: Tensor | None, lengths: Tensor | None) -> Te
     if lengths is not None:
         valid &= frames < _on(lengths, x.device)[:, None]
     return x.masked_fill(~valid[:, None, :], 0)
+
+
+# oneDNN (and cuDNN) choose a convolution's algorithm, so its summation order, by the input's width
+# and batch: a 50-frame decode window and the 150-frame stream it came from were 1.6e-6 of the peak
+# apart at the first transposed conv, 1.2e-6 at the second. So the decoder's first conv runs on
+# blocks of block_frames code frames on a grid from frame 0 (ops/grid.py), and its
+# transposed convs through ops.snake_conv_transpose1d_on_grid (the same blocks, scaled to each
+# layer's rate, or a width-invariant kernel): a window that starts on the grid computes every frame
+# as the whole stream does. The residual units and the last conv were measured width-invariant
+# (bit-equal) at the full-size decoder's shapes. Graphs traced by torch.compile / torch.export keep
+# plain calls (see _traced).
+LATENT_BLOCK_MIN = 16
+
+
+def _traced() -> bool:
+    # torch.compile and torch.export (ONNX) graphs keep whole-input calls: blocks would tie the
+    # graph to the block grid's shapes (export's dynamic frames become guards); their windows are
+    # within the decode tolerance, not bit-equal.
+    return torch.compiler.is_compiling()
 
 
 def _scaled(bound: Tensor | None, factor: int) -> Tensor | None:
@@ -160,9 +181,12 @@ class DacEncoder(nn.Module):
 class DecoderBlock(nn.Module):
     """snake + ConvTranspose (×stride frames, C -> C/2 channels), then three residual units."""
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int):
+    def __init__(self, in_channels: int, out_channels: int, stride: int, block_frames: int | None = None):
         super().__init__()
         self.stride = stride
+        # Input frames per grid step of the transposed conv (ops.snake_conv_transpose1d_on_grid);
+        # None: a plain call.
+        self.block_frames = block_frames
         self.padding = math.ceil(stride / 2)
         # X-Codec's DAC: output_padding = stride % 2 makes every block output exactly stride × frames.
         self.output_padding = stride % 2
@@ -177,15 +201,12 @@ class DecoderBlock(nn.Module):
     def forward(
         self, x: Tensor, lengths: Tensor | None = None, starts: Tensor | None = None
     ) -> tuple[Tensor, Tensor | None]:
-        x = ops.snake_conv_transpose1d(
-            zero_outside(x, starts, lengths),
-            self.snake1.alpha,
-            self.conv_t1.weight,
-            self.conv_t1.bias,
-            self.stride,
-            self.padding,
-            self.output_padding,
-        )
+        args = (zero_outside(x, starts, lengths), self.snake1.alpha, self.conv_t1.weight, self.conv_t1.bias,
+                self.stride, self.padding, self.output_padding)
+        if self.block_frames is None or _traced():
+            x = ops.snake_conv_transpose1d(*args)
+        else:
+            x = ops.snake_conv_transpose1d_on_grid(*args, self.block_frames)
         lengths, starts = _scaled(lengths, self.stride), _scaled(starts, self.stride)
         for unit in (self.res_unit1, self.res_unit2, self.res_unit3):
             x = unit(x, lengths, starts)
@@ -201,6 +222,19 @@ class DecoderBlock(nn.Module):
         return left, right
 
 
+def _latent_block_frames(upsampling_ratios) -> int:
+    """Code frames per block of the decoder's code-rate layers, which is also the grid its windows
+    start on: a multiple of every residual unit's Winograd tile period counted in code frames
+    (tiles then start on the whole decode's tile grid too), at least LATENT_BLOCK_MIN."""
+    period, rate = 1, 1
+    for stride in upsampling_ratios:
+        rate *= stride
+        for dilation in RESIDUAL_DILATIONS:
+            tile = tile_period(dilation)
+            period = math.lcm(period, tile // math.gcd(tile, rate))
+    return period * -(-LATENT_BLOCK_MIN // period)
+
+
 def _units_context(left: int, right: int) -> tuple[int, int]:
     """Context through the three residual units (k=7 at dilations 1, 3, 9; their 1x1 conv adds none)."""
     reach = sum((RESIDUAL_KERNEL // 2) * d for d in RESIDUAL_DILATIONS)
@@ -214,10 +248,12 @@ class DacDecoder(nn.Module):
         super().__init__()
         width = config.decoder_hidden_size
         self.conv1 = nn.Conv1d(config.hidden_size, width, 7, padding=3)
-        blocks = []
+        self.block_frames = _latent_block_frames(config.upsampling_ratios)
+        blocks, rate = [], 1
         for stride in config.upsampling_ratios:
-            blocks.append(DecoderBlock(width, width // 2, stride))
+            blocks.append(DecoderBlock(width, width // 2, stride, self.block_frames * rate))
             width //= 2
+            rate *= stride
         self.block = nn.ModuleList(blocks)
         self.snake1 = Snake(width)
         self.conv2 = nn.Conv1d(width, 1, 7, padding=3)
@@ -227,7 +263,11 @@ class DacDecoder(nn.Module):
     ) -> tuple[Tensor, Tensor | None]:
         """Frames outside ``[starts[b], lengths[b])`` are padding: zeroed before every convolution
         (the same as the convolutions' own zero padding at the stream's edges) and 0 in the output."""
-        x = F.conv1d(zero_outside(x, starts, lengths), self.conv1.weight, self.conv1.bias, padding=3)
+        x = zero_outside(x, starts, lengths)
+        if _traced():
+            x = F.conv1d(x, self.conv1.weight, self.conv1.bias, padding=self.conv1.padding[0])
+        else:
+            x = blocked_conv1d(x, self.conv1.weight, self.conv1.bias, self.conv1.padding[0], self.block_frames)
         for block in self.block:
             x, _ = block(x, lengths, starts)
             lengths, starts = _scaled(lengths, block.stride), _scaled(starts, block.stride)

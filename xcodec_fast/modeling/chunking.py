@@ -18,7 +18,7 @@ from torch import Tensor
 
 from ..cuda_graphs import GraphedFunction
 
-__all__ = ["Window", "plan_windows", "frame_count", "DecodeStream"]
+__all__ = ["Window", "plan_windows", "on_grid", "frame_count", "DecodeStream"]
 
 
 class Window(NamedTuple):
@@ -30,14 +30,20 @@ class Window(NamedTuple):
     high: int
 
 
-def plan_windows(total: int, chunk: int, left: int, right: int) -> Iterator[Window]:
+def plan_windows(total: int, chunk: int, left: int, right: int, grid: int = 1) -> Iterator[Window]:
     """Windows that cover frames ``[0, total)`` in chunks of ``chunk`` frames with ``left``/``right``
-    frames of context, clipped at the stream's edges."""
+    frames of context, clipped at the stream's edges; each starts on a multiple of ``grid`` (the
+    decoder's :meth:`~xcodec_fast.XcodecModel.decoder_grid`), taking up to ``grid - 1`` frames more context."""
     if chunk < 1:
         raise ValueError(f"chunk_frames must be at least 1, got {chunk}")
     for start in range(0, total, chunk):
         end = min(total, start + chunk)
-        yield Window(max(0, start - left), start, end, min(total, end + right))
+        yield Window(on_grid(max(0, start - left), grid), start, end, min(total, end + right))
+
+
+def on_grid(frame: int, grid: int) -> int:
+    """The last multiple of ``grid`` at or before ``frame``."""
+    return frame // grid * grid
 
 
 def frame_count(name: str, value, minimum: int = 1) -> int:
@@ -73,7 +79,10 @@ class DecodeStream:
                 "drop cuda_graph or move the model (model.to('cuda'))"
             )
         self.cuda_graph = cuda_graph
-        self.left, self.right = model.acoustic_decoder.context()
+        self.left, self.right = model.decoder_context()
+        # Windows start on the decoder's grid (plan_windows), except graph replays: those keep one
+        # unmasked window shape, so their audio is within the decode tolerance, not bit-equal.
+        self.grid = 1 if cuda_graph else model.decoder_grid()
         self.hop_length = model.config.hop_length
         self._graph = None
         self._batch_size = 0
@@ -91,7 +100,10 @@ class DecodeStream:
     @property
     def window_frames(self) -> int | None:
         """Frames per decoded window in fixed-chunk mode (left + chunk + right), else None."""
-        return None if self.chunk_frames is None else self.left + self.chunk_frames + self.right
+        if self.chunk_frames is None:
+            return None
+        # A window starts up to grid - 1 frames before its left context (on the grid).
+        return self.left + self.grid - 1 + self.chunk_frames + self.right
 
     @property
     def frames_received(self) -> int:
@@ -162,7 +174,7 @@ class DecodeStream:
 
     def _forget_before(self, frame: int) -> None:
         """Drop buffered codes no later window needs (they start ``left`` frames before ``frame``)."""
-        keep = max(self._buffer_start, frame - self.left)
+        keep = max(self._buffer_start, on_grid(max(0, frame - self.left), self.grid))
         if keep > self._buffer_start:
             self._codes = self._codes[..., keep - self._buffer_start :]
             self._buffer_start = keep
@@ -171,7 +183,7 @@ class DecodeStream:
         start = self._emitted
         if end <= start:
             return self._empty()
-        low = max(0, start - self.left)
+        low = on_grid(max(0, start - self.left), self.grid)
         high = self._received if at_end else end + self.right
         with self.model.running():
             audio = self.model.decode_latent(self.model.dequantize(self._buffered(low, high)))
@@ -183,14 +195,16 @@ class DecodeStream:
     def _emit_fixed(self, at_end: bool) -> Tensor:
         """Decode the next chunk from a window of exactly ``window_frames`` frames."""
         start, chunk = self._emitted, self.chunk_frames
-        low, high = start - self.left, start + chunk + self.right
+        low = on_grid(start - self.left, self.grid)  # may lie before frame 0: masked
+        high = low + self.window_frames
         available_low, available_high = max(0, low), min(self._received, high)
         codes = self._buffered(available_low, available_high)
         before, after = available_low - low, high - available_high
         if before or after:
             codes = torch.nn.functional.pad(codes, (before, after))  # code 0; masked below
         batch = codes.shape[0]
-        masked = before > 0 or (at_end and after > 0)
+        # Frames past what was pushed lie beyond the kept frames' right context, except at the end.
+        masked = before > 0 or after > 0
         with self.model.running():
             if masked:
                 starts = torch.full((batch,), before, dtype=torch.long, device=codes.device)
@@ -202,7 +216,7 @@ class DecodeStream:
         end = min(start + chunk, self._received)
         self._emitted = end
         self._forget_before(end)
-        return audio[..., self.left * hop : (self.left + end - start) * hop]
+        return audio[..., (start - low) * hop : (end - low) * hop]
 
     def _decode_window(self, codes: Tensor) -> Tensor:
         if not self.cuda_graph:

@@ -446,7 +446,7 @@ class XcodecModel(nn.Module):
         total = codes.shape[-1]
         left, right = self.decoder_context()
         hop = self.config.hop_length
-        for window in plan_windows(total, chunk_frames, left, right):
+        for window in plan_windows(total, chunk_frames, left, right, self.decoder_grid()):
             local = None
             if lengths is not None:
                 local = (lengths - window.low).clamp(0, window.high - window.low)
@@ -458,6 +458,12 @@ class XcodecModel(nn.Module):
     def decoder_context(self) -> tuple[int, int]:
         """Code frames (left, right) of context that determine a frame's decoded audio."""
         return self.acoustic_decoder.context()
+
+    def decoder_grid(self) -> int:
+        """Code frames on whose multiples a decode window must start to compute each of its frames
+        with the same kernel calls as the whole decode (bit-equal where the kernels are
+        length-invariant): the decoder's code-rate block, a multiple of its Winograd tile periods."""
+        return self.acoustic_decoder.block_frames
 
     def decode_stream(self, chunk_frames: int | None = None, cuda_graph: bool = False) -> DecodeStream:
         """A :class:`~xcodec_fast.modeling.chunking.DecodeStream`: ``push(codes)`` returns the audio

@@ -60,6 +60,7 @@ __all__ = [
     "prepare",
     "use_backend",
     "skip_value_checks",
+    "snake_conv_transpose1d_on_grid",
     *OPS,
 ]
 
@@ -216,6 +217,24 @@ def snake_conv_transpose1d(x, alpha, weight, bias, stride: int, padding: int, ou
     if x.shape[-1] == 0:
         raise ValueError(f"{op}: input has no frames")
     return _run(op, x.device, x, alpha, weight, bias, int(stride), int(padding), int(output_padding))
+
+
+def snake_conv_transpose1d_on_grid(x, alpha, weight, bias, stride: int, padding: int, output_padding: int,
+                                   block: int) -> torch.Tensor:
+    """:func:`snake_conv_transpose1d` computed so that each output frame depends on its input frames
+    and its place on a grid of ``block`` input frames from frame 0, not on the input's width: a
+    decode window that starts on the grid gets the whole stream's values (see
+    ``XcodecModel.decoder_grid``). Backends without a width-invariant kernel run it in blocks."""
+    op = "snake_conv_transpose1d_on_grid"
+    _check_float("x", op, x, ndim=3)
+    _check_alpha(op, "alpha", alpha, x.shape[1], x)
+    _check_conv_weight(op, "weight", weight, x, in_dim=0)
+    _check_bias(op, "bias", bias, weight.shape[1], x)
+    if x.shape[-1] == 0:
+        raise ValueError(f"{op}: input has no frames")
+    if int(block) < 1:
+        raise ValueError(f"{op}: block must be at least 1 frame, got {block}")
+    return _run(op, x.device, x, alpha, weight, bias, int(stride), int(padding), int(output_padding), int(block))
 
 
 def _check_codebooks(op: str, codebooks: torch.Tensor) -> None:

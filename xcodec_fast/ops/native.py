@@ -253,6 +253,20 @@ def snake_conv_transpose1d(x, alpha, weight, bias, stride, padding, output_paddi
     return _tuned_snake_conv_transpose1d(x, alpha, weight, bias, stride, padding, output_padding)
 
 
+@register("snake_conv_transpose1d_on_grid", "native")
+def snake_conv_transpose1d_on_grid(x, alpha, weight, bias, stride, padding, output_padding, block) -> torch.Tensor:
+    """fp32: the chunked GEMM on oneDNN's engine, whose every output frame is one brgemm dot product
+    over the same inputs in the same order whatever the input's width or chunking, so no blocks are
+    needed; otherwise eager's blocks."""
+    fits = x.dtype == weight.dtype == torch.float32 and weight.dim() == 3 and weight.shape[0] == x.shape[1]
+    if not fits or _recording_autograd(x, alpha, weight, bias):
+        return eager.snake_conv_transpose1d_on_grid(x, alpha, weight, bias, stride, padding, output_padding, block)
+    ext = extension()
+    return ext.snake_conv_transpose1d_gemm(
+        x, alpha, weight, bias, int(stride), int(padding), int(output_padding), 0,
+        packed(weight, "native_transposed_rows", ext.pack_conv_transpose1d_weight_rows), onednn=True)
+
+
 @register("conv1d", "native")
 def conv1d(x, weight, bias, stride, padding) -> torch.Tensor:
     """ATen's conv1d, or for bf16 the brgemm implicit GEMM where it measures faster (oneDNN's bf16

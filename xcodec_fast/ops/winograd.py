@@ -16,6 +16,7 @@ tests hold the kernel to the bound that measurement documents.
 
 from __future__ import annotations
 
+import math
 from fractions import Fraction
 from functools import lru_cache
 
@@ -36,6 +37,14 @@ TAPS = 7  # the residual units' kernel size; the transforms are built for any r
 # whole: direct 1.7e-6, F(2,7) 2.0e-6, F(3,7) 5.6e-6, F(4,7) 1.0e-5). F(3,7) and F(4,7) are
 # faster (up to 2x the direct GEMM at C=512 against F(2,7)'s 1.45x) but not accurate enough.
 DISPATCH_TILE_SIZES = (2,)
+
+
+def tile_period(dilation: int) -> int:
+    """Frames after which the dispatched Winograd residual units' rounding repeats: tiles of
+    m·dilation frames start on multiples of m·dilation from an input's first frame, and an output's
+    rounding follows its place in its tile. Windows of a decode that start on multiples of this (in
+    that layer's frames) compute every frame as the whole decode does."""
+    return math.lcm(*(m * dilation for m in DISPATCH_TILE_SIZES))
 
 
 def _solve_exact(rows: list[list[Fraction]], rhs: list[list[Fraction]]) -> list[list[Fraction]]:
