@@ -32,10 +32,10 @@ POINTS: dict[int, tuple[Fraction, ...]] = {
 TILE_SIZES = tuple(POINTS)
 TAPS = 7  # the residual units' kernel size; the transforms are built for any r
 # The tile sizes the native dispatch may pick: those that keep a decode well within the 1e-5
-# bound and chunked decode within its 5e-6 of the whole (python -m xcodec_fast.benchmark.winograd;
-# full size, vs float64: direct 8.7e-7, F(2,7) 1.4e-6, F(3,7) 5.3e-6, F(4,7) 8.5e-6; chunked vs
-# whole: direct 1.7e-6, F(2,7) 2.0e-6, F(3,7) 5.6e-6, F(4,7) 1.0e-5). F(3,7) and F(4,7) are
-# faster (up to 2x the direct GEMM at C=512 against F(2,7)'s 1.45x) but not accurate enough.
+# bound against the reference (python -m xcodec_fast.benchmark.winograd; full size, vs float64:
+# direct 8.7e-7, F(2,7) 1.4e-6, F(3,7) 5.3e-6, F(4,7) 8.5e-6). F(3,7) and F(4,7) are faster (up to
+# 2x the direct GEMM at C=512 against F(2,7)'s 1.45x) but not accurate enough. (Chunked decode no
+# longer limits this: its windows start on the tile grid, see tile_period.)
 DISPATCH_TILE_SIZES = (2,)
 
 
