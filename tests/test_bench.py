@@ -257,6 +257,10 @@ def test_long_results_render_between_their_markers(tmp_path):
                      "peak_rss_mb": 1300.0, "added_peak_mb": 250.0}],
         "streaming": [{"chunk_frames": 25, "lookahead_frames": 10, "algorithmic_latency_s": 0.7,
                        "first_chunk_compute_s": 0.3, "chunk_compute_s": 0.25, "realtime_factor": 2.0}],
+        "decode_agreement": {"minutes": 1, "grid_frames": 18,
+                             "rows": [{"kind": "chunked", "chunk_frames": 25, "max_rel_error": 0.0, "bit_equal_fraction": 1.0},
+                                      {"kind": "stream", "chunk_frames": None, "max_rel_error": 3e-7,
+                                       "bit_equal_fraction": 0.99}]},
         "encode_agreement": {"audio_seconds": 120, "chunk_frames": 1000, "seam_band_frames": 50, "weights": "random",
                              "rows": [{"context_frames": 50, "per_stage": [0.95] * 8, "per_stage_near_seams": [0.87] * 8,
                                        "per_stage_away_from_seams": [0.97] * 8, "all_stages_equal": 0.8}]},
@@ -268,6 +272,7 @@ def test_long_results_render_between_their_markers(tmp_path):
     text = readme.read_text()
     assert text.startswith("intro\n") and text.endswith("outro\n") and "old" not in text
     assert "| decode | 60 | 500 | 1200.0 | 3.00 | 1300 | 250 |" in text
+    assert "| chunked | 25 | 0 | 1.0000 |" in text and "| stream | per push | 3e-07 | 0.9900 |" in text
     assert "| 25 | 10 | 0.70 | 0.300 | 0.250 | 2.00 |" in text and "| 50 | 0.950 | 0.870 | 0.970 | 0.950 | 0.800 |" in text
     unmarked = tmp_path / "plain.md"
     unmarked.write_text("none\n")

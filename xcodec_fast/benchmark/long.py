@@ -9,6 +9,8 @@ Measures, with the full-size default config (random weights run at the speed of 
   which is what ``DECODE_CHUNK_FRAMES`` is chosen from.
 * **streaming**: per fixed chunk size, the lookahead (algorithmic latency), the compute time of
   the first and of later chunks, and the real-time factor.
+* **decode agreement** (1 minute): chunked and streamed decode against the whole decode, largest
+  difference relative to the peak and the fraction of samples bit-equal.
 * **windowed-encode agreement**: codes of the windowed encode against a whole-file encode per
   quantizer stage, overall and within 1 s of a window seam, as a function of the attention context.
 
@@ -148,6 +150,33 @@ def streaming(threads: int, chunks: list[int]) -> list[dict]:
     return rows
 
 
+def decode_agreement(threads: int, minutes: float, chunks: list[int], stream_chunks: list[int]) -> dict:
+    """Chunked and streamed decode against the whole decode (one window), per chunk size: the
+    largest difference relative to the audio's peak and the fraction of samples bit-equal."""
+    import torch
+
+    model = _model(threads)
+    frames = round(minutes * 60 * 50)
+    codes = torch.randint(0, 1024, (1, 8, frames), generator=torch.Generator().manual_seed(3))
+    whole = model.decode(codes, chunk_frames=frames).audio_values
+    peak = whole.abs().max().item()
+
+    def row(kind: str, chunk, audio) -> dict:
+        diff = (audio - whole).abs()
+        result = {"kind": kind, "chunk_frames": chunk, "max_rel_error": diff.max().item() / peak,
+                  "bit_equal_fraction": (diff == 0).double().mean().item()}
+        print(f"decode agreement {kind} {chunk}: max rel {result['max_rel_error']:.3g}, "
+              f"bit-equal {result['bit_equal_fraction']:.4f}", file=sys.stderr, flush=True)
+        return result
+
+    rows = [row("chunked", chunk, model.decode(codes, chunk_frames=chunk).audio_values) for chunk in chunks]
+    for chunk in stream_chunks:
+        stream = model.decode_stream(chunk_frames=chunk)
+        pieces = [stream.push(codes[..., i : i + 13]) for i in range(0, frames, 13)] + [stream.flush()]
+        rows.append(row("stream", chunk, torch.cat(pieces, dim=-1)))
+    return {"minutes": minutes, "grid_frames": model.decoder_grid(), "rows": rows}
+
+
 def agreement(threads: int, seconds: float, chunk: int, contexts: list[int]) -> dict:
     import torch
 
@@ -194,7 +223,8 @@ def main(argv=None) -> int:
     p.add_argument("--stream-chunks", type=int, nargs="+", default=[1, 5, 25, 50, 150])
     p.add_argument("--agreement-seconds", type=float, default=120.0)
     p.add_argument("--contexts", type=int, nargs="+", default=[0, 25, 50, 100, 250, 500])
-    p.add_argument("--parts", nargs="+", default=["lengths", "sweep", "stream", "agreement"])
+    p.add_argument("--decode-agreement-chunks", type=int, nargs="+", default=[7, 25, 150, 500])
+    p.add_argument("--parts", nargs="+", default=["lengths", "sweep", "stream", "decode_agreement", "agreement"])
     p.add_argument("--tasks", nargs="+", default=["decode", "encode"], help="which calls the lengths part times")
     args = p.parse_args(argv)
     if args.child:
@@ -229,6 +259,9 @@ def main(argv=None) -> int:
             save()
     if "stream" in args.parts:
         result["streaming"] = streaming(args.threads, args.stream_chunks)
+        save()
+    if "decode_agreement" in args.parts:
+        result["decode_agreement"] = decode_agreement(args.threads, 1, args.decode_agreement_chunks, [25, None])
         save()
     if "agreement" in args.parts:
         result["encode_agreement"] = agreement(args.threads, args.agreement_seconds, 1000, args.contexts)

@@ -335,6 +335,14 @@ def long_markdown(result: dict) -> str:
                      "before the chunk's audio, plus its compute):\n\n"
                      + _table(["chunk (frames)", "lookahead", "latency s (codes)", "first chunk s", "per chunk s",
                                "× real time"], rows))
+    decoded = result.get("decode_agreement")
+    if decoded:
+        rows = [[r["kind"], "per push" if r["chunk_frames"] is None else str(r["chunk_frames"]),
+                 _fmt(r["max_rel_error"], ".2g"), _fmt(r["bit_equal_fraction"], ".4f")] for r in decoded["rows"]]
+        parts.append(f"Chunked and streamed decode against the whole decode, {decoded['minutes']:g} minute of random "
+                     f"codes, windows on the decoder grid ({decoded['grid_frames']} frames; streams pushed 13 frames "
+                     "at a time):\n\n" + _table(["decode", "chunk (frames)", "max error / peak", "samples bit-equal"],
+                                                 rows))
     agreement = result.get("encode_agreement")
     if agreement:
         rows = [[str(r["context_frames"]), _fmt(r["per_stage"][0], ".3f"), _fmt(r["per_stage_near_seams"][0], ".3f"),

@@ -20,7 +20,6 @@ from torch import Tensor, nn
 
 from .. import ops
 from ..config import AcousticConfig
-from ..ops.grid import blocked_conv1d
 from ..ops.winograd import tile_period
 from ..lengths import conv_output_length
 from ..sites import RESIDUAL_DILATIONS, RESIDUAL_KERNEL
@@ -49,14 +48,12 @@ def zero_outside(x: Tensor, starts: Tensor | None, lengths: Tensor | None) -> Te
     return x.masked_fill(~valid[:, None, :], 0)
 
 
-# oneDNN (and cuDNN) choose a convolution's algorithm, so its summation order, by the input's width
-# and batch: a 50-frame decode window and the 150-frame stream it came from were 1.6e-6 of the peak
-# apart at the first transposed conv, 1.2e-6 at the second. So the decoder's first conv runs on
-# blocks of block_frames code frames on a grid from frame 0 (ops/grid.py), and its
-# transposed convs through ops.snake_conv_transpose1d_on_grid (the same blocks, scaled to each
-# layer's rate, or a width-invariant kernel): a window that starts on the grid computes every frame
-# as the whole stream does. The residual units and the last conv were measured width-invariant
-# (bit-equal) at the full-size decoder's shapes. Graphs traced by torch.compile / torch.export keep
+# Decode windows start on the decoder's grid (block_frames code frames, a multiple of the native
+# Winograd tile periods), and the decoder's first conv and transposed convs go through the ops'
+# grid variants: on the native backend every frame is then computed as in the whole stream
+# (oneDNN picks a convolution's algorithm, so its summation order, by width and batch: a 50-frame
+# window of a 150-frame decode was 1.6e-6 of the peak apart at the first transposed conv). The
+# eager reference keeps transformers' calls. Graphs traced by torch.compile / torch.export keep
 # plain calls (see _traced).
 LATENT_BLOCK_MIN = 16
 
@@ -267,7 +264,7 @@ class DacDecoder(nn.Module):
         if _traced():
             x = F.conv1d(x, self.conv1.weight, self.conv1.bias, padding=self.conv1.padding[0])
         else:
-            x = blocked_conv1d(x, self.conv1.weight, self.conv1.bias, self.conv1.padding[0], self.block_frames)
+            x = ops.conv1d_on_grid(x, self.conv1.weight, self.conv1.bias, self.conv1.padding[0], self.block_frames)
         for block in self.block:
             x, _ = block(x, lengths, starts)
             lengths, starts = _scaled(lengths, block.stride), _scaled(starts, block.stride)

@@ -21,6 +21,7 @@ from typing import Iterator
 import torch
 
 from . import eager  # noqa: F401  (registers the reference implementations)
+from . import grid
 from .backend import (
     BACKENDS,
     CHOICES,
@@ -61,6 +62,7 @@ __all__ = [
     "use_backend",
     "skip_value_checks",
     "snake_conv_transpose1d_on_grid",
+    "conv1d_on_grid",
     *OPS,
 ]
 
@@ -207,34 +209,59 @@ def conv1d(x, weight, bias, stride: int, padding: int) -> torch.Tensor:
     return _run(op, x.device, x, weight, bias, int(stride), int(padding))
 
 
-def snake_conv_transpose1d(x, alpha, weight, bias, stride: int, padding: int, output_padding: int) -> torch.Tensor:
-    """``conv_transpose1d(snake(x), weight, bias, stride, padding, output_padding)`` (decoder upsampling)."""
-    op = "snake_conv_transpose1d"
+def _check_transposed(op: str, x, alpha, weight, bias) -> None:
     _check_float("x", op, x, ndim=3)
     _check_alpha(op, "alpha", alpha, x.shape[1], x)
     _check_conv_weight(op, "weight", weight, x, in_dim=0)
     _check_bias(op, "bias", bias, weight.shape[1], x)
     if x.shape[-1] == 0:
         raise ValueError(f"{op}: input has no frames")
+
+
+def snake_conv_transpose1d(x, alpha, weight, bias, stride: int, padding: int, output_padding: int) -> torch.Tensor:
+    """``conv_transpose1d(snake(x), weight, bias, stride, padding, output_padding)`` (decoder upsampling)."""
+    op = "snake_conv_transpose1d"
+    _check_transposed(op, x, alpha, weight, bias)
     return _run(op, x.device, x, alpha, weight, bias, int(stride), int(padding), int(output_padding))
 
 
 def snake_conv_transpose1d_on_grid(x, alpha, weight, bias, stride: int, padding: int, output_padding: int,
                                    block: int) -> torch.Tensor:
-    """:func:`snake_conv_transpose1d` computed so that each output frame depends on its input frames
-    and its place on a grid of ``block`` input frames from frame 0, not on the input's width: a
-    decode window that starts on the grid gets the whole stream's values (see
-    ``XcodecModel.decoder_grid``). Backends without a width-invariant kernel run it in blocks."""
+    """:func:`snake_conv_transpose1d` for decode windows that start on a grid of ``block`` input
+    frames (``XcodecModel.decoder_grid``). The native backend computes every output frame
+    independently of the input's width (its oneDNN-engine GEMM, or fixed blocks), so a window gets
+    the whole stream's values bit for bit; the eager reference keeps transformers' one call (bit-equal
+    to transformers, windows within the decode tolerance), Triton its kernel."""
     op = "snake_conv_transpose1d_on_grid"
-    _check_float("x", op, x, ndim=3)
-    _check_alpha(op, "alpha", alpha, x.shape[1], x)
-    _check_conv_weight(op, "weight", weight, x, in_dim=0)
-    _check_bias(op, "bias", bias, weight.shape[1], x)
-    if x.shape[-1] == 0:
-        raise ValueError(f"{op}: input has no frames")
+    _check_transposed(op, x, alpha, weight, bias)
     if int(block) < 1:
         raise ValueError(f"{op}: block must be at least 1 frame, got {block}")
-    return _run(op, x.device, x, alpha, weight, bias, int(stride), int(padding), int(output_padding), int(block))
+    if _on_native(x):
+        from . import native
+
+        return native.snake_conv_transpose1d_on_grid(x, alpha, weight, bias, int(stride), int(padding),
+                                                     int(output_padding), int(block))
+    return snake_conv_transpose1d(x, alpha, weight, bias, stride, padding, output_padding)
+
+
+def conv1d_on_grid(x, weight, bias, padding: int, block: int) -> torch.Tensor:
+    """The decoder's first conv (``F.conv1d``, stride 1) for decode windows on a grid of ``block``
+    frames: on the native backend on fixed blocks of the grid (oneDNN picks its algorithm by width
+    and batch), so windows get the whole stream's values; elsewhere one call, as transformers."""
+    op = "conv1d_on_grid"
+    _check_float("x", op, x, ndim=3)
+    _check_conv_weight(op, "weight", weight, x, in_dim=1)
+    _check_bias(op, "bias", bias, weight.shape[0], x)
+    if int(block) < 1:
+        raise ValueError(f"{op}: block must be at least 1 frame, got {block}")
+    if _on_native(x):
+        return grid.blocked_conv1d(x, weight, bias, int(padding), int(block))
+    return torch.nn.functional.conv1d(x, weight, bias, padding=int(padding))
+
+
+def _on_native(x: torch.Tensor) -> bool:
+    # the backend the plain transposed conv would run on here (the grid variants follow it)
+    return implementation("snake_conv_transpose1d", x.device)[0] == "native"
 
 
 def _check_codebooks(op: str, codebooks: torch.Tensor) -> None:

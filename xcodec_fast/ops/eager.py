@@ -9,7 +9,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from . import grid
 from .backend import register
 
 
@@ -65,17 +64,6 @@ def conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, str
 def snake_conv_transpose1d(x: torch.Tensor, alpha: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                            stride: int, padding: int, output_padding: int) -> torch.Tensor:
     return F.conv_transpose1d(snake(x, alpha), weight, bias, stride=stride, padding=padding, output_padding=output_padding)
-
-
-@register("snake_conv_transpose1d_on_grid", "eager")
-def snake_conv_transpose1d_on_grid(x: torch.Tensor, alpha: torch.Tensor, weight: torch.Tensor,
-                                   bias: torch.Tensor | None, stride: int, padding: int, output_padding: int,
-                                   block: int) -> torch.Tensor:
-    """Every backend without a width-invariant transposed conv: its own, on the grid's blocks."""
-    from . import snake_conv_transpose1d as dispatched  # the backend in force, per block
-
-    return grid.blocked_snake_conv_transpose1d(dispatched, x, alpha, weight, bias, stride, padding, output_padding,
-                                               block)
 
 
 @register("rvq_encode", "eager")

@@ -52,7 +52,7 @@ import torch
 import torch.nn.functional as F
 
 from ..lengths import conv_output_length, conv_transpose_output_length
-from . import eager, tuning, winograd
+from . import eager, grid, tuning, winograd
 from .packing import packed
 from .backend import register
 
@@ -253,14 +253,15 @@ def snake_conv_transpose1d(x, alpha, weight, bias, stride, padding, output_paddi
     return _tuned_snake_conv_transpose1d(x, alpha, weight, bias, stride, padding, output_padding)
 
 
-@register("snake_conv_transpose1d_on_grid", "native")
 def snake_conv_transpose1d_on_grid(x, alpha, weight, bias, stride, padding, output_padding, block) -> torch.Tensor:
-    """fp32: the chunked GEMM on oneDNN's engine, whose every output frame is one brgemm dot product
-    over the same inputs in the same order whatever the input's width or chunking, so no blocks are
-    needed; otherwise eager's blocks."""
+    """The transposed conv with every output frame independent of the input's width (see
+    ops.snake_conv_transpose1d_on_grid): fp32 on the chunked GEMM's oneDNN engine, each output frame
+    one brgemm dot product over the same inputs in the same order whatever the width or chunking;
+    other dtypes as the measured dispatch runs them, on the grid's blocks."""
     fits = x.dtype == weight.dtype == torch.float32 and weight.dim() == 3 and weight.shape[0] == x.shape[1]
     if not fits or _recording_autograd(x, alpha, weight, bias):
-        return eager.snake_conv_transpose1d_on_grid(x, alpha, weight, bias, stride, padding, output_padding, block)
+        return grid.blocked_snake_conv_transpose1d(snake_conv_transpose1d, x, alpha, weight, bias, stride, padding,
+                                                   output_padding, block)
     ext = extension()
     return ext.snake_conv_transpose1d_gemm(
         x, alpha, weight, bias, int(stride), int(padding), int(output_padding), 0,
