@@ -353,3 +353,13 @@ def test_math_modes_follow_torchs_switches(monkeypatch):
     assert math_modes(cuda, torch.bfloat16) == {"conv": "bf16", "matmul": "bf16"}
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     assert op_math_mode("residual_unit", "triton", cuda, torch.float32) == "ieee"
+
+
+def test_module_entry_refuses_nonpositive_threads(capsys):
+    from xcodec_fast.benchmark import suite
+
+    for threads in ("0", "-1"):
+        with pytest.raises(SystemExit) as exit_info:
+            suite.main(["--threads", threads])
+        assert exit_info.value.code == 2
+        assert f"--threads must be a positive integer, got {threads}" in capsys.readouterr().err

@@ -322,4 +322,7 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="xcodec-fast bench", description=__doc__.split("\n\n")[0])
     add_arguments(parser)
-    return run(parser.parse_args(argv))
+    args = parser.parse_args(argv)
+    if args.threads is not None and args.threads < 1:  # the CLI checks this in cmd_bench
+        parser.error(f"--threads must be a positive integer, got {args.threads}")
+    return run(args)
