@@ -105,7 +105,7 @@ def test_chunked_with_code_lengths_equals_whole(model, backend):
 
 
 def test_windows_never_exceed_the_chunk_plus_context(model):
-    """Peak memory follows the window: no decoder call sees more than left + chunk + right frames."""
+    """Peak memory follows the window: no decoder call sees more than left + grid - 1 + chunk + right frames."""
     seen = []
     decode_latent = model.decode_latent
 
@@ -119,8 +119,8 @@ def test_windows_never_exceed_the_chunk_plus_context(model):
     finally:
         del model.decode_latent
     left, right = model.decoder_context()
-    # a window starts on the decoder's grid: up to grid - 1 frames more on the left
-    assert len(seen) == 13 and max(seen) <= left + model.decoder_grid() - 1 + 16 + right
+    # a window starts on the grid: up to grid - 1 frames more on the left (native)
+    assert len(seen) == 13 and max(seen) <= left + model.window_grid() - 1 + 16 + right
 
 
 def test_long_streams_chunk_by_default(model, monkeypatch):
@@ -251,3 +251,20 @@ def test_chunked_with_winograd_residual_units_equals_whole(m, config):
         whole = model.decode(codes, chunk_frames=60).audio_values
         for chunk in (1, 7, 17):
             assert_close_to(whole, model.decode(codes, chunk_frames=chunk).audio_values, "native", f"chunks of {chunk}")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif("native" not in BACKENDS, reason="native backend unavailable")
+@pytest.mark.parametrize("choice", ["gemm-onednn", "winograd2-onednn"])
+def test_full_size_native_windows_are_bit_equal_on_width_invariant_kernels(choice):
+    """With the residual units on oneDNN's brgemm engine (each output one dot product in a fixed
+    order), every conv of the decode is width-invariant on the grid: bit-equal on any CPU."""
+    model = XcodecModel.from_random(XcodecConfig(), seed=1)
+    codes = random_codes(1, 60, seed=9)
+    with xcodec_fast.use_backend("native"), tuning.forced("residual_unit", choice):
+        whole = model.decode(codes, chunk_frames=60).audio_values
+        for chunk in (1, 17):
+            assert torch.equal(model.decode(codes, chunk_frames=chunk).audio_values, whole), f"chunks of {chunk}"
+        stream = model.decode_stream(chunk_frames=25)
+        pieces = [stream.push(codes[..., i : i + 13]) for i in range(0, 60, 13)] + [stream.flush()]
+        assert torch.equal(torch.cat(pieces, dim=-1), whole), "stream of 25-frame chunks"

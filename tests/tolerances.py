@@ -162,6 +162,9 @@ CHUNKED_DECODE = {"eager": 5e-6, "native": 1e-6, "triton": 5e-6}
 # A conv computed on the decode grid's blocks (or native's width-invariant GEMM) against one whole
 # call, fp32: the same products summed in another order.
 ON_GRID_VS_WHOLE_CALL = Close(1e-6, 1e-6, of_peak=True)
+# The same in bf16, against float64 on the same bf16 inputs: Snake's result and the output each
+# rounded to bf16 once (eager also rounds between Snake and the conv).
+ON_GRID_BF16 = Close(0.0, 4 * _EPSBF16, of_peak=True)
 
 
 def to_reference(x: torch.Tensor) -> torch.Tensor:

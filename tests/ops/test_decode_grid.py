@@ -21,8 +21,9 @@ from xcodec_fast.sites import RESIDUAL_DILATIONS
 NATIVE = ops.availability("native")[0]
 needs_native = pytest.mark.skipif(not NATIVE, reason="native backend unavailable")
 # (stride, kernel, padding, output_padding): the decoder's geometry (k = 2s, p = ceil(s/2),
-# output_padding = s % 2) and one that is not.
-GEOMETRIES = [(2, 4, 1, 0), (3, 6, 2, 1), (5, 10, 3, 1), (8, 16, 4, 0), (3, 7, 1, 0)]
+# output_padding = s % 2) and ones that are not, down to kernels shorter than the stride and a
+# padding as long as the kernel.
+GEOMETRIES = [(2, 4, 1, 0), (3, 6, 2, 1), (5, 10, 3, 1), (8, 16, 4, 0), (3, 7, 1, 0), (3, 2, 0, 0), (3, 1, 1, 2)]
 
 
 def transposed_inputs(channels_in: int, channels_out: int, kernel: int, frames: int, seed: int):
@@ -92,12 +93,18 @@ def test_eager_keeps_transformers_single_calls():
         assert torch.equal(ops.conv1d_on_grid(x, w1, b1, 3, 6), F.conv1d(x, w1, b1, padding=3))
 
 
-def test_grid_ops_refuse_a_bad_block():
+def test_grid_ops_refuse_bad_arguments():
     x, alpha, weight, bias = transposed_inputs(2, 2, 4, 5, seed=0)
     with pytest.raises(ValueError, match="block must be at least 1 frame, got 0"):
         ops.snake_conv_transpose1d_on_grid(x, alpha, weight, bias, 2, 1, 0, 0)
+    with pytest.raises(ValueError, match="0 <= output_padding < stride, got stride 2, padding 1, output_padding 2"):
+        ops.snake_conv_transpose1d_on_grid(x, alpha, weight, bias, 2, 1, 2, 4)
     with pytest.raises(ValueError, match="block must be at least 1 frame, got -1"):
         ops.conv1d_on_grid(x, torch.randn(3, 2, 7), None, 3, -1)
+    with pytest.raises(ValueError, match="input of 5 frames with padding 0 is shorter than the kernel \\(7\\)"):
+        ops.conv1d_on_grid(x, torch.randn(3, 2, 7), None, 0, 4)
+    with pytest.raises(ValueError, match="grid must be at least 1 frame, got 0"):
+        list(plan_windows(10, 2, 1, 1, 0))
 
 
 @pytest.mark.parametrize("frames,block,padding,kernel", [(1, 1, 3, 7), (5, 18, 3, 7), (40, 4, 3, 7), (37, 9, 1, 3)])
@@ -137,3 +144,55 @@ def test_windows_start_on_the_grid():
         for w in windows:
             assert w.low % step == 0 and max(0, w.start - left) - step < w.low <= max(0, w.start - left)
             assert w.high == min(total, w.end + right)
+
+
+@needs_native
+@pytest.mark.parametrize("chunk_frames", [None, 4])
+def test_native_stream_windows_start_on_the_grid(chunk_frames):
+    model = XcodecModel.from_random(tiny_config(), seed=2)
+    with xcodec_fast.use_backend("native"):
+        stream = model.decode_stream(chunk_frames=chunk_frames)
+        lows = []
+        buffered = stream._buffered
+        stream._buffered = lambda low, high: lows.append(low) or buffered(low, high)
+        codes = torch.randint(0, 1024, (2, 8, 70), generator=torch.Generator().manual_seed(1))
+        for start in range(0, 70, 9):
+            stream.push(codes[..., start : start + 9])
+        stream.flush()
+    step = model.decoder_grid()
+    assert len(lows) > 3 and all(low % step == 0 for low in lows), lows
+
+
+def test_eager_windows_take_no_grid_context():
+    model = XcodecModel.from_random(tiny_config(), seed=2)
+    with xcodec_fast.use_backend("eager"):
+        assert model.window_grid() == 1 and model.decode_stream(chunk_frames=4).window_frames == sum(
+            model.decoder_context()) + 4
+
+
+@needs_native
+def test_native_transposed_conv_with_padding_as_long_as_the_kernel_runs_eager():
+    """The chunked GEMM's task spans assume padding < kernel (every decoder's): such a conv goes to
+    eager instead of crashing in the kernel."""
+    x, alpha, weight, bias = transposed_inputs(4, 3, 1, 13, seed=3)
+    expected = eager.snake_conv_transpose1d(x, alpha, weight, bias, 3, 1, 2)
+    with xcodec_fast.use_backend("native"):
+        assert torch.equal(ops.snake_conv_transpose1d(x, alpha, weight, bias, 3, 1, 2), expected)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("frames", [7, 40, 333])
+def test_grid_last_conv_equals_snake_then_conv_and_is_width_invariant(dtype, frames):
+    g = torch.Generator().manual_seed(frames)
+    x, alpha = torch.randn(2, 8, frames, generator=g).to(dtype), (torch.rand(8, generator=g) + 0.3).to(dtype)
+    weight, bias = (torch.randn(1, 8, 7, generator=g) / 8).to(dtype), torch.randn(1, generator=g).to(dtype)
+    expected = F.conv1d(eager.snake(x.double(), alpha.double()), weight.double(), bias.double(), padding=3)
+    bound = tolerances.ON_GRID_VS_WHOLE_CALL if dtype == torch.float32 else tolerances.ON_GRID_BF16
+    for backend in ["eager"] + (["native"] if NATIVE else []):
+        with xcodec_fast.use_backend(backend):
+            got = ops.snake_conv1d_on_grid(x, alpha, weight, bias, 3, 5)
+            assert got.dtype == dtype
+            tolerances.assert_close(got.double(), expected, bound)
+            if backend == "native" and frames > 20:  # a window on the grid: frames 3+ from its edges as in the whole
+                window = ops.snake_conv1d_on_grid(x[..., 10:], alpha, weight, bias, 3, 5)
+                assert torch.equal(got[..., 13:], window[..., 3:])

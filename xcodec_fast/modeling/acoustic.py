@@ -49,8 +49,8 @@ def zero_outside(x: Tensor, starts: Tensor | None, lengths: Tensor | None) -> Te
 
 
 # Decode windows start on the decoder's grid (block_frames code frames, a multiple of the native
-# Winograd tile periods), and the decoder's first conv and transposed convs go through the ops'
-# grid variants: on the native backend every frame is then computed as in the whole stream
+# Winograd tile periods), and the decoder's first and last convs and its transposed convs go
+# through the ops' grid variants: on the native backend every frame is then computed as in the whole stream
 # (oneDNN picks a convolution's algorithm, so its summation order, by width and batch: a 50-frame
 # window of a 150-frame decode was 1.6e-6 of the peak apart at the first transposed conv). The
 # eager reference keeps transformers' calls. Graphs traced by torch.compile / torch.export keep
@@ -251,6 +251,7 @@ class DacDecoder(nn.Module):
             blocks.append(DecoderBlock(width, width // 2, stride, self.block_frames * rate))
             width //= 2
             rate *= stride
+        self.output_block = self.block_frames * rate  # the last conv's block, in samples
         self.block = nn.ModuleList(blocks)
         self.snake1 = Snake(width)
         self.conv2 = nn.Conv1d(width, 1, 7, padding=3)
@@ -268,8 +269,12 @@ class DacDecoder(nn.Module):
         for block in self.block:
             x, _ = block(x, lengths, starts)
             lengths, starts = _scaled(lengths, block.stride), _scaled(starts, block.stride)
-        x = self.snake1(zero_outside(x, starts, lengths))
-        x = F.conv1d(x, self.conv2.weight, self.conv2.bias, padding=3)
+        x = zero_outside(x, starts, lengths)
+        if _traced():
+            x = F.conv1d(self.snake1(x), self.conv2.weight, self.conv2.bias, padding=self.conv2.padding[0])
+        else:
+            x = ops.snake_conv1d_on_grid(x, self.snake1.alpha, self.conv2.weight, self.conv2.bias,
+                                         self.conv2.padding[0], self.output_block)
         return zero_outside(x, starts, lengths), lengths
 
     def context(self) -> tuple[int, int]:

@@ -36,6 +36,8 @@ def plan_windows(total: int, chunk: int, left: int, right: int, grid: int = 1) -
     decoder's :meth:`~xcodec_fast.XcodecModel.decoder_grid`), taking up to ``grid - 1`` frames more context."""
     if chunk < 1:
         raise ValueError(f"chunk_frames must be at least 1, got {chunk}")
+    if grid < 1:
+        raise ValueError(f"grid must be at least 1 frame, got {grid}")
     for start in range(0, total, chunk):
         end = min(total, start + chunk)
         yield Window(on_grid(max(0, start - left), grid), start, end, min(total, end + right))
@@ -80,9 +82,9 @@ class DecodeStream:
             )
         self.cuda_graph = cuda_graph
         self.left, self.right = model.decoder_context()
-        # Windows start on the decoder's grid (plan_windows), except graph replays: those keep one
-        # unmasked window shape, so their audio is within the decode tolerance, not bit-equal.
-        self.grid = 1 if cuda_graph else model.decoder_grid()
+        # Windows start on the decoder's grid (plan_windows) where the backend decodes on it, except
+        # graph replays: those keep one unmasked window shape (within the decode tolerance).
+        self.grid = 1 if cuda_graph else model.window_grid()
         self.hop_length = model.config.hop_length
         self._graph = None
         self._batch_size = 0
@@ -99,7 +101,7 @@ class DecodeStream:
 
     @property
     def window_frames(self) -> int | None:
-        """Frames per decoded window in fixed-chunk mode (left + chunk + right), else None."""
+        """Frames per decoded window in fixed-chunk mode (left + grid - 1 + chunk + right), else None."""
         if self.chunk_frames is None:
             return None
         # A window starts up to grid - 1 frames before its left context (on the grid).
@@ -173,7 +175,8 @@ class DecodeStream:
         return self._codes[..., low - self._buffer_start : high - self._buffer_start]
 
     def _forget_before(self, frame: int) -> None:
-        """Drop buffered codes no later window needs (they start ``left`` frames before ``frame``)."""
+        """Drop buffered codes no later window needs (they start on the grid at or before ``left``
+        frames before ``frame``)."""
         keep = max(self._buffer_start, on_grid(max(0, frame - self.left), self.grid))
         if keep > self._buffer_start:
             self._codes = self._codes[..., keep - self._buffer_start :]

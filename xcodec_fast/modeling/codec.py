@@ -446,7 +446,7 @@ class XcodecModel(nn.Module):
         total = codes.shape[-1]
         left, right = self.decoder_context()
         hop = self.config.hop_length
-        for window in plan_windows(total, chunk_frames, left, right, self.decoder_grid()):
+        for window in plan_windows(total, chunk_frames, left, right, self.window_grid()):
             local = None
             if lengths is not None:
                 local = (lengths - window.low).clamp(0, window.high - window.low)
@@ -458,6 +458,11 @@ class XcodecModel(nn.Module):
     def decoder_context(self) -> tuple[int, int]:
         """Code frames (left, right) of context that determine a frame's decoded audio."""
         return self.acoustic_decoder.context()
+
+    def window_grid(self) -> int:
+        """The grid decode windows start on now: :meth:`decoder_grid` where the backend in force
+        decodes on it (``ops.decodes_on_grid``: native), else 1 (no extra context)."""
+        return self.decoder_grid() if ops.decodes_on_grid(self.device) else 1
 
     def decoder_grid(self) -> int:
         """Code frames on whose multiples a decode window must start to compute each of its frames

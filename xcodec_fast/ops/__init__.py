@@ -63,6 +63,8 @@ __all__ = [
     "skip_value_checks",
     "snake_conv_transpose1d_on_grid",
     "conv1d_on_grid",
+    "snake_conv1d_on_grid",
+    "decodes_on_grid",
     *OPS,
 ]
 
@@ -228,15 +230,17 @@ def snake_conv_transpose1d(x, alpha, weight, bias, stride: int, padding: int, ou
 def snake_conv_transpose1d_on_grid(x, alpha, weight, bias, stride: int, padding: int, output_padding: int,
                                    block: int) -> torch.Tensor:
     """:func:`snake_conv_transpose1d` for decode windows that start on a grid of ``block`` input
-    frames (``XcodecModel.decoder_grid``). The native backend computes every output frame
-    independently of the input's width (its oneDNN-engine GEMM, or fixed blocks), so a window gets
-    the whole stream's values bit for bit; the eager reference keeps transformers' one call (bit-equal
-    to transformers, windows within the decode tolerance), Triton its kernel."""
+    frames (``XcodecModel.decoder_grid``). Where :func:`decodes_on_grid` (the native backend) every
+    output frame is computed independently of the input's width (its oneDNN-engine GEMM, or fixed
+    blocks), so a window gets the whole stream's values bit for bit; elsewhere one call (the eager
+    reference keeps transformers' calls; windows are then within the decode tolerance)."""
     op = "snake_conv_transpose1d_on_grid"
     _check_transposed(op, x, alpha, weight, bias)
-    if int(block) < 1:
-        raise ValueError(f"{op}: block must be at least 1 frame, got {block}")
-    if _on_native(x):
+    if int(stride) < 1 or int(padding) < 0 or not 0 <= int(output_padding) < int(stride):
+        raise ValueError(f"{op}: needs stride >= 1, padding >= 0 and 0 <= output_padding < stride, got stride "
+                         f"{stride}, padding {padding}, output_padding {output_padding}")
+    _check_block(op, block)
+    if decodes_on_grid(x.device) and not torch.compiler.is_compiling():
         from . import native
 
         return native.snake_conv_transpose1d_on_grid(x, alpha, weight, bias, int(stride), int(padding),
@@ -245,23 +249,51 @@ def snake_conv_transpose1d_on_grid(x, alpha, weight, bias, stride: int, padding:
 
 
 def conv1d_on_grid(x, weight, bias, padding: int, block: int) -> torch.Tensor:
-    """The decoder's first conv (``F.conv1d``, stride 1) for decode windows on a grid of ``block``
-    frames: on the native backend on fixed blocks of the grid (oneDNN picks its algorithm by width
-    and batch), so windows get the whole stream's values; elsewhere one call, as transformers."""
+    """``F.conv1d`` (stride 1) for decode windows on a grid of ``block`` frames: where
+    :func:`decodes_on_grid` on fixed blocks of the grid (oneDNN picks its algorithm by width and
+    batch), so windows get the whole stream's values; elsewhere one call, as transformers."""
     op = "conv1d_on_grid"
     _check_float("x", op, x, ndim=3)
     _check_conv_weight(op, "weight", weight, x, in_dim=1)
     _check_bias(op, "bias", bias, weight.shape[0], x)
-    if int(block) < 1:
-        raise ValueError(f"{op}: block must be at least 1 frame, got {block}")
-    if _on_native(x):
+    if int(padding) < 0 or x.shape[-1] + 2 * int(padding) < weight.shape[-1]:
+        raise ValueError(f"{op}: input of {x.shape[-1]} frames with padding {padding} is shorter than the kernel "
+                         f"({weight.shape[-1]}), or the padding is negative")
+    _check_block(op, block)
+    if decodes_on_grid(x.device) and not torch.compiler.is_compiling():
         return grid.blocked_conv1d(x, weight, bias, int(padding), int(block))
     return torch.nn.functional.conv1d(x, weight, bias, padding=int(padding))
 
 
-def _on_native(x: torch.Tensor) -> bool:
-    # the backend the plain transposed conv would run on here (the grid variants follow it)
-    return implementation("snake_conv_transpose1d", x.device)[0] == "native"
+def snake_conv1d_on_grid(x, alpha, weight, bias, padding: int, block: int) -> torch.Tensor:
+    """``F.conv1d(snake(x, alpha), weight, bias, padding=padding)`` (the decoder's last conv) for
+    decode windows on a grid of ``block`` frames: where :func:`decodes_on_grid` width-invariant
+    (native's GEMM kernels, or fixed blocks); elsewhere Snake then one conv, as transformers."""
+    op = "snake_conv1d_on_grid"
+    _check_float("x", op, x, ndim=3)
+    _check_alpha(op, "alpha", alpha, x.shape[1], x)
+    _check_conv_weight(op, "weight", weight, x, in_dim=1)
+    _check_bias(op, "bias", bias, weight.shape[0], x)
+    if int(padding) < 0 or x.shape[-1] + 2 * int(padding) < weight.shape[-1]:
+        raise ValueError(f"{op}: input of {x.shape[-1]} frames with padding {padding} is shorter than the kernel "
+                         f"({weight.shape[-1]}), or the padding is negative")
+    _check_block(op, block)
+    if decodes_on_grid(x.device) and not torch.compiler.is_compiling():
+        from . import native
+
+        return native.snake_conv1d_on_grid(x, alpha, weight, bias, int(padding), int(block))
+    return torch.nn.functional.conv1d(snake(x, alpha), weight, bias, padding=int(padding))
+
+
+def decodes_on_grid(device: torch.device) -> bool:
+    """Whether the backend in force for ``device`` computes decode windows on the decoder's grid
+    bit for bit like the whole decode (the native backend; see modeling/acoustic.py)."""
+    return implementation("snake_conv_transpose1d", torch.device(device))[0] == "native"
+
+
+def _check_block(op: str, block) -> None:
+    if int(block) < 1:
+        raise ValueError(f"{op}: block must be at least 1 frame, got {block}")
 
 
 def _check_codebooks(op: str, codebooks: torch.Tensor) -> None:

@@ -54,8 +54,11 @@ def blocked_snake_conv_transpose1d(conv, x: torch.Tensor, alpha: torch.Tensor, w
     (snake(0) = 0, so zero frames around the input are its zero padding)."""
     kernel = weight.shape[-1]
     out_frames = (x.shape[-1] - 1) * stride - 2 * padding + kernel + output_padding
-    # Output frame n = i·s + j - p reads input frames i with 0 <= n + p - i·s < K.
-    before, after = (kernel - 1 - padding) // stride, (stride - 1 + padding) // stride
+    # Output frame n = i·s + j - p reads input frames i with 0 <= n + p - i·s < K; a block also
+    # takes enough frames that its call's output reaches past the kept span (kernel < stride),
+    # and none fewer than its own (padding >= kernel): extra frames only add to discarded outputs.
+    before = max((kernel - 1 - padding) // stride, 0)
+    after = max((stride - 1 + padding) // stride, 1 - (kernel - padding) // stride)
     span = block * stride
     count = -(-out_frames // span)
     padded = F.pad(x, (before, count * block + after - x.shape[-1]))

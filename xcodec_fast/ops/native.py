@@ -245,7 +245,8 @@ def snake_conv1d(x, alpha, weight, bias, stride, padding) -> torch.Tensor:
 
 @register("snake_conv_transpose1d", "native")
 def snake_conv_transpose1d(x, alpha, weight, bias, stride, padding, output_padding) -> torch.Tensor:
-    if _recording_autograd(x, alpha, weight, bias):
+    # the kernels' task spans assume the padding lies within the kernel (every decoder's does)
+    if _recording_autograd(x, alpha, weight, bias) or int(padding) >= weight.shape[-1]:
         return eager.snake_conv_transpose1d(x, alpha, weight, bias, stride, padding, output_padding)
     if torch.compiler.is_compiling():
         return torch.ops.xcodec_fast_native.snake_conv_transpose1d(x, alpha, weight, bias, stride, padding,
@@ -258,7 +259,8 @@ def snake_conv_transpose1d_on_grid(x, alpha, weight, bias, stride, padding, outp
     ops.snake_conv_transpose1d_on_grid): fp32 on the chunked GEMM's oneDNN engine, each output frame
     one brgemm dot product over the same inputs in the same order whatever the width or chunking;
     other dtypes as the measured dispatch runs them, on the grid's blocks."""
-    fits = x.dtype == weight.dtype == torch.float32 and weight.dim() == 3 and weight.shape[0] == x.shape[1]
+    fits = (x.dtype == weight.dtype == torch.float32 and weight.dim() == 3 and weight.shape[0] == x.shape[1]
+            and int(padding) < weight.shape[-1])
     if not fits or _recording_autograd(x, alpha, weight, bias):
         return grid.blocked_snake_conv_transpose1d(snake_conv_transpose1d, x, alpha, weight, bias, stride, padding,
                                                    output_padding, block)
@@ -266,6 +268,23 @@ def snake_conv_transpose1d_on_grid(x, alpha, weight, bias, stride, padding, outp
     return ext.snake_conv_transpose1d_gemm(
         x, alpha, weight, bias, int(stride), int(padding), int(output_padding), 0,
         packed(weight, "native_transposed_rows", ext.pack_conv_transpose1d_weight_rows), onednn=True)
+
+
+def snake_conv1d_on_grid(x, alpha, weight, bias, padding, block) -> torch.Tensor:
+    """``conv1d(snake(x))``, stride 1, with every output frame independent of the input's width:
+    fp32 on the chunked GEMM's oneDNN engine and bf16 on the bf16 brgemm kernel (each output one
+    dot product in a fixed order; for the decoder's 64 -> 1 last conv also 4x faster than Snake then
+    oneDNN's conv), else Snake then the conv on the grid's blocks."""
+    fits = weight.dim() == 3 and weight.shape[1] == x.shape[1] and x.dtype == weight.dtype
+    if fits and not _recording_autograd(x, alpha, weight, bias):
+        if x.dtype == torch.float32:
+            ext = extension()
+            return ext.snake_conv1d_gemm(x, alpha, weight, bias, 1, int(padding), 0,
+                                         packed(weight, "native_phases_s1", lambda w: ext.pack_conv1d_weight(w, 1)),
+                                         onednn=True)
+        if x.dtype == torch.bfloat16 and x.shape[1] % 2 == 0 and brgemm_bf16_available():
+            return snake_conv1d_brgemm(x, alpha, weight, bias, 1, padding)
+    return grid.blocked_conv1d(snake(x, alpha), weight, bias, int(padding), int(block))
 
 
 @register("conv1d", "native")
@@ -460,7 +479,9 @@ def snake_conv_transpose1d_brgemm(x, alpha, weight, bias, stride, padding, outpu
 
 def _tuned_snake_conv_transpose1d(x, alpha, weight, bias, stride, padding, output_padding):
     ext = extension()
-    fits = x.dtype == weight.dtype and weight.dim() == 3 and weight.shape[0] == x.shape[1]
+    # the chunked GEMM's task spans assume the padding lies within the kernel (the decoder's does)
+    fits = (x.dtype == weight.dtype and weight.dim() == 3 and weight.shape[0] == x.shape[1]
+            and int(padding) < weight.shape[-1])
     rest = (alpha, weight, bias, int(stride), int(padding), int(output_padding))
     extra = {}
     if fits and x.dtype == torch.bfloat16 and x.shape[1] % 2 == 0 and brgemm_bf16_available():
