@@ -253,13 +253,7 @@ def conv1d_on_grid(x, weight, bias, padding: int, block: int) -> torch.Tensor:
     :func:`decodes_on_grid` on fixed blocks of the grid (oneDNN picks its algorithm by width and
     batch), so windows get the whole stream's values; elsewhere one call, as transformers."""
     op = "conv1d_on_grid"
-    _check_float("x", op, x, ndim=3)
-    _check_conv_weight(op, "weight", weight, x, in_dim=1)
-    _check_bias(op, "bias", bias, weight.shape[0], x)
-    if int(padding) < 0 or x.shape[-1] + 2 * int(padding) < weight.shape[-1]:
-        raise ValueError(f"{op}: input of {x.shape[-1]} frames with padding {padding} is shorter than the kernel "
-                         f"({weight.shape[-1]}), or the padding is negative")
-    _check_block(op, block)
+    _check_conv_on_grid(op, x, weight, bias, padding, block)
     if decodes_on_grid(x.device) and not torch.compiler.is_compiling():
         return grid.blocked_conv1d(x, weight, bias, int(padding), int(block))
     return torch.nn.functional.conv1d(x, weight, bias, padding=int(padding))
@@ -270,14 +264,8 @@ def snake_conv1d_on_grid(x, alpha, weight, bias, padding: int, block: int) -> to
     decode windows on a grid of ``block`` frames: where :func:`decodes_on_grid` width-invariant
     (native's GEMM kernels, or fixed blocks); elsewhere Snake then one conv, as transformers."""
     op = "snake_conv1d_on_grid"
-    _check_float("x", op, x, ndim=3)
+    _check_conv_on_grid(op, x, weight, bias, padding, block)
     _check_alpha(op, "alpha", alpha, x.shape[1], x)
-    _check_conv_weight(op, "weight", weight, x, in_dim=1)
-    _check_bias(op, "bias", bias, weight.shape[0], x)
-    if int(padding) < 0 or x.shape[-1] + 2 * int(padding) < weight.shape[-1]:
-        raise ValueError(f"{op}: input of {x.shape[-1]} frames with padding {padding} is shorter than the kernel "
-                         f"({weight.shape[-1]}), or the padding is negative")
-    _check_block(op, block)
     if decodes_on_grid(x.device) and not torch.compiler.is_compiling():
         from . import native
 
@@ -289,6 +277,16 @@ def decodes_on_grid(device: torch.device) -> bool:
     """Whether the backend in force for ``device`` computes decode windows on the decoder's grid
     bit for bit like the whole decode (the native backend; see modeling/acoustic.py)."""
     return implementation("snake_conv_transpose1d", torch.device(device))[0] == "native"
+
+
+def _check_conv_on_grid(op: str, x, weight, bias, padding, block) -> None:
+    _check_float("x", op, x, ndim=3)
+    _check_conv_weight(op, "weight", weight, x, in_dim=1)
+    _check_bias(op, "bias", bias, weight.shape[0], x)
+    if int(padding) < 0 or x.shape[-1] + 2 * int(padding) < weight.shape[-1]:
+        raise ValueError(f"{op}: input of {x.shape[-1]} frames with padding {padding} is shorter than the kernel "
+                         f"({weight.shape[-1]}), or the padding is negative")
+    _check_block(op, block)
 
 
 def _check_block(op: str, block) -> None:
