@@ -53,16 +53,9 @@ def zero_outside(x: Tensor, starts: Tensor | None, lengths: Tensor | None) -> Te
 # through the ops' grid variants: on the native backend every frame is then computed as in the whole stream
 # (oneDNN picks a convolution's algorithm, so its summation order, by width and batch: a 50-frame
 # window of a 150-frame decode was 1.6e-6 of the peak apart at the first transposed conv). The
-# eager reference keeps transformers' calls. Graphs traced by torch.compile / torch.export keep
-# plain calls (see _traced).
+# eager reference keeps transformers' calls; so do graphs traced by torch.compile / torch.export
+# (the grid ops take their plain call while tracing).
 LATENT_BLOCK_MIN = 16
-
-
-def _traced() -> bool:
-    # torch.compile and torch.export (ONNX) graphs keep whole-input calls: blocks would tie the
-    # graph to the block grid's shapes (export's dynamic frames become guards); their windows are
-    # within the decode tolerance, not bit-equal.
-    return torch.compiler.is_compiling()
 
 
 def _scaled(bound: Tensor | None, factor: int) -> Tensor | None:
@@ -200,7 +193,7 @@ class DecoderBlock(nn.Module):
     ) -> tuple[Tensor, Tensor | None]:
         args = (zero_outside(x, starts, lengths), self.snake1.alpha, self.conv_t1.weight, self.conv_t1.bias,
                 self.stride, self.padding, self.output_padding)
-        if self.block_frames is None or _traced():
+        if self.block_frames is None:
             x = ops.snake_conv_transpose1d(*args)
         else:
             x = ops.snake_conv_transpose1d_on_grid(*args, self.block_frames)
@@ -261,20 +254,13 @@ class DacDecoder(nn.Module):
     ) -> tuple[Tensor, Tensor | None]:
         """Frames outside ``[starts[b], lengths[b])`` are padding: zeroed before every convolution
         (the same as the convolutions' own zero padding at the stream's edges) and 0 in the output."""
-        x = zero_outside(x, starts, lengths)
-        if _traced():
-            x = F.conv1d(x, self.conv1.weight, self.conv1.bias, padding=self.conv1.padding[0])
-        else:
-            x = ops.conv1d_on_grid(x, self.conv1.weight, self.conv1.bias, self.conv1.padding[0], self.block_frames)
+        x = ops.conv1d_on_grid(zero_outside(x, starts, lengths), self.conv1.weight, self.conv1.bias,
+                               self.conv1.padding[0], self.block_frames)
         for block in self.block:
             x, _ = block(x, lengths, starts)
             lengths, starts = _scaled(lengths, block.stride), _scaled(starts, block.stride)
-        x = zero_outside(x, starts, lengths)
-        if _traced():
-            x = F.conv1d(self.snake1(x), self.conv2.weight, self.conv2.bias, padding=self.conv2.padding[0])
-        else:
-            x = ops.snake_conv1d_on_grid(x, self.snake1.alpha, self.conv2.weight, self.conv2.bias,
-                                         self.conv2.padding[0], self.output_block)
+        x = ops.snake_conv1d_on_grid(zero_outside(x, starts, lengths), self.snake1.alpha, self.conv2.weight,
+                                     self.conv2.bias, self.conv2.padding[0], self.output_block)
         return zero_outside(x, starts, lengths), lengths
 
     def context(self) -> tuple[int, int]:
