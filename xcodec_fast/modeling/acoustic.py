@@ -171,11 +171,10 @@ class DacEncoder(nn.Module):
 class DecoderBlock(nn.Module):
     """snake + ConvTranspose (×stride frames, C -> C/2 channels), then three residual units."""
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int, block_frames: int | None = None):
+    def __init__(self, in_channels: int, out_channels: int, stride: int, block_frames: int):
         super().__init__()
         self.stride = stride
-        # Input frames per grid step of the transposed conv (ops.snake_conv_transpose1d_on_grid);
-        # None: a plain call.
+        # Input frames per grid step of the transposed conv (ops.snake_conv_transpose1d_on_grid).
         self.block_frames = block_frames
         self.padding = math.ceil(stride / 2)
         # X-Codec's DAC: output_padding = stride % 2 makes every block output exactly stride × frames.
@@ -191,12 +190,9 @@ class DecoderBlock(nn.Module):
     def forward(
         self, x: Tensor, lengths: Tensor | None = None, starts: Tensor | None = None
     ) -> tuple[Tensor, Tensor | None]:
-        args = (zero_outside(x, starts, lengths), self.snake1.alpha, self.conv_t1.weight, self.conv_t1.bias,
-                self.stride, self.padding, self.output_padding)
-        if self.block_frames is None:
-            x = ops.snake_conv_transpose1d(*args)
-        else:
-            x = ops.snake_conv_transpose1d_on_grid(*args, self.block_frames)
+        x = ops.snake_conv_transpose1d_on_grid(zero_outside(x, starts, lengths), self.snake1.alpha,
+                                               self.conv_t1.weight, self.conv_t1.bias, self.stride, self.padding,
+                                               self.output_padding, self.block_frames)
         lengths, starts = _scaled(lengths, self.stride), _scaled(starts, self.stride)
         for unit in (self.res_unit1, self.res_unit2, self.res_unit3):
             x = unit(x, lengths, starts)
