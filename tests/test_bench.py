@@ -125,6 +125,12 @@ def test_end_to_end_records(quick_run):
         assert bf16_decode["snr_db"] < fp32_decode["snr_db"]  # bf16 rounding shows in the figures
     else:
         assert "xcodec_fast native bf16" in skipped
+    # the opt-in Winograd F(4,7) beside the default native path, fp32, with its own error figures
+    if native.availability(torch.device("cpu"))[0]:
+        fast = [r for r in ok if r["impl"] == e2e.FAST_WINOGRAD_IMPL]
+        assert {r["stage"] for r in fast} == {"encode", "decode"} and all(r["dtype"] == "float32" for r in fast)
+    else:
+        assert e2e.FAST_WINOGRAD_IMPL in skipped
 
 
 def test_code_and_audio_agreement_figures():

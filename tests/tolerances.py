@@ -95,8 +95,9 @@ GEMM_ONEDNN_VS_FLOAT64 = 2e-6
 
 # The native residual unit with its k=7 conv as Winograd F(m, 7), fp32: max error against the
 # float64 truth relative to its peak, per tile size m (the direct GEMM's is ~2e-7; measured by
-# python -m xcodec_fast.benchmark.winograd, bench/results/winograd-error-*.json).
-WINOGRAD = {2: 2e-6, 3: 1e-5, 4: 2e-5}
+# python -m xcodec_fast.benchmark.winograd, bench/results/winograd-error-*.json: at most 1.1e-6,
+# 2.9e-6 and 4.0e-6 over the full-size model's sites), with room for other random weights.
+WINOGRAD = {2: 2e-6, 3: 5e-6, 4: 6e-6}
 
 # The native bf16 residual unit on bf16 matrix units (oneDNN brgemm: bf16 operands, fp32
 # accumulation) against eager evaluated in fp32 on the same bf16 inputs, relative to the output's
@@ -130,6 +131,10 @@ AUDIO = Close(AUDIO_VS_REFERENCE, AUDIO_VS_REFERENCE, of_peak=True, peak_floor=0
 # transformers' own fp32 error (its distance from an fp64 decode, ~3-5e-5 of the peak on the tiny
 # random decoder): as accurate as fp32 allows, not bit-equal.
 DROPIN_FP32_ERRORS = 2
+# The opt-in Winograd F(4,7) (XCODEC_FAST_WINOGRAD=fast) on the oracle tests' badly conditioned
+# random decoders: measured 2.2-4.0x transformers' own fp32 error (F(2,7) stays within
+# DROPIN_FP32_ERRORS); on the benchmark's PyTorch-init model 2.9e-6 of peak vs float64.
+FAST_WINOGRAD_FP32_ERRORS = 6
 # A padded batch's item against the item decoded alone, relative to its peak: batched and single
 # convs round differently (~3e-5 on the tiny random decoders, also without padding).
 PADDED_DECODE_VS_ALONE = 2e-4

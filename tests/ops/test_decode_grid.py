@@ -133,7 +133,7 @@ def test_decoder_grid_is_a_multiple_of_every_tile_period(config):
         for dilation in RESIDUAL_DILATIONS:  # a window on the grid starts on every residual unit's tile grid
             assert step * rate % tile_period(dilation) == 0
     if config == "full":
-        assert step == 18  # F(2,7) at dilation 9 tiles 18 frames; at 8x the code rate 9 code frames are 72
+        assert step == 18  # F(2,7) and F(4,7) at dilation 9 repeat every 36 frames; at 8x the code rate 9 code frames are 72
 
 
 def test_windows_start_on_the_grid():

@@ -97,6 +97,21 @@ def test_item_alone_equals_item_in_a_zero_padded_batch(dilation):
     assert_item_alone_equals_item_in_a_zero_padded_batch(lambda v: native.residual_unit_winograd(v, *rest), x, 401)
 
 
+@pytest.mark.parametrize("onednn", [False, True])
+@pytest.mark.parametrize("dilation", DILATIONS)
+@pytest.mark.parametrize("m", winograd.FAST_TILE_SIZES)
+def test_a_window_on_the_tile_grid_rounds_its_inner_frames_as_the_whole_call(m, dilation, onednn):
+    """A window starting on the tile period: outputs farther than the conv's reach plus the tile's
+    rounding leak from its edges are bit-equal to the whole call's (what window_context relies on)."""
+    args = residual_args(1, 24, 1500, dilation)
+    x, rest = args[0], args[1:]
+    whole = native.residual_unit_winograd(x, *rest, m=m, onednn=onednn)
+    margin = (3 + winograd.rounding_leak(m)) * dilation
+    for low, width in [(winograd.tile_period(dilation), 301), (5 * winograd.tile_period(dilation), 777)]:
+        part = native.residual_unit_winograd(x[..., low : low + width].contiguous(), *rest, m=m, onednn=onednn)
+        assert torch.equal(part[..., margin : width - margin], whole[..., low + margin : low + width - margin]), low
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_reduced_storage_is_computed_in_fp32_and_rounded_once(dtype):
     args = residual_args(2, 24, 301, 9, dtype)
@@ -123,7 +138,7 @@ def test_forced_dispatch_runs_winograd_and_the_table_measures_it(tmp_path, monke
     with ops.use_backend("native"):
         ops.residual_unit(*args)
     (entry,) = native.tuner().table.values()
-    winograds = [f"winograd{m}{engine}" for m in winograd.DISPATCH_TILE_SIZES for engine in ("", "-onednn")]
+    winograds = [f"winograd{m}{engine}" for m in winograd.dispatch_tile_sizes() for engine in ("", "-onednn")]
     assert set(entry["ms"]) == {"onednn", "eager", "gemm", "gemm-onednn", *winograds}
 
 
@@ -141,3 +156,36 @@ def test_bad_transform_arguments_name_the_problem():
         call(good, bt.double(), at)
     with pytest.raises(ValueError, match="\\(C_out, C_in, k\\) weight"):
         winograd.transform_filter(w1[0], 2)
+
+
+def test_rounding_leak_follows_the_transforms():
+    """F(2,7)'s points 0 and ∞ keep each edge input out of the other output's rounding; F(4,7)'s
+    middle outputs round with 2 inputs past their taps; the windows' context grows with it."""
+    assert [winograd.rounding_leak(m) for m in winograd.TILE_SIZES] == [0, 1, 2]
+    with winograd.fast_tiles(False):
+        assert winograd.dispatch_tile_sizes() == (2,) and winograd.tile_reach(9) == 0
+    with winograd.fast_tiles():
+        assert winograd.dispatch_tile_sizes() == (2, 4) and winograd.tile_reach(9) == 18
+
+
+def test_winograd_mode_comes_from_the_environment(monkeypatch):
+    monkeypatch.setenv(winograd.MODE_ENV, "fast")
+    assert winograd.dispatch_tile_sizes() == (2, 4)
+    monkeypatch.setenv(winograd.MODE_ENV, "default")
+    assert winograd.dispatch_tile_sizes() == (2,)
+    monkeypatch.setenv(winograd.MODE_ENV, "fastest")
+    with pytest.raises(ValueError, match="XCODEC_FAST_WINOGRAD='fastest'"):
+        winograd.dispatch_tile_sizes()
+
+
+def test_fast_tiles_are_measured_under_their_own_key(tmp_path, monkeypatch):
+    args = residual_args(1, 16, 901, 3)
+    measure_dispatch(tmp_path, monkeypatch, "retune")
+    with ops.use_backend("native"):
+        ops.residual_unit(*args)
+        with winograd.fast_tiles():
+            ops.residual_unit(*args)
+    table = native.tuner().table
+    assert set(table["residual_unit|C16|k7|d3|float32"]["ms"]) >= {"winograd2", "winograd2-onednn"}
+    assert "winograd4" not in table["residual_unit|C16|k7|d3|float32"]["ms"]
+    assert {"winograd2", "winograd4", "winograd4-onednn"} <= set(table["residual_unit|C16|k7|d3|fast-winograd|float32"]["ms"])

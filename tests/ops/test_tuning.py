@@ -120,7 +120,7 @@ def test_native_ops_pick_by_measurement_and_agree_with_eager(tuned):
     t = native.tuner()
     key = "residual_unit|C24|k7|d3|float32"
     entry = t.table[key]
-    winograds = {f"winograd{m}" for m in winograd.DISPATCH_TILE_SIZES}
+    winograds = {f"winograd{m}" for m in winograd.dispatch_tile_sizes()}
     winograds |= {f"{name}-onednn" for name in winograds}
     assert set(entry["ms"]) == {"gemm", "gemm-onednn", "onednn", "eager", *winograds} and entry["choice"] in entry["ms"]
     tolerances.assert_close(out, eager.residual_unit(*args), tolerances.TUNED_NATIVE)

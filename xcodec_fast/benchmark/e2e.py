@@ -164,6 +164,7 @@ def _run_end_to_end(config, config_name, seconds, batches, backends, device, pol
                 "decode": _with_backend(ours, name, "decode"),
             }
         _add_bf16(impls, section, ours, backends, device, log)
+        _add_fast_winograd(impls, section, ours, backends, device)
         if onnx_runtime:
             _add_onnx_runtime(impls, section, ours, device, log, folders)
         else:
@@ -230,6 +231,30 @@ def _add_bf16(impls: dict, section: dict, ours, backends: dict, device: torch.de
     impls[impl] = {"encode": _with_backend(half, backend, "encode"), "decode": _with_backend(half, backend, "decode"),
                    "dtype": torch.bfloat16}
     log(f"  bf16 path: {backend} on {instructions}")
+
+
+FAST_WINOGRAD_IMPL = "xcodec_fast native fast-winograd"
+
+
+def _add_fast_winograd(impls: dict, section: dict, ours, backends: dict, device: torch.device) -> None:
+    """The opt-in Winograd F(4,7) residual units (XCODEC_FAST_WINOGRAD=fast) on native, fp32: its
+    speed and its audio error against transformers, beside the default F(2,7)."""
+    from ..ops import winograd
+
+    if device.type != "cpu" or not backends.get("native", {}).get("available"):
+        section["skipped"].append({"impl": FAST_WINOGRAD_IMPL, "reason": "native backend unavailable"})
+        return
+
+    def stage(name: str):
+        run = _with_backend(ours, "native", name)
+
+        def call(x):
+            with winograd.fast_tiles():
+                return run(x)
+
+        return call
+
+    impls[FAST_WINOGRAD_IMPL] = {"encode": stage("encode"), "decode": stage("decode")}
 
 
 def _add_onnx_runtime(impls: dict, section: dict, ours, device: torch.device, log, folder: str) -> None:

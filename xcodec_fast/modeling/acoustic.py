@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from .. import ops
 from ..config import AcousticConfig
-from ..ops.winograd import tile_period
+from ..ops.winograd import tile_period, tile_reach
 from ..lengths import conv_output_length
 from ..sites import RESIDUAL_DILATIONS, RESIDUAL_KERNEL
 
@@ -198,9 +198,10 @@ class DecoderBlock(nn.Module):
             x = unit(x, lengths, starts)
         return x, lengths
 
-    def context(self, left: int, right: int) -> tuple[int, int]:
-        """Input frames of context each side that outputs with ``left``/``right`` frames of context need."""
-        left, right = _units_context(left, right)
+    def context(self, left: int, right: int, tiles: bool = False) -> tuple[int, int]:
+        """Input frames of context each side that outputs with ``left``/``right`` frames of context
+        need (``tiles``: with the Winograd tiles' rounding reach, see :func:`_units_context`)."""
+        left, right = _units_context(left, right, tiles)
         # ConvTranspose: output n reads inputs i with 0 <= n + padding - i * stride < 2 * stride.
         kernel = self.conv_t1.kernel_size[0]
         left = (left + kernel - 1 - self.padding) // self.stride
@@ -221,9 +222,10 @@ def _latent_block_frames(upsampling_ratios) -> int:
     return period * -(-LATENT_BLOCK_MIN // period)
 
 
-def _units_context(left: int, right: int) -> tuple[int, int]:
-    """Context through the three residual units (k=7 at dilations 1, 3, 9; their 1x1 conv adds none)."""
-    reach = sum((RESIDUAL_KERNEL // 2) * d for d in RESIDUAL_DILATIONS)
+def _units_context(left: int, right: int, tiles: bool = False) -> tuple[int, int]:
+    """Context through the three residual units (k=7 at dilations 1, 3, 9; their 1x1 conv adds none);
+    ``tiles``: also the frames that move the rounding of a Winograd unit's outputs (tile_reach)."""
+    reach = sum((RESIDUAL_KERNEL // 2) * d + (tile_reach(d) if tiles else 0) for d in RESIDUAL_DILATIONS)
     return left + reach, right + reach
 
 
@@ -259,14 +261,15 @@ class DacDecoder(nn.Module):
                                      self.conv2.bias, self.conv2.padding[0], self.output_block)
         return zero_outside(x, starts, lengths), lengths
 
-    def context(self) -> tuple[int, int]:
+    def context(self, tiles: bool = False) -> tuple[int, int]:
         """Latent frames (left, right) whose values can reach an output frame's samples: decoding a
         window with this much context on each side reproduces the whole-stream output inside it.
-        Derived from the layers (their kernels, dilations, strides, paddings), not a constant."""
+        Derived from the layers (their kernels, dilations, strides, paddings), not a constant.
+        ``tiles``: enough more that Winograd residual units round the kept frames as in the whole decode."""
         last_pad = self.conv2.padding[0]  # the last conv, in output samples
         left, right = last_pad, self.conv2.kernel_size[0] - 1 - last_pad
         for block in reversed(self.block):
-            left, right = block.context(left, right)
+            left, right = block.context(left, right, tiles)
         # The first conv (k=7, "same" padding) reads `padding` frames each side.
         pad = self.conv1.padding[0]
         return left + pad, right + (self.conv1.kernel_size[0] - 1 - pad)

@@ -81,9 +81,10 @@ class DecodeStream:
                 "drop cuda_graph or move the model (model.to('cuda'))"
             )
         self.cuda_graph = cuda_graph
-        self.left, self.right = model.decoder_context()
-        # Windows start on the decoder's grid (plan_windows) where the backend decodes on it, except
-        # graph replays: those keep one unmasked window shape (within the decode tolerance).
+        # Windows start on the decoder's grid (plan_windows), with the Winograd tiles' context, where
+        # the backend decodes on it, except graph replays: those keep one unmasked window shape
+        # (within the decode tolerance).
+        self.left, self.right = model.decoder_context() if cuda_graph else model.window_context()
         self.grid = 1 if cuda_graph else model.window_grid()
         self.hop_length = model.config.hop_length
         self._graph = None

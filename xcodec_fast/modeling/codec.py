@@ -444,7 +444,7 @@ class XcodecModel(nn.Module):
         """Core: checked codes (B, n_q, T) -> (window, audio of frames [window.start, window.end))
         in order; concatenated they are ``decode``'s audio. For writing long audio as it is made."""
         total = codes.shape[-1]
-        left, right = self.decoder_context()
+        left, right = self.window_context()
         hop = self.config.hop_length
         for window in plan_windows(total, chunk_frames, left, right, self.window_grid()):
             local = None
@@ -458,6 +458,12 @@ class XcodecModel(nn.Module):
     def decoder_context(self) -> tuple[int, int]:
         """Code frames (left, right) of context that determine a frame's decoded audio."""
         return self.acoustic_decoder.context()
+
+    def window_context(self) -> tuple[int, int]:
+        """The context decode windows take now: :meth:`decoder_context`, plus the reach of the
+        Winograd tiles' rounding where the backend in force decodes on the grid (native), so that
+        the kept frames are computed exactly as in the whole decode."""
+        return self.acoustic_decoder.context(tiles=ops.decodes_on_grid(self.device))
 
     def window_grid(self) -> int:
         """The grid decode windows start on now: :meth:`decoder_grid` where the backend in force

@@ -395,16 +395,19 @@ def _tuned_residual_unit(x, alpha1, weight1, bias1, dilation, alpha2, weight2, b
     square = (weight1.dim() == 3 and tuple(weight1.shape[:2]) == (c, c) and weight1.shape[2] % 2 == 1
               and tuple(weight2.shape) == (c, c, 1) and alpha2.numel() == c and weight1.dtype == weight2.dtype == x.dtype)
     rest = (alpha1, weight1, bias1, int(dilation), alpha2, weight2, bias2)
-    # Measured dispatch chooses among the tile sizes whose error is within the decode bound; an
-    # error study may force any of them.
-    sizes = winograd.TILE_SIZES if tuning.forced_choice("residual_unit") else winograd.DISPATCH_TILE_SIZES
+    # Measured dispatch chooses among the tile sizes allowed now (F(4,7) is opt-in, see winograd.py);
+    # an error study may force any of them.
+    fast = winograd.fast_tiles_enabled()
+    sizes = winograd.TILE_SIZES if tuning.forced_choice("residual_unit") else winograd.dispatch_tile_sizes()
     extra = {}
     for m in sizes if square else ():
         extra[f"winograd{m}"] = lambda v, m=m: residual_unit_winograd(v, *rest, m=m)
         extra[f"winograd{m}-onednn"] = lambda v, m=m: residual_unit_winograd(v, *rest, m=m, onednn=True)
     if square and x.dtype == torch.bfloat16 and c % 2 == 0 and brgemm_bf16_available():
         extra["brgemm"] = lambda v: residual_unit_brgemm(v, *rest)
-    return _tuned("residual_unit", x, (f"C{c}", f"k{weight1.shape[-1]}", f"d{int(dilation)}"), rest,
+    # the opt-in tiles are measured under their own key: switching modes must not overwrite choices
+    geometry = (f"C{c}", f"k{weight1.shape[-1]}", f"d{int(dilation)}", *(("fast-winograd",) if fast else ()))
+    return _tuned("residual_unit", x, geometry, rest,
                   ext.residual_unit_onednn, eager.residual_unit, ext.residual_unit_gemm if square else None,
                   ext.residual_unit,
                   lambda: (packed(weight1, "native_taps_last", ext.pack_residual_weight),
