@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 
@@ -10,6 +12,7 @@ import xcodec_fast
 from xcodec_fast import XcodecModel
 from xcodec_fast.config import tiny_config
 from xcodec_fast.modeling import codec
+from xcodec_fast.ops import tuning
 
 torch.set_num_threads(1)
 
@@ -23,13 +26,17 @@ def random_audio(batch: int, samples: int, seed: int) -> torch.Tensor:
     return torch.randn(batch, 1, samples, generator=torch.Generator().manual_seed(seed)) * 0.1
 
 
-@pytest.mark.parametrize("backend", ["eager", "native"])
+@pytest.mark.parametrize("backend", ["eager", "native", "native-fast-winograd"])
 def test_windows_with_whole_context_equal_the_whole_encode(model, backend):
     """With attention context covering the recording, only the exact parts differ from a whole
-    encode: the acoustic windows (receptive field) and the GroupNorm statistics (first pass)."""
-    if not xcodec_fast.ops.availability(backend)[0]:
-        pytest.skip(f"{backend} unavailable")
-    with xcodec_fast.use_backend(backend):
+    encode: the acoustic windows (receptive field) and the GroupNorm statistics (first pass).
+    Also with the opt-in Winograd F(4,7) residual units forced everywhere."""
+    name = backend.removesuffix("-fast-winograd")
+    if not xcodec_fast.ops.availability(name)[0]:
+        pytest.skip(f"{name} unavailable")
+    fast = name != backend
+    with xcodec_fast.use_backend(name), \
+            (tuning.forced("residual_unit", "winograd4") if fast else contextlib.nullcontext()):
         for samples in (16000 * 2, 16000 * 3 + 17, 5 * 320 + 1):
             audio = random_audio(2, samples, seed=samples)
             whole = model.encode(audio).audio_codes
