@@ -82,10 +82,9 @@ class DecodeStream:
             )
         self.cuda_graph = cuda_graph
         # Windows start on the decoder's grid (plan_windows), with the Winograd tiles' context, where
-        # the backend decodes on it, except graph replays: those keep one unmasked window shape
-        # (within the decode tolerance).
-        self.left, self.right = model.decoder_context() if cuda_graph else model.window_context()
-        self.grid = 1 if cuda_graph else model.window_grid()
+        # the backend decodes on it (native); graph replays run on CUDA, where neither applies.
+        self.left, self.right = model.window_context()
+        self.grid = model.window_grid()
         self.hop_length = model.config.hop_length
         self._graph = None
         self._batch_size = 0
