@@ -6,14 +6,15 @@
 #   gpu.txt        card, driver, versions, commit                              (setup,     30 s)
 #   session.log    every part's output, the tests' verdicts first               (all)
 #   kernels.json   Triton vs eager kernels at the real sites, batch 16          (kernels,   60 s)
-#   e2e-b1.json    end to end, 10 s clip, batch 1: vs transformers eager with   (e2e-b1,    70 s)
+#   e2e-b1.json    end to end, 10 s clip, batch 1: vs transformers eager with   (e2e-b1,    60 s)
 #                  torch's defaults (TF32 convs) and torch.compile
 #   e2e-b16.json   the same at batch 16, without torch.compile (its compile    (e2e-b16,   50 s)
 #                  time would not fit; `more` times it)
-#   tokenize.json  tokenizer audio-hours per GPU-hour over 10 min of audio      (tokenize,  40 s)
+#   tokenize.json  tokenizer audio-hours per GPU-hour over 10 min of audio,     (tokenize,  60 s)
+#                  padded batches, then length buckets replayed from CUDA graphs
 # Before them, in session.log: the GPU tests (every Triton op at the real model's shapes against
 # eager: fp32-IEEE codes equal, TF32/bf16/fp16 agreement, CUDA-graph capture and replay, the
-# sync-free check, the whole model end to end)                                 (tests,    170 s)
+# sync-free check, fixed-shape padded encode, the whole model end to end)    (tests,    160 s)
 #
 #   run(command="bash bench/gpu_session.sh", carry=[".gpu_wheels"], timeout_s=480)
 #
@@ -37,9 +38,9 @@ WHEELS=(soundfile==0.14.0 soxr==1.1.0 cffi==2.1.1 pycparser==3.12)  # soundfile 
 GPU_TESTS=(tests/ops/test_snake.py tests/ops/test_residual_unit.py tests/ops/test_conv.py tests/ops/test_rvq.py
            tests/ops/test_triton_backend.py tests/ops/test_linear.py
            tests/ops/test_compile_dispatch.py tests/test_triton_end_to_end.py tests/test_cuda_graphs.py
-           tests/test_sync_free.py tests/test_long_decode.py tests/test_model_oracle.py)
+           tests/test_sync_free.py tests/test_fixed_shape_encode.py tests/test_long_decode.py tests/test_model_oracle.py)
 # part name, seconds; in the order they run
-PARTS=(setup:30 tests:170 kernels:60 e2e-b1:70 e2e-b16:50 tokenize:40)
+PARTS=(setup:30 tests:160 kernels:60 e2e-b1:60 e2e-b16:50 tokenize:60)
 
 usage() {
     sed -n '2,/^set -uo/p' "$0" | sed '$d' >&2
@@ -233,7 +234,7 @@ part e2e-b1 "$(budget e2e-b1)" "$PYTHON" bench/run.py --no-kernels --device cuda
 part e2e-b16 "$(budget e2e-b16)" "$PYTHON" bench/run.py --no-kernels --device cuda --no-plots --e2e-batches 16 \
     --no-compile --output "$OUT/e2e-b16.json"
 part tokenize "$(budget tokenize)" "$PYTHON" -m xcodec_fast.tokenize.bench --device cuda --tiny-seconds 0 \
-    --full-seconds 600 --threads 1 --output "$OUT/tokenize.json"
+    --full-seconds 600 --threads 1 --batching padded cuda-graphs --output "$OUT/tokenize.json"
 files=$(find "$OUT" -type f | wc -l)
 ls -la "$OUT" | tee -a "$log"
 [ "$files" -le 6 ] || say "warning: $files files in \$OUT, more than the six this plan allows"

@@ -146,9 +146,12 @@ def test_forward_is_trimmed_decode_of_encode(pair):
     assert torch.equal(as_tuple[0], codes)
 
 
-def test_padded_batch_gives_each_item_its_alone_codes(pair):
+# The second set: items shorter than the batch by less than a code frame, so that every item has
+# the batch's frame count but not its samples (the semantic GroupNorm must still be masked).
+@pytest.mark.parametrize("lengths", [[16001, 16000, 15999, 9000, 4567, 321], [16000, 15900, 15841]],
+                         ids=["mixed", "within-a-frame"])
+def test_padded_batch_gives_each_item_its_alone_codes(pair, lengths):
     hf_model, model = pair
-    lengths = [16001, 16000, 15999, 9000, 4567, 321]
     batch = random_audio(len(lengths), 1, max(lengths), seed=7)
     mask = torch.zeros(len(lengths), max(lengths), dtype=torch.long)
     for index, length in enumerate(lengths):

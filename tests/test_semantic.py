@@ -100,11 +100,14 @@ def test_matches_transformers(model_type, norm, stable, old_spelling):
         tolerances.assert_close(got, expected, tolerances.SEMANTIC_VS_TRANSFORMERS)
 
 
+# The second set: as many final frames each, fewer first-layer frames (its GroupNorm must be masked).
+@pytest.mark.parametrize("lengths", [[16321, 400, 9000, 16000, 3203], [16321, 16250, 16200]],
+                         ids=["mixed", "same-final-frames"])
 @pytest.mark.parametrize("model_type,norm,stable", VARIANTS)
-def test_padded_batch_matches_items_alone(model_type, norm, stable):
+def test_padded_batch_matches_items_alone(model_type, norm, stable, lengths):
     _, ours = _pair(model_type, norm, stable, seed=3)
     gen = torch.Generator().manual_seed(4)
-    lengths = torch.tensor([16321, 400, 9000, 16000, 3203])
+    lengths = torch.tensor(lengths)
     batch = torch.full((len(lengths), int(lengths.max())), float("nan"))  # padding must never leak in
     items = []
     for b, length in enumerate(lengths.tolist()):

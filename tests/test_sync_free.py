@@ -14,7 +14,7 @@ from xcodec_fast.config import tiny_config
 
 
 def _core_calls(model: XcodecModel, device: str):
-    """encode / decode's work after their entry checks, unpadded, padded, windowed and chunked."""
+    """encode / decode's work after their entry checks, unpadded, padded, fixed-shape, windowed and chunked."""
     g = torch.Generator().manual_seed(0)
     n = 4 * model.config.hop_length * 7 + 5
     audio = (torch.randn(2, 1, n, generator=g) * 0.1).to(device)
@@ -24,6 +24,9 @@ def _core_calls(model: XcodecModel, device: str):
         codes = model.quantize(model.encode_latent(audio), nq)
         model.encode_windows(audio, nq, chunk_frames=3, context_frames=2)
         padded_codes, code_lengths = model._encode_padded(audio, host_lengths, nq)
+        # The fixed-shape encode (one CUDA graph per batch shape) takes its lengths on the device.
+        lengths, acoustic_padded = model.fixed_shape_lengths(host_lengths, n)
+        model.encode_fixed_shape(audio, lengths.to(device), acoustic_padded.to(device), nq)
         model._decode_windows(codes, None, chunk=codes.shape[-1])
         model._decode_windows(codes, None, chunk=5)
         model._decode_windows(codes, code_lengths.cpu() if device != "meta" else torch.tensor([7, 4]), chunk=3)

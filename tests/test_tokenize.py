@@ -22,7 +22,7 @@ import xcodec_fast.loading
 import xcodec_fast.tokenize
 from xcodec_fast.tokenize import build_parser, detokenize, list_items, main, merge, read_codes, run, tokenize
 from xcodec_fast.tokenize.batching import Segment, pack_batches, window_encodes
-from xcodec_fast.tokenize.engine import SettingsMismatch
+from xcodec_fast.tokenize.engine import RuntimeMismatch, SettingsMismatch
 from xcodec_fast.tokenize import writer
 from xcodec_fast.tokenize.ray import XcodecTokenizeBatch
 
@@ -209,6 +209,42 @@ def test_rerun_resumes_and_refuses_other_settings(tmp_path, model):
     assert tokenize([data], out, model=model, shard_size=2, num_workers=0, progress=False, batch_seconds=2,
                     max_seconds=1)["items_this_run"] == 2
     assert merge(out)["num_ok"] == 5
+
+
+def test_cuda_graphs_needs_a_cuda_device(tmp_path, model, capsys):
+    data = tmp_path / "data"
+    data.mkdir()
+    sf.write(data / "0.wav", _chirp(16000, 0.3, 1, 0), 16000)
+    with pytest.raises(ValueError, match="--cuda-graphs needs a CUDA device; this run's model is on cpu"):
+        tokenize([data], tmp_path / "out", model=model, cuda_graphs=True, num_workers=0, progress=False)
+    args = build_parser().parse_args([str(data), "-o", str(tmp_path / "cli"), "--model", "random-tiny", "--device", "cpu",
+                                      "--cuda-graphs", "--no-progress", "--num-workers", "0"])
+    assert args.cuda_graphs and run(args) == 2
+    assert "--cuda-graphs needs a CUDA device" in capsys.readouterr().err
+
+
+def test_runtime_records_the_batching_and_older_runs_resume(tmp_path, model):
+    """Batch shapes set the kernels' reduction order, so the runtime records the batching; a run
+    written before that key existed ran padded batches and resumes as one."""
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(3):
+        sf.write(data / f"{i}.wav", _chirp(16000, 0.3, 1, i), 16000)
+    out = tmp_path / "out"
+    kw = dict(model=model, shard_size=2, num_workers=0, progress=False, batch_seconds=2, max_seconds=1)
+    first = tokenize([data], out, **kw)
+    assert first["batching"] == "padded" and first["cuda_graphs"] is None
+    settings = json.loads((out / "tokenize.json").read_text())
+    assert settings["runtime"]["batching"] == "padded"
+    del settings["runtime"]["batching"]
+    (out / "tokenize.json").write_text(json.dumps(settings))
+    (out / "shards" / "shard-00001-of-00002.parquet").unlink()
+    assert tokenize([data], out, **kw)["items_this_run"] == 1
+    settings["runtime"]["batching"] = "cuda-graph-buckets"
+    (out / "tokenize.json").write_text(json.dumps(settings))
+    (out / "shards" / "shard-00001-of-00002.parquet").unlink()
+    with pytest.raises(RuntimeMismatch, match="batching: was 'cuda-graph-buckets', now 'padded'"):
+        tokenize([data], out, **kw)
 
 
 def test_resume_under_other_runtime_is_refused_unless_forced(tmp_path, capsys):
@@ -772,3 +808,6 @@ def test_throughput_bench_records_each_dtype(tmp_path):
     for entry in runs:
         assert entry["summary"]["runtime"]["dtype"] == entry["dtype"]
         assert entry["summary"]["ok"] >= 1 and entry["summary"]["failed"] == 0
+        assert entry["batching"] == entry["summary"]["runtime"]["batching"] == "padded" and entry["cuda_graphs"] is None
+    with pytest.raises(SystemExit):
+        bench.main(["-o", str(output), "--batching", "cuda-graphs"])  # needs --device cuda

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+__version__ = "0.1.1"
 
 from .config import AcousticConfig, ConfigError, SemanticConfig, XcodecConfig
 from .ops import BackendUnavailableError, current_backend, use_backend

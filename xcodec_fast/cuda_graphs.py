@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["CudaGraphCodec", "GraphedFunction"]
+__all__ = ["CudaGraphCodec", "FixedShapeEncoder", "GraphedFunction"]
 
 # What a model must offer (XcodecModel's public core).
 _MODEL_CORE = ("check_length", "code_frames", "check_audio", "check_codes", "running", "encode_latent", "quantize",
@@ -37,13 +37,22 @@ def _check_shape(name: str, t, expected: tuple[int, ...]) -> None:
 
 
 class GraphedFunction:
-    """One captured function ``out = fn(static_input)``: capture on first call, replay after."""
+    """One captured function ``out = fn(*static_inputs)``: capture on first call, replay after.
+    ``out`` is a tensor or a tuple of tensors; each call returns the caller's own copies. ``pool``
+    (a ``torch.cuda.graph_pool_handle()``) lets graphs that never replay concurrently share memory."""
 
-    def __init__(self, fn, static_input: Tensor):
+    def __init__(self, fn, *static_inputs: Tensor, pool=None):
+        if not static_inputs:
+            raise ValueError("GraphedFunction needs at least one static input")
         self.fn = fn
-        self.static_input = static_input
+        self.static_inputs = static_inputs
+        self.pool = pool
         self.graph: torch.cuda.CUDAGraph | None = None
-        self.static_output: Tensor | None = None
+        self.static_output = None
+
+    @property
+    def static_input(self) -> Tensor:
+        return self.static_inputs[0]
 
     def _capture(self) -> None:
         # Warm up on a side stream, as torch.cuda.graphs recommends: lazy initialisation (Triton
@@ -52,21 +61,26 @@ class GraphedFunction:
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             for _ in range(WARMUP_CALLS):
-                self.fn(self.static_input)
+                self.fn(*self.static_inputs)
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            self.static_output = self.fn(self.static_input)
+        with torch.cuda.graph(graph, pool=self.pool):
+            self.static_output = self.fn(*self.static_inputs)
         self.graph = graph
 
-    def __call__(self, value: Tensor) -> Tensor:
-        self.static_input.copy_(value)
+    def __call__(self, *values: Tensor):
+        if len(values) != len(self.static_inputs):
+            raise TypeError(f"this graph takes {len(self.static_inputs)} inputs, got {len(values)}")
+        for static, value in zip(self.static_inputs, values):
+            static.copy_(value)
         if self.graph is None:
             # Capture records on the current device's stream: make that the model's device.
             with torch.cuda.device(self.static_input.device):
                 self._capture()
         self.graph.replay()
         # The next replay overwrites static_output; hand the caller its own copy.
+        if isinstance(self.static_output, tuple):
+            return tuple(t.clone() for t in self.static_output)
         return self.static_output.clone()
 
 
@@ -153,3 +167,88 @@ class CudaGraphCodec:
             f"CudaGraphCodec(batch_size={self.batch_size}, num_samples={self.num_samples}, "
             f"num_quantizers={self.num_quantizers}, num_frames={self.num_frames})"
         )
+
+
+class FixedShapeEncoder:
+    """Padded-batch encode at fixed batch shapes, for corpora bucketed by length.
+
+    ``encode(audio, lengths, batch_size)``: audio (b, 1, N) right-padded, host ``lengths`` (b,)
+    valid samples per item -> (codes (b, n_q, code_frames(N)) int64 zero past each item's frames,
+    code_lengths (b,)), both on the model's device. The batch is filled to ``batch_size`` items with
+    silent full-length ones (dropped from the output), so every call of one (batch_size, N) has one
+    shape. It runs ``model.encode_fixed_shape``: every shape follows from the batch shape, and no
+    value comes to the host after the entry checks. With ``graphs=True`` (CUDA models) each shape
+    is captured as a CUDA graph on its first call and replayed after; the graphs share one memory
+    pool (they replay one at a time). Graph replay runs the same kernels on the same shapes, so its
+    codes equal ``graphs=False``'s for the same batch. Not covered: weight changes after a capture
+    (``model.to(...)``, ``refresh_derived``): build a new encoder after those.
+    """
+
+    def __init__(self, model, bandwidth: float | None = None, graphs: bool = False, check_inputs: bool = True):
+        if not all(callable(getattr(model, name, None)) for name in (*_MODEL_CORE, "encode_fixed_shape",
+                                                                      "fixed_shape_lengths")):
+            raise TypeError(f"model must be an XcodecModel, got {type(model).__name__}")
+        if graphs and model.device.type != "cuda":
+            raise ValueError(
+                f"CUDA graphs need a model on a CUDA device, this one is on {model.device}; "
+                "move it first (model.to('cuda')) or build the encoder with graphs=False"
+            )
+        self.model = model
+        self.num_quantizers = model.config.num_quantizers_for_bandwidth(bandwidth)
+        self.use_graphs = bool(graphs)
+        self.check_inputs = check_inputs
+        self.graphs: dict[tuple[int, int], GraphedFunction] = {}
+        # Growth of the CUDA allocator's reserved memory over all captures (their warm-ups included).
+        self.graph_memory_bytes = 0
+        self._pool = torch.cuda.graph_pool_handle() if self.use_graphs else None
+
+    def _body(self, audio: Tensor, lengths: Tensor, padded: Tensor) -> tuple[Tensor, Tensor]:
+        with self.model.running():
+            return self.model.encode_fixed_shape(audio, lengths, padded, self.num_quantizers)
+
+    def encode(self, audio: Tensor, lengths, batch_size: int | None = None) -> tuple[Tensor, Tensor]:
+        if not isinstance(audio, Tensor) or audio.dim() != 3 or audio.shape[1] != 1:
+            shape = tuple(audio.shape) if isinstance(audio, Tensor) else type(audio).__name__
+            raise ValueError(f"audio must have shape (batch, 1, samples), got {shape}")
+        items, num_samples = audio.shape[0], audio.shape[-1]
+        batch_size = items if batch_size is None else batch_size
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < items:
+            raise ValueError(f"batch_size must be an int of at least the {items} items given, got {batch_size!r}")
+        host_lengths, padded = self.model.fixed_shape_lengths(lengths, num_samples)
+        if host_lengths.shape != (items,):
+            raise ValueError(f"lengths must hold one value per item ({items}), got {tuple(host_lengths.shape)}")
+        model = self.model
+        if self.check_inputs:
+            audio = model.check_audio(audio)
+        elif not audio.is_floating_point():
+            raise TypeError(f"audio must be floating point audio in [-1, 1], got dtype {audio.dtype}")
+        audio = audio.to(device=model.device, dtype=model.dtype)
+        fill = batch_size - items
+        if fill:
+            audio = torch.cat([audio, audio.new_zeros(fill, 1, num_samples)])
+            host_lengths = torch.cat([host_lengths, torch.full((fill,), num_samples, dtype=torch.long)])
+            padded = torch.cat([padded, torch.full((fill,), model.acoustic_needs_padding(num_samples))])
+        lengths_on_device = host_lengths.to(model.device, non_blocking=True)
+        padded_on_device = padded.to(model.device, non_blocking=True)
+        with torch.inference_mode():
+            if not self.use_graphs:
+                codes, code_lengths = self._body(audio, lengths_on_device, padded_on_device)
+            else:
+                codes, code_lengths = self._replay(audio, lengths_on_device, padded_on_device)
+        return codes[:items], code_lengths[:items]
+
+    def _replay(self, audio: Tensor, lengths: Tensor, padded: Tensor) -> tuple[Tensor, Tensor]:
+        key = (audio.shape[0], audio.shape[-1])
+        graph = self.graphs.get(key)
+        if graph is not None:
+            return graph(audio, lengths, padded)
+        graph = GraphedFunction(self._body, audio.clone(), lengths.clone(), padded.clone(), pool=self._pool)
+        before = torch.cuda.memory_reserved(self.model.device)
+        out = graph(audio, lengths, padded)
+        self.graph_memory_bytes += torch.cuda.memory_reserved(self.model.device) - before
+        self.graphs[key] = graph
+        return out
+
+    def __repr__(self) -> str:
+        return (f"FixedShapeEncoder(num_quantizers={self.num_quantizers}, graphs={self.use_graphs}, "
+                f"shapes={sorted(self.graphs)})")

@@ -363,6 +363,42 @@ class XcodecModel(nn.Module):
             e_acoustic[on_device, :, :frames_kept] = encoded[..., :frames_kept]
         return self.quantize(self._join(e_acoustic, e_semantic), num_quantizers), code_lengths
 
+    def fixed_shape_lengths(self, lengths, num_samples: int) -> tuple[Tensor, Tensor]:
+        """Host side of :meth:`encode_fixed_shape`: checks each item's valid samples against a batch
+        of ``num_samples`` and returns (lengths, acoustic_padded), both CPU tensors (int64, bool),
+        ``acoustic_padded[b]`` being transformers' pad decision for item b alone."""
+        lengths = torch.as_tensor(lengths).cpu()
+        if lengths.dim() != 1 or lengths.numel() == 0 or lengths.is_floating_point() or lengths.dtype == torch.bool:
+            raise ValueError(f"lengths must be a non-empty 1-D integer tensor, got {tuple(lengths.shape)} {lengths.dtype}")
+        for index, length in enumerate(lengths.tolist()):
+            if length > num_samples:
+                raise ValueError(f"item {index} has {length} valid samples, more than the batch's {num_samples}")
+            try:
+                self.check_length(length)
+            except ValueError as exc:
+                raise ValueError(f"item {index}: {exc}") from None
+        padded = torch.tensor([self.acoustic_needs_padding(n) for n in lengths.tolist()], dtype=torch.bool)
+        return lengths.long(), padded
+
+    def encode_fixed_shape(self, audio: Tensor, lengths: Tensor, acoustic_padded: Tensor,
+                           num_quantizers: int) -> tuple[Tensor, Tensor]:
+        """Core: a right-padded batch (B, 1, N) with ``lengths`` and ``acoustic_padded`` (from
+        :meth:`fixed_shape_lengths`) on the audio's device -> (codes (B, n_q, code_frames(N)) zero
+        past each item's frames, those frame counts). Every shape follows from (B, N) alone and no
+        value comes to the host, so one CUDA graph per batch shape serves any lengths. Each item's
+        codes are the ones it gives alone (to float rounding: no trimming, one acoustic batch)."""
+        pad = self.pad
+        audio = zero_beyond(audio, lengths)
+        features, frames = self.semantic_model.forward_fixed_shape(F.pad(audio[:, 0], (pad, pad)), lengths + 2 * pad)
+        e_semantic, code_lengths = self.encoder_semantic(features.transpose(1, 2), frames)
+        # Both of transformers' alignments in one static shape: shifted by pad where it pads, else not.
+        acoustic_input = torch.where(acoustic_padded[:, None, None], F.pad(audio, (pad, pad)), F.pad(audio, (0, 2 * pad)))
+        e_acoustic, _ = self.acoustic_encoder(acoustic_input, lengths + 2 * pad * acoustic_padded)
+        total = e_semantic.shape[-1]
+        e_acoustic = F.pad(e_acoustic[..., :total], (0, max(0, total - e_acoustic.shape[-1])))
+        codes = self.quantize(self._join(e_acoustic, e_semantic), num_quantizers)
+        return zero_beyond(codes, code_lengths), code_lengths
+
     # ---- decode ----------------------------------------------------------------------------
     def check_codes(self, audio_codes) -> Tensor:
         """Validate codes (B, n_q, T) integer in range; return them as int64 on the model's device."""

@@ -492,14 +492,33 @@ class SemanticModel(nn.Module):
             if (lengths > num_samples).any():
                 raise ValueError(f"lengths {lengths.tolist()} exceed the input's {num_samples} samples")
             frames = self.frame_lengths(lengths)
-            # Masking only where some item really has fewer frames; otherwise take the unmasked path.
-            if (frames < total_frames).any():
-                device = input_values.device
+            device = input_values.device
+            # The first layer's GroupNorm takes statistics over every frame of that layer, so an item
+            # with fewer frames there needs its mask even where it has as many final frames.
+            first = self.feature_extractor.conv_layers[0].conv
+            first_frames = conv_output_length(lengths, first.kernel_size[0], first.stride[0])
+            if (first_frames < conv_output_length(num_samples, first.kernel_size[0], first.stride[0])).any():
                 sample_lengths = lengths.long().to(device, non_blocking=True)
+            # Attention and the positional conv only need a mask where some item has fewer frames.
+            if (frames < total_frames).any():
                 frame_valid = torch.arange(total_frames, device=device)[None, :] < frames.to(device, non_blocking=True)[:, None]
 
         if norm_statistics is not None and lengths is not None:
             raise ValueError("norm_statistics and lengths cannot be combined (a window of one recording has no padding)")
+        return self._hidden_mean(input_values, sample_lengths, frame_valid, norm_statistics)
+
+    def forward_fixed_shape(self, input_values: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """``forward`` for a right-padded batch whose ``lengths`` (B,) live on the input's device:
+        always masked, every shape set by ``input_values`` alone and no value read on the host, so
+        one CUDA graph serves every set of lengths. Returns (hidden mean, valid frames per item).
+        Unchecked: each length must lie in [min_input_length, N] (the caller checks its host copy)."""
+        total_frames = self.frame_count(input_values.shape[-1])
+        frames = _conv_output_lengths(lengths, self.config.conv_kernel, self.config.conv_stride)
+        frame_valid = torch.arange(total_frames, device=input_values.device)[None, :] < frames[:, None]
+        return self._hidden_mean(input_values, lengths, frame_valid, None), frames
+
+    def _hidden_mean(self, input_values: Tensor, sample_lengths: Tensor | None, frame_valid: Tensor | None,
+                     norm_statistics: tuple[Tensor, Tensor] | None) -> Tensor:
         features = self.feature_extractor(input_values, sample_lengths, norm_statistics).transpose(1, 2)
         hidden_states = self.feature_projection(features)
         recorded = self.encoder(hidden_states, frame_valid)

@@ -78,6 +78,9 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--max-file-seconds", type=float, default=4 * 3600.0,
                    help="longer files are reported in errors.jsonl instead of encoded (default 14400)")
     p.add_argument("--max-batch-items", type=int, default=None, help="cap on items per model call")
+    p.add_argument("--cuda-graphs", action="store_true",
+                   help="GPU only: batch by length buckets of fixed shapes and replay one CUDA graph per shape "
+                   "(up to 19%% more padding, no per-kernel launch cost)")
     p.add_argument("--sort-buffer", type=int, default=8,
                    help="batches' worth of audio gathered before sorting by length into batches (default 8)")
     p.add_argument("--shard-size", type=int, default=1000, help="items per Parquet shard (default 1000)")
@@ -90,7 +93,7 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--retry-failed", action="store_true",
                    help="on resume, encode the items in errors.jsonl again (e.g. fixed files); their shards are rewritten")
     p.add_argument("--force-resume", action="store_true",
-                   help="resume although device, dtype, backend, --threads or torch differ from the recorded run "
+                   help="resume although device, dtype, backend, --threads, --cuda-graphs or torch differ from the recorded run "
                    "(shards written before and after may differ at float near-ties), or the weights do")
     p.add_argument("--json-summary", default=None, metavar="PATH",
                    help="also write this run's summary (throughput, model busy vs wall, runtime) to PATH; "
@@ -143,6 +146,7 @@ def run(args: argparse.Namespace) -> int:
             dtype=args.dtype,
             backend=args.backend,
             max_batch_items=args.max_batch_items,
+            cuda_graphs=args.cuda_graphs,
             sort_buffer=args.sort_buffer,
             progress=not args.no_progress,
             overwrite=args.overwrite,

@@ -5,13 +5,23 @@ the hop, 320 samples) is encoded alone by ``XcodecModel.encode(chunk_frames=wind
 context_frames=...)``: its acoustic codes equal a whole-file encode exactly, and its semantic
 attention sees ``context_frames`` frames beyond each window's edges (the run's metadata records
 both). Files up to the window length are encoded whole, in padded batches.
+
+Bucketed batches (``--cuda-graphs``): every batch has one of a few fixed shapes, so one CUDA graph
+per shape serves the whole corpus. A segment's padded length is rounded up to the next bucket
+length (a geometric grid, at most ``BUCKET_STEP`` - 1 longer, capped at the window), and each
+bucket's batches hold a fixed item count (the budget over the bucket length), the last one filled
+with silent items.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
+
+# Neighbouring bucket lengths differ by this factor: at most 19% padding, about 9% on average.
+BUCKET_STEP = 2 ** 0.25
 
 
 @dataclass
@@ -64,9 +74,43 @@ def pack_batches(segments: list[Segment], budget: int, hop_length: int, max_item
     return batches
 
 
-def collate(segments: list[Segment], hop_length: int) -> tuple[np.ndarray, np.ndarray]:
-    """(B, 1, N) zero-padded float32 audio and (B, N) int64 padding mask, N a multiple of the hop."""
-    n = padded_length(max(s.length for s in segments), hop_length)
+def bucket_length(length: int, hop_length: int, window: int | None = None) -> int:
+    """Samples of the bucket a segment of ``length`` samples is padded to: the smallest
+    ``ceil(BUCKET_STEP ** k)`` frames holding it, capped at ``window`` (a multiple of the hop)."""
+    frames = -(-length // hop_length)
+    k = max(0, math.floor(math.log(frames, BUCKET_STEP)) - 1)  # a step below, then up: float-safe
+    while math.ceil(BUCKET_STEP ** k) < frames:
+        k += 1
+    samples = math.ceil(BUCKET_STEP ** k) * hop_length
+    return min(samples, window) if window is not None and length <= window else samples
+
+
+def bucket_batch_size(num_samples: int, budget: int, max_items: int | None = None) -> int:
+    """Items per batch of one bucket: as many as the budget holds (at least one)."""
+    items = max(1, budget // num_samples)
+    return min(items, max_items) if max_items else items
+
+
+def pack_buckets(segments: list[Segment], budget: int, hop_length: int, window: int | None = None,
+                 max_items: int | None = None) -> list[list[Segment]]:
+    """Batches of segments from one bucket each, ``bucket_batch_size`` items (the last of a bucket
+    may hold fewer). Longest bucket first; within one, longest first with ties by (key, index)."""
+    buckets: dict[int, list[Segment]] = {}
+    for seg in sorted(segments, key=lambda s: (-s.length, s.key, s.index)):
+        buckets.setdefault(bucket_length(seg.length, hop_length, window), []).append(seg)
+    batches = []
+    for samples in sorted(buckets, reverse=True):
+        members, size = buckets[samples], bucket_batch_size(samples, budget, max_items)
+        batches += [members[i : i + size] for i in range(0, len(members), size)]
+    return batches
+
+
+def collate(segments: list[Segment], hop_length: int, num_samples: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(B, 1, N) zero-padded float32 audio and (B, N) int64 padding mask, N a multiple of the hop
+    (``num_samples`` when given: a bucket's length)."""
+    n = padded_length(max(s.length for s in segments), hop_length) if num_samples is None else num_samples
+    if n < max(s.length for s in segments):
+        raise ValueError(f"num_samples {n} is shorter than the longest segment ({max(s.length for s in segments)})")
     audio = np.zeros((len(segments), 1, n), dtype=np.float32)
     mask = np.zeros((len(segments), n), dtype=np.int64)
     for b, seg in enumerate(segments):

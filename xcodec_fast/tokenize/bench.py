@@ -45,7 +45,7 @@ def make_audio(root: Path, seconds: float, seed: int = 0, sample_rate: int = 160
 
 def run_one(data: Path, work: Path, model: str, threads: int, extra: list[str], device: str = "cpu",
             dtype: str = "float32") -> dict:
-    tag = f"{model}-{threads}-{dtype}"
+    tag = f"{model}-{threads}-{dtype}" + ("-graphs" if "--cuda-graphs" in extra else "")
     out, summary = work / f"out-{tag}", work / f"summary-{tag}.json"
     cmd = [sys.executable, "-m", "xcodec_fast.tokenize", str(data), "-o", str(out), "--model", model, "--device", device,
            "--threads", str(threads), "--dtype", dtype, "--no-progress", "--overwrite", "--json-summary", str(summary),
@@ -79,7 +79,11 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where the model runs (default cpu)")
     p.add_argument("--dtypes", nargs="+", default=["float32"], choices=("float32", "bfloat16", "float16"),
                    help="model dtypes to run (default float32; bfloat16 is the opt-in path)")
+    p.add_argument("--batching", nargs="+", default=["padded"], choices=("padded", "cuda-graphs"),
+                   help="padded batches, and/or length buckets replayed from CUDA graphs (--cuda-graphs; CUDA only)")
     args = p.parse_args(argv)
+    if "cuda-graphs" in args.batching and args.device != "cuda":
+        p.error("--batching cuda-graphs needs --device cuda")
 
     machine = machine_info(torch.device(args.device))
     output = args.output or ROOT / "bench" / "results" / f"tokenize-{machine['id']}.json"
@@ -92,12 +96,15 @@ def main(argv=None) -> int:
                 continue
             data = work / f"audio-{model}"
             audio_seconds = make_audio(data, seconds)
-            for dtype, threads in ((d, t) for d in args.dtypes for t in args.threads):
+            for dtype, threads, batching in ((d, t, b) for d in args.dtypes for t in args.threads for b in args.batching):
                 load = _load()
-                s = run_one(data, work, model, threads, extra, args.device, dtype)
+                flags = extra + (["--cuda-graphs"] if batching == "cuda-graphs" else [])
+                s = run_one(data, work, model, threads, flags, args.device, dtype)
                 runs.append({"model": model, "device": args.device, "threads": threads, "dtype": dtype,
+                             "batching": s["batching"], "cuda_graphs": s["cuda_graphs"],
                              "audio_seconds": audio_seconds, "load_average_before": load, "summary": s})
-                print(f"{model:12s} {dtype:8s} threads {threads}: {s['audio_hours_per_hour']:8.1f} audio-h/h, model busy "
+                print(f"{model:12s} {dtype:8s} {s['batching']:18s} threads {threads}: "
+                      f"{s['audio_hours_per_hour']:8.1f} audio-h/h, model busy "
                       f"{s['model_busy_seconds']:.1f} s of {s['wall_seconds']:.1f} s wall "
                       f"({100 * s['model_busy_fraction']:.0f}%), {s['wall_seconds_total']:.1f} s with model load",
                       file=sys.stderr, flush=True)

@@ -26,7 +26,8 @@ import numpy as np
 from .. import cpu_malloc
 from ..errors import short_error, without_addresses
 from ..loading import load_model, weights_fingerprint
-from .batching import Segment, collate, pack_batches, window_encodes, window_samples
+from .batching import (Segment, bucket_batch_size, bucket_length, collate, pack_batches, pack_buckets,
+                       window_encodes, window_samples)
 from .sources import InputError, Item, ItemLoader, list_items
 from .writer import (
     Journal,
@@ -55,8 +56,14 @@ class RuntimeMismatch(SettingsMismatch):
     """The output directory was written on another device / dtype / backend / thread count / torch."""
 
 
-def runtime_info(model) -> dict:
-    """What float reduction order depends on, so what a resume must repeat for identical codes."""
+# Runtime keys that older runs did not record, with the value they ran with.
+_RUNTIME_DEFAULTS = {"batching": "padded"}
+
+
+def runtime_info(model, batching: str = "padded") -> dict:
+    """What float reduction order depends on, so what a resume must repeat for identical codes.
+    ``batching``: how short items are batched (``BatchEncoder.batching``), as batch shapes set
+    the kernels' reduction order too."""
     import torch
 
     from ..ops.backend import current_backend, resolve_auto
@@ -79,6 +86,7 @@ def runtime_info(model) -> dict:
         # Threads only split CPU reductions; on a GPU they do not touch the codes.
         "torch_threads": torch.get_num_threads() if device.type == "cpu" else None,
         "torch_version": torch.__version__,
+        "batching": batching,
     }
 
 
@@ -103,10 +111,16 @@ class BatchEncoder:
     and isolating a failing segment by bisection; a segment that fails alone gets an error."""
 
     def __init__(self, model, bandwidth=None, budget_samples: int = 16000 * 120, max_items: int | None = None,
-                 window_samples: int | None = None, context_frames: int | None = None):
+                 window_samples: int | None = None, context_frames: int | None = None, bucketed: bool = False,
+                 cuda_graphs: bool = False):
+        from ..cuda_graphs import FixedShapeEncoder
         from ..modeling.codec import ENCODE_CONTEXT_FRAMES
 
         self.model = model
+        # Bucketed: batches of a few fixed shapes (batching.pack_buckets), encoded by
+        # encode_fixed_shape, each shape replayed from its own CUDA graph with cuda_graphs.
+        self.bucketed = bool(bucketed or cuda_graphs)
+        self.fixed_shape = FixedShapeEncoder(model, bandwidth, graphs=cuda_graphs) if self.bucketed else None
         # Items longer than the window are encoded alone, window by window with attention context.
         self.window = window_samples
         self.context_frames = ENCODE_CONTEXT_FRAMES if context_frames is None else int(context_frames)
@@ -129,7 +143,16 @@ class BatchEncoder:
         in padded batches."""
         long = sorted((s for s in segments if self.is_long(s)), key=lambda s: (-s.length, s.key))
         short = [s for s in segments if not self.is_long(s)]
+        if self.bucketed:
+            return [[s] for s in long] + pack_buckets(short, self.budget, self.hop, self.window, self.max_items)
         return [[s] for s in long] + pack_batches(short, self.budget, self.hop, self.max_items)
+
+    @property
+    def batching(self) -> str:
+        """How short items are batched (codes depend on it at float near-ties)."""
+        if not self.bucketed:
+            return "padded"
+        return "cuda-graph-buckets" if self.fixed_shape.use_graphs else "buckets"
 
     def encode(self, segments: list[Segment]) -> list[np.ndarray | str]:
         """Codes (n_q, T) int16 per segment, or an error string."""
@@ -174,16 +197,23 @@ class BatchEncoder:
         start = time.perf_counter()
         if len(segments) == 1 and self.is_long(segments[0]):
             x = torch.from_numpy(segments[0].audio)[None, None].to(device=device, dtype=dtype)
-            out = self.model.encode(x, bandwidth=self.bandwidth, chunk_frames=self.window // self.hop,
-                                    context_frames=self.context_frames)
-            lengths = [out.audio_codes.shape[-1]]
+            codes = self.model.encode(x, bandwidth=self.bandwidth, chunk_frames=self.window // self.hop,
+                                      context_frames=self.context_frames).audio_codes
+            lengths = [codes.shape[-1]]
+        elif self.bucketed:
+            samples = bucket_length(max(s.length for s in segments), self.hop, self.window)
+            batch_size = max(len(segments), bucket_batch_size(samples, self.budget, self.max_items))
+            audio, _ = collate(segments, self.hop, samples)
+            codes, code_lengths = self.fixed_shape.encode(torch.from_numpy(audio), [s.length for s in segments],
+                                                          batch_size)
+            lengths = code_lengths.tolist()
         else:
             audio, mask = collate(segments, self.hop)
             x = torch.from_numpy(audio).to(device=device, dtype=dtype, non_blocking=True)
             m = torch.from_numpy(mask).to(device=device)
             out = self.model.encode(x, bandwidth=self.bandwidth, padding_mask=m)
-            lengths = out.audio_code_lengths.tolist()
-        codes = out.audio_codes.to("cpu", torch.int16).numpy()  # the copy waits for the device
+            codes, lengths = out.audio_codes, out.audio_code_lengths.tolist()
+        codes = codes.to("cpu", torch.int16).numpy()  # the copy waits for the device
         self.busy_seconds += time.perf_counter() - start
         self.calls += 1
         self._ever_succeeded = True
@@ -393,13 +423,13 @@ def _prepare(output_dir: Path, settings: dict, inputs, audio_column, id_column, 
                 + ("; other weights (weights_sha256) can be forced with --force-resume" if diff == ["weights_sha256"] else "")
             )
         was, now = saved.get("runtime") or {}, settings["runtime"]
-        changed = [k for k in now if was.get(k) != now[k]]
+        changed = [k for k in now if was.get(k, _RUNTIME_DEFAULTS.get(k)) != now[k]]
         if changed and not force_resume:
             details = "; ".join(f"{k}: was {was.get(k)!r}, now {now[k]!r}" for k in changed)
             raise RuntimeMismatch(
                 f"{output_dir} was written with another runtime ({details}); codes can differ at float "
                 "near-ties between runtimes, so resuming would mix outputs. Rerun with the same --device, "
-                "--dtype, --backend, --threads and torch, use a new --output-dir, or pass --force-resume "
+                "--dtype, --backend, --threads, --cuda-graphs and torch, use a new --output-dir, or pass --force-resume "
                 "(shards written before and after may differ at float near-ties)"
             )
         if changed and owner:
@@ -490,6 +520,7 @@ class TokenizeOptions:
     dtype: str | None = None
     backend: str | None = None
     max_batch_items: int | None = None
+    cuda_graphs: bool = False
     sort_buffer: int = 8
     progress: bool = True
     overwrite: bool = False
@@ -563,6 +594,9 @@ def tokenize(inputs, output_dir, model=None, options: TokenizeOptions | None = N
     if device is None and torch.cuda.is_available():
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0)) % torch.cuda.device_count()}"
     model, model_id = load_model(model, device=device, dtype=opts.dtype, backend=opts.backend)
+    if opts.cuda_graphs and model.device.type != "cuda":
+        raise ValueError(f"--cuda-graphs needs a CUDA device; this run's model is on {model.device} "
+                         "(pass --device cuda, or drop --cuda-graphs)")
     cfg = model.config
     n_q = cfg.num_quantizers_for_bandwidth(bandwidth)
     window = window_samples(opts.max_seconds, cfg.sample_rate, cfg.hop_length)
@@ -594,7 +628,7 @@ def tokenize(inputs, output_dir, model=None, options: TokenizeOptions | None = N
         "version": __version__,
         "model_config": cfg.to_dict(),
         "weights_sha256": weights_fingerprint(model),
-        "runtime": runtime_info(model),
+        "runtime": runtime_info(model, "cuda-graph-buckets" if opts.cuda_graphs else "padded"),
     }
     lock = OutputLock(output_dir, rank)
     group = _Group(world_size)
@@ -678,7 +712,10 @@ def _run_rank(run: RankRun) -> dict:
                                                       "weights_sha256", "version", "model_config")}
     sr, hop = settings["sample_rate"], settings["hop_length"]
     encoder = BatchEncoder(model, bandwidth, int(batch_seconds * sr) // hop * hop, max_batch_items,
-                           window_samples=window, context_frames=settings["context_frames"])
+                           window_samples=window, context_frames=settings["context_frames"], cuda_graphs=o.cuda_graphs)
+    if encoder.batching != settings["runtime"]["batching"]:
+        raise RuntimeError(f"internal error: batching {encoder.batching} differs from the recorded "
+                           f"{settings['runtime']['batching']}")
     loader = ItemLoader(sr, audio_column, max_file_seconds)
     if num_workers is None:
         local = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
@@ -805,6 +842,10 @@ def _run_rank(run: RankRun) -> dict:
         "waiting_for_decode_seconds": load_wait,
         "model_calls": encoder.calls,
         "oom_splits": encoder.oom_splits,
+        "batching": encoder.batching,
+        "cuda_graphs": ({"graphs": len(encoder.fixed_shape.graphs), "shapes": sorted(encoder.fixed_shape.graphs),
+                         "memory_bytes": encoder.fixed_shape.graph_memory_bytes}
+                        if encoder.bucketed and encoder.fixed_shape.use_graphs else None),
         "num_workers": num_workers,
         "device": str(model.device),
         "cpu_malloc": cpu_malloc.mode(),  # speed only; codes do not depend on it
@@ -819,6 +860,8 @@ def _run_rank(run: RankRun) -> dict:
         f"{audio_s / 3600:.3f} h audio in {wall:.1f} s wall = {summary['realtime_factor']:.1f}x real time; "
         f"model busy {encoder.busy_seconds:.1f} s ({100 * summary['model_busy_fraction']:.0f}% of wall), "
         f"waiting for decode {load_wait:.1f} s; {encoder.calls} model calls, {encoder.oom_splits} OOM splits"
+        + (f"; {summary['cuda_graphs']['graphs']} CUDA graphs, "
+           f"{summary['cuda_graphs']['memory_bytes'] / 2**20:.0f} MiB" if summary["cuda_graphs"] else "")
     )
     return summary
 
