@@ -249,6 +249,13 @@ class FixedShapeEncoder:
         self.graphs[key] = graph
         return out
 
+    def release_graphs(self) -> None:
+        """Drop the captured graphs, so their memory pool can go back to the device (on out of
+        memory); later calls capture again. ``graph_memory_bytes`` keeps counting."""
+        self.graphs.clear()
+        if self.use_graphs:
+            self._pool = torch.cuda.graph_pool_handle()
+
     def __repr__(self) -> str:
         return (f"FixedShapeEncoder(num_quantizers={self.num_quantizers}, graphs={self.use_graphs}, "
                 f"shapes={sorted(self.graphs)})")

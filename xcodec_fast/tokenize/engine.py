@@ -224,6 +224,8 @@ class BatchEncoder:
 
         import torch
 
+        if self.fixed_shape is not None:
+            self.fixed_shape.release_graphs()  # their pool holds the largest bucket's activations
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
