@@ -88,7 +88,26 @@ def main(argv=None) -> int:
     machine = machine_info(torch.device(args.device))
     output = args.output or ROOT / "bench" / "results" / f"tokenize-{machine['id']}.json"
     extra = [] if args.num_workers is None else ["--num-workers", str(args.num_workers)]
-    runs = []
+    runs, failed = [], 0
+    created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    output.parent.mkdir(parents=True, exist_ok=True)
+
+    def write() -> None:
+        # After every run: a time-boxed caller (the GPU session) that stops this keeps the runs so far.
+        result = {
+            "schema": SCHEMA,
+            "created": created,
+            "machine": {k: machine.get(k) for k in ("id", "cpu", "cpu_cores", "gpu", "os", "python")},
+            "load_average_after": _load(),
+            "versions": versions(),
+            "git": git_state(),
+            "workload": "16 kHz wav, 2-18 s per file, default --batch-seconds/--max-seconds; random weights",
+            "runs": runs,
+        }
+        tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}")
+        tmp.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+        os.replace(tmp, output)
+
     with tempfile.TemporaryDirectory(prefix="xcodec-tokenize-bench-") as tmp:
         work = Path(tmp)
         for model, seconds in (("random-tiny", args.tiny_seconds), ("random", args.full_seconds)):
@@ -99,29 +118,26 @@ def main(argv=None) -> int:
             for dtype, threads, batching in ((d, t, b) for d in args.dtypes for t in args.threads for b in args.batching):
                 load = _load()
                 flags = extra + (["--cuda-graphs"] if batching == "cuda-graphs" else [])
-                s = run_one(data, work, model, threads, flags, args.device, dtype)
+                try:
+                    s = run_one(data, work, model, threads, flags, args.device, dtype)
+                except RuntimeError as exc:  # kept, with its reason, and the next run still goes
+                    failed += 1
+                    runs.append({"model": model, "device": args.device, "threads": threads, "dtype": dtype,
+                                 "batching": batching, "error": str(exc)[-3000:]})
+                    write()
+                    print(f"{model} {dtype} {batching} threads {threads}: FAILED\n{exc}", file=sys.stderr, flush=True)
+                    continue
                 runs.append({"model": model, "device": args.device, "threads": threads, "dtype": dtype,
                              "batching": s["batching"], "cuda_graphs": s["cuda_graphs"],
                              "audio_seconds": audio_seconds, "load_average_before": load, "summary": s})
+                write()
                 print(f"{model:12s} {dtype:8s} {s['batching']:18s} threads {threads}: "
                       f"{s['audio_hours_per_hour']:8.1f} audio-h/h, model busy "
                       f"{s['model_busy_seconds']:.1f} s of {s['wall_seconds']:.1f} s wall "
                       f"({100 * s['model_busy_fraction']:.0f}%), {s['wall_seconds_total']:.1f} s with model load",
                       file=sys.stderr, flush=True)
-    result = {
-        "schema": SCHEMA,
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {k: machine.get(k) for k in ("id", "cpu", "cpu_cores", "gpu", "os", "python")},
-        "load_average_after": _load(),
-        "versions": versions(),
-        "git": git_state(),
-        "workload": "16 kHz wav, 2-18 s per file, default --batch-seconds/--max-seconds; random weights",
-        "runs": runs,
-    }
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
-    print(f"wrote {output}", file=sys.stderr)
-    return 0
+    print(f"wrote {output}" + (f"; {failed} run(s) failed" if failed else ""), file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
