@@ -274,3 +274,44 @@ def test_bucketed_out_of_memory_shrinks_the_batches_and_drops_the_graphs(model, 
     for seg in segments:  # other batch sizes: the same codes up to near ties
         assert isinstance(got[seg.key], np.ndarray), got[seg.key]
         _assert_codes_agree(model, seg, got[seg.key], want[seg.key])
+
+
+def test_an_empty_segment_is_reported_in_bucketed_batches(model):
+    encoder = BatchEncoder(model, budget_samples=30000, bucketed=True)
+    segments = [Segment(0, 0, np.zeros(0, np.float32)), Segment(1, 0, 0.1 * np.ones(5000, np.float32))]
+    batches = encoder.pack(segments)
+    results = {s.key: out for batch in batches for s, out in zip(batch, encoder.encode(batch))}
+    assert results[0].startswith("too short: 0 samples") and isinstance(results[1], np.ndarray)
+
+
+def test_pack_ready_holds_each_buckets_partial_batch_unless_final(model):
+    hop = model.config.hop_length
+    encoder = BatchEncoder(model, budget_samples=4 * 16 * hop, bucketed=True)
+    rng = np.random.default_rng(8)
+    segments = [Segment(k, 0, np.zeros(int(rng.integers(12 * hop, 16 * hop)), np.float32)) for k in range(9)]
+    ready, held = encoder.pack_ready(segments, final=False)
+    assert all(len(b) == encoder._filled_items(b) for b in ready)  # only full batches go now
+    assert held, "some bucket's batch must be partial here"
+    assert sorted([s.key for b in ready for s in b] + [s.key for s in held]) == list(range(9))
+    final, none_held = encoder.pack_ready(segments, final=True)
+    assert none_held == [] and sorted(s.key for b in final for s in b) == list(range(9))
+    padded = BatchEncoder(model, budget_samples=4 * 16 * hop)
+    assert padded.pack_ready(segments, final=False)[1] == []
+
+
+def test_out_of_memory_on_one_item_first_sheds_the_fill(model, monkeypatch):
+    """A lone item in a filled batch that runs out of memory is retried with fewer fill items
+    before it is reported: only a call of that item alone can fail it."""
+    encoder = BatchEncoder(model, budget_samples=4 * 6400, bucketed=True)
+    real, shapes = model.encode_fixed_shape, []
+
+    def encode_with_small_memory(audio, *args):
+        shapes.append(audio.shape[0])
+        if audio.shape[0] > 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(audio, *args)
+
+    monkeypatch.setattr(model, "encode_fixed_shape", encode_with_small_memory)
+    (out,) = encoder.encode([Segment(0, 0, 0.1 * np.ones(6000, np.float32))])
+    assert isinstance(out, np.ndarray), out
+    assert shapes[0] == 4 and shapes[-1] == 1 and encoder.oom_splits == len(shapes) - 1

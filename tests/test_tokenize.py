@@ -223,9 +223,9 @@ def test_cuda_graphs_needs_a_cuda_device(tmp_path, model, capsys):
     assert "--cuda-graphs needs a CUDA device" in capsys.readouterr().err
 
 
-def test_runtime_records_the_batching_and_older_runs_resume(tmp_path, model):
-    """Batch shapes set the kernels' reduction order, so the runtime records the batching; a run
-    written before that key existed ran padded batches and resumes as one."""
+def test_runtime_records_the_batching(tmp_path, model):
+    """Batch shapes set the kernels' reduction order, so the runtime records the batching and a
+    resume under another one is refused."""
     data = tmp_path / "data"
     data.mkdir()
     for i in range(3):
@@ -236,15 +236,50 @@ def test_runtime_records_the_batching_and_older_runs_resume(tmp_path, model):
     assert first["batching"] == "padded" and first["cuda_graphs"] is None
     settings = json.loads((out / "tokenize.json").read_text())
     assert settings["runtime"]["batching"] == "padded"
-    del settings["runtime"]["batching"]
-    (out / "tokenize.json").write_text(json.dumps(settings))
-    (out / "shards" / "shard-00001-of-00002.parquet").unlink()
-    assert tokenize([data], out, **kw)["items_this_run"] == 1
     settings["runtime"]["batching"] = "cuda-graph-buckets"
     (out / "tokenize.json").write_text(json.dumps(settings))
     (out / "shards" / "shard-00001-of-00002.parquet").unlink()
     with pytest.raises(RuntimeMismatch, match="batching: was 'cuda-graph-buckets', now 'padded'"):
         tokenize([data], out, **kw)
+
+
+def test_bucketed_run_holds_partial_batches_until_the_end(tmp_path, model, monkeypatch):
+    """The run loop in bucketed batching (what --cuda-graphs runs on a GPU, here without graphs):
+    a bucket's partial batch waits for later items, every item still finishes in its shard, and
+    the codes are the padded run's up to near ties."""
+    from xcodec_fast.tokenize import engine
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(14):
+        sf.write(data / f"{i:02d}.wav", _chirp(16000, 0.1 + 0.03 * (i % 5), 1, i), 16000)
+    kw = dict(model=model, shard_size=4, num_workers=0, progress=False, batch_seconds=0.4, max_seconds=1,
+              sort_buffer=1)
+    padded = tokenize([data], tmp_path / "padded", **kw)
+    real_encoder, real_runtime, encoders, held = engine.BatchEncoder, engine.runtime_info, [], []
+
+    class Bucketed(real_encoder):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs, bucketed=True)
+            encoders.append(self)
+
+        def pack_ready(self, segments, final):
+            ready, waiting = super().pack_ready(segments, final)
+            held.append(len(waiting))
+            return ready, waiting
+
+    monkeypatch.setattr(engine, "BatchEncoder", Bucketed)
+    monkeypatch.setattr(engine, "runtime_info", lambda m, batching="padded": {**real_runtime(m), "batching": "buckets"})
+    bucketed = tokenize([data], tmp_path / "bucketed", **kw)
+    assert bucketed["batching"] == "buckets" and bucketed["ok"] == padded["ok"] == 14
+    assert max(held[:-1]) > 0 and held[-1] == 0  # partial batches waited, none at the end
+    (_, want), (_, got) = _rows(tmp_path / "padded"), _rows(tmp_path / "bucketed")
+    want, got = pa.concat_tables(want).to_pylist(), pa.concat_tables(got).to_pylist()
+    assert [r["id"] for r in got] == [r["id"] for r in want]
+    from test_fixed_shape_encode import _assert_codes_agree
+    for w, g in zip(want, got):
+        audio = load_audio(g["source"])[0]
+        _assert_codes_agree(model, Segment(0, 0, audio), np.array(g["codes"]), np.array(w["codes"]))
 
 
 def test_resume_under_other_runtime_is_refused_unless_forced(tmp_path, capsys):

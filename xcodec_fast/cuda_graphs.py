@@ -39,7 +39,11 @@ def _check_shape(name: str, t, expected: tuple[int, ...]) -> None:
 class GraphedFunction:
     """One captured function ``out = fn(*static_inputs)``: capture on first call, replay after.
     ``out`` is a tensor or a tuple of tensors; each call returns the caller's own copies. ``pool``
-    (a ``torch.cuda.graph_pool_handle()``) lets graphs that never replay concurrently share memory."""
+    (a ``torch.cuda.graph_pool_handle()``) lets several graphs share memory. PyTorch documents that
+    as safe for graphs replayed in capture order; these replay in any order, which is safe only as
+    used here: one stream, static inputs outside the pool, and every output copied before another
+    graph of the pool replays (a later graph's output or scratch may lie in an earlier one's
+    scratch, so ``static_output`` is only valid until another graph of the pool replays)."""
 
     def __init__(self, fn, *static_inputs: Tensor, pool=None):
         if not static_inputs:
@@ -198,7 +202,8 @@ class FixedShapeEncoder:
         self.use_graphs = bool(graphs)
         self.check_inputs = check_inputs
         self.graphs: dict[tuple[int, int], GraphedFunction] = {}
-        # Growth of the CUDA allocator's reserved memory over all captures (their warm-ups included).
+        # Device memory the graphs' shared pool grew by over all captures (the caching allocator's
+        # reserved bytes, measured with its cache emptied before each capture).
         self.graph_memory_bytes = 0
         self._pool = torch.cuda.graph_pool_handle() if self.use_graphs else None
 
@@ -243,6 +248,10 @@ class FixedShapeEncoder:
         if graph is not None:
             return graph(audio, lengths, padded)
         graph = GraphedFunction(self._body, audio.clone(), lengths.clone(), padded.clone(), pool=self._pool)
+        # torch.cuda.graph empties the allocator's cache before it captures: do it first, or the
+        # difference would lose what was cached before (and could even be negative).
+        torch.cuda.synchronize(self.model.device)
+        torch.cuda.empty_cache()
         before = torch.cuda.memory_reserved(self.model.device)
         out = graph(audio, lengths, padded)
         self.graph_memory_bytes += torch.cuda.memory_reserved(self.model.device) - before

@@ -128,11 +128,15 @@ class XcodecModel(nn.Module):
         transformers does when its (truncating) conv arithmetic on the raw length misses the semantic
         frame count (:func:`xcodec_fast.lengths.truncating_conv_output_length`). Host arithmetic only:
         decided without running anything; encode, the export wrappers and batches all follow it."""
+        return self._acoustic_frames(num_samples) != self.code_frames(num_samples)
+
+    def _acoustic_frames(self, num_samples: int) -> int:
+        """Frames the acoustic encoder makes from ``num_samples`` samples, in transformers' arithmetic."""
         length = num_samples
         for conv in self.acoustic_encoder.conv_layers():
             length = truncating_conv_output_length(length, conv.kernel_size[0], conv.stride[0], conv.padding[0],
                                                    conv.dilation[0])
-        return length != self.code_frames(num_samples)
+        return length
 
     def code_frames(self, num_samples: int) -> int:
         """Code frames for ``num_samples`` samples of audio (the semantic branch's frame count);
@@ -377,8 +381,15 @@ class XcodecModel(nn.Module):
                 self.check_length(length)
             except ValueError as exc:
                 raise ValueError(f"item {index}: {exc}") from None
-        padded = torch.tensor([self.acoustic_needs_padding(n) for n in lengths.tolist()], dtype=torch.bool)
-        return lengths.long(), padded
+        decisions = []
+        for index, n in enumerate(lengths.tolist()):
+            decisions.append(self.acoustic_needs_padding(n))
+            # encode_fixed_shape cannot check this on the device without a sync: check it here.
+            acoustic = self._acoustic_frames(n + 2 * self.pad if decisions[-1] else n)
+            if acoustic != self.code_frames(n):
+                raise RuntimeError(f"item {index}: audio of {n} samples gives {acoustic} acoustic but "
+                                   f"{self.code_frames(n)} semantic frames; this config's strides do not line up")
+        return lengths.long(), torch.tensor(decisions, dtype=torch.bool)
 
     def encode_fixed_shape(self, audio: Tensor, lengths: Tensor, acoustic_padded: Tensor,
                            num_quantizers: int) -> tuple[Tensor, Tensor]:

@@ -9,8 +9,9 @@ both). Files up to the window length are encoded whole, in padded batches.
 Bucketed batches (``--cuda-graphs``): every batch has one of a few fixed shapes, so one CUDA graph
 per shape serves the whole corpus. A segment's padded length is rounded up to the next bucket
 length (a geometric grid, at most ``BUCKET_STEP`` - 1 longer, capped at the window), and each
-bucket's batches hold a fixed item count (the budget over the bucket length), the last one filled
-with silent items.
+bucket's batches hold a fixed item count (the budget over the bucket length); a partial batch waits
+for the next flush (``BatchEncoder.pack_ready``), and at the end of the run it is filled with
+silent items.
 """
 
 from __future__ import annotations
@@ -77,7 +78,7 @@ def pack_batches(segments: list[Segment], budget: int, hop_length: int, max_item
 def bucket_length(length: int, hop_length: int, window: int | None = None) -> int:
     """Samples of the bucket a segment of ``length`` samples is padded to: the smallest
     ``ceil(BUCKET_STEP ** k)`` frames holding it, capped at ``window`` (a multiple of the hop)."""
-    frames = -(-length // hop_length)
+    frames = max(1, -(-length // hop_length))  # an empty segment (reported as too short) packs too
     k = max(0, math.floor(math.log(frames, BUCKET_STEP)) - 1)  # a step below, then up: float-safe
     while math.ceil(BUCKET_STEP ** k) < frames:
         k += 1

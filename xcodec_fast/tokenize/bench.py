@@ -120,7 +120,7 @@ def main(argv=None) -> int:
                 flags = extra + (["--cuda-graphs"] if batching == "cuda-graphs" else [])
                 try:
                     s = run_one(data, work, model, threads, flags, args.device, dtype)
-                except RuntimeError as exc:  # kept, with its reason, and the next run still goes
+                except (RuntimeError, OSError, ValueError) as exc:  # kept with its reason; the next run still goes
                     failed += 1
                     runs.append({"model": model, "device": args.device, "threads": threads, "dtype": dtype,
                                  "batching": batching, "error": str(exc)[-3000:]})

@@ -27,7 +27,7 @@ from .. import cpu_malloc
 from ..errors import short_error, without_addresses
 from ..loading import load_model, weights_fingerprint
 from .batching import (Segment, bucket_batch_size, bucket_length, collate, pack_batches, pack_buckets,
-                       window_encodes, window_samples)
+                       padded_length, window_encodes, window_samples)
 from .sources import InputError, Item, ItemLoader, list_items
 from .writer import (
     Journal,
@@ -54,10 +54,6 @@ class SettingsMismatch(RuntimeError):
 
 class RuntimeMismatch(SettingsMismatch):
     """The output directory was written on another device / dtype / backend / thread count / torch."""
-
-
-# Runtime keys that older runs did not record, with the value they ran with.
-_RUNTIME_DEFAULTS = {"batching": "padded"}
 
 
 def runtime_info(model, batching: str = "padded") -> dict:
@@ -168,27 +164,59 @@ class BatchEncoder:
                 results[i] = out
         return results
 
+    def pack_ready(self, segments: list[Segment], final: bool) -> tuple[list[list[Segment]], list[Segment]]:
+        """(batches to encode now, segments to hold for the next flush). Bucketed, a bucket's last
+        batch that is not full waits for more of its length unless ``final``: filled with silent
+        items at every flush, it would cost up to a whole batch of padding per bucket each time."""
+        batches = self.pack(segments)
+        if final or not self.bucketed:
+            return batches, []
+        ready, held = [], []
+        for batch in batches:
+            (held if len(batch) < self._filled_items(batch) else ready).append(batch)
+        return ready, [seg for batch in held for seg in batch]
+
+    def _filled_items(self, segments: list[Segment]) -> int:
+        """Items of the model call that encodes ``segments`` (bucketed: filled to the bucket's count)."""
+        if not self.bucketed or (len(segments) == 1 and self.is_long(segments[0])):
+            return len(segments)
+        samples = bucket_length(max(s.length for s in segments), self.hop, self.window)
+        return max(len(segments), bucket_batch_size(samples, self.budget, self.max_items))
+
+    def _call_samples(self, segments: list[Segment]) -> int:
+        longest = max(s.length for s in segments)
+        if self.bucketed:
+            return self._filled_items(segments) * bucket_length(longest, self.hop, self.window)
+        return len(segments) * padded_length(longest, self.hop)
+
     def _encode_split(self, segments: list[Segment]) -> list[np.ndarray | str]:
         try:
             return self._encode_now(segments)
         except Exception as exc:  # noqa: BLE001 - every failure is either retried smaller or reported per item
-            oom = _is_oom(exc)
-            if oom:
-                self._free_memory()
-            if len(segments) == 1:
-                if not oom and not self._ever_succeeded:
-                    self._lone_failures += 1
-                    if self._lone_failures >= 3:
-                        raise ModelFailing(f"the model failed on each of the first inputs; last error: {exc}") from exc
-                reason = "out of memory encoding one item alone; lower --max-seconds or --batch-seconds" if oom else "encode failed"
-                return [f"{reason}: {short_error(exc)}"]
-            if oom:
-                self.oom_splits += 1
-                # Later batches are packed within the smaller budget, so one OOM is not paid again.
+            oom, reason = _is_oom(exc), short_error(exc)
+            if len(segments) == 1 and not oom and not self._ever_succeeded:
+                self._lone_failures += 1
+                if self._lone_failures >= 3:
+                    raise ModelFailing(f"the model failed on each of the first inputs; last error: {exc}") from exc
+        # Past the except block the exception and its traceback are gone, and with them the failed
+        # call's frames and tensors (a half-captured graph's pool too), so memory can be freed.
+        if oom:
+            self._free_memory()
+            self.oom_splits += 1
+            filled = self._filled_items(segments)
+            size = self._call_samples(segments)
+            if size <= self.budget:
+                # Later batches are packed within the smaller budget, so one OOM is not paid again. A
+                # batch packed before an earlier halving is only split: halving again would compound.
                 longest = max(s.length for s in segments)
-                self.budget = max(self.budget // 2, longest + self.hop)
-            half = len(segments) // 2
-            return self._encode_split(segments[:half]) + self._encode_split(segments[half:])
+                self.budget = max(size // 2, longest + self.hop)
+            if self._filled_items(segments) < filled:
+                return self._encode_split(segments)  # fewer silent fill items first
+        if len(segments) == 1:
+            alone = "out of memory encoding one item alone; lower --max-seconds or --batch-seconds"
+            return [f"{alone if oom else 'encode failed'}: {reason}"]
+        half = len(segments) // 2
+        return self._encode_split(segments[:half]) + self._encode_split(segments[half:])
 
     def _encode_now(self, segments: list[Segment]) -> list[np.ndarray]:
         import torch
@@ -202,10 +230,9 @@ class BatchEncoder:
             lengths = [codes.shape[-1]]
         elif self.bucketed:
             samples = bucket_length(max(s.length for s in segments), self.hop, self.window)
-            batch_size = max(len(segments), bucket_batch_size(samples, self.budget, self.max_items))
             audio, _ = collate(segments, self.hop, samples)
             codes, code_lengths = self.fixed_shape.encode(torch.from_numpy(audio), [s.length for s in segments],
-                                                          batch_size)
+                                                          self._filled_items(segments))
             lengths = code_lengths.tolist()
         else:
             audio, mask = collate(segments, self.hop)
@@ -425,7 +452,7 @@ def _prepare(output_dir: Path, settings: dict, inputs, audio_column, id_column, 
                 + ("; other weights (weights_sha256) can be forced with --force-resume" if diff == ["weights_sha256"] else "")
             )
         was, now = saved.get("runtime") or {}, settings["runtime"]
-        changed = [k for k in now if was.get(k, _RUNTIME_DEFAULTS.get(k)) != now[k]]
+        changed = [k for k in now if was.get(k) != now[k]]
         if changed and not force_resume:
             details = "; ".join(f"{k}: was {was.get(k)!r}, now {now[k]!r}" for k in changed)
             raise RuntimeMismatch(
@@ -782,9 +809,10 @@ def _run_rank(run: RankRun) -> dict:
     buffered = 0
     flush_at = sort_buffer * encoder.budget
 
-    def flush() -> None:
+    def flush(final: bool) -> None:
         nonlocal buffer, buffered
-        for batch in encoder.pack(buffer):
+        batches, held = encoder.pack_ready(buffer, final)
+        for batch in batches:
             for seg, out in zip(batch, encoder.encode(batch)):
                 p = pending[seg.key]
                 if isinstance(out, str):
@@ -792,7 +820,7 @@ def _run_rank(run: RankRun) -> dict:
                 else:
                     p.codes = out
                 finish_item(p)
-        buffer, buffered = [], 0
+        buffer, buffered = held, 0  # the next flush comes after flush_at samples more
 
     load_wait = 0.0
     t_wait = time.perf_counter()
@@ -808,10 +836,10 @@ def _run_rank(run: RankRun) -> dict:
             buffer.append(segment)
             buffered += segment.length
             if buffered >= flush_at:
-                flush()
+                flush(final=False)
         t_wait = time.perf_counter()
     if buffer:
-        flush()
+        flush(final=True)
     bar.close()
     leftover = [k for k, n in shard_left.items() if n]
     if leftover:
