@@ -272,6 +272,7 @@ def test_bucketed_run_holds_partial_batches_until_the_end(tmp_path, model, monke
     monkeypatch.setattr(engine, "runtime_info", lambda m, batching="padded": {**real_runtime(m), "batching": "buckets"})
     bucketed = tokenize([data], tmp_path / "bucketed", **kw)
     assert bucketed["batching"] == "buckets" and bucketed["ok"] == padded["ok"] == 14
+    assert 0 < padded["padding_fraction"] < bucketed["padding_fraction"] < 1
     assert max(held[:-1]) > 0 and held[-1] == 0  # partial batches waited, none at the end
     (_, want), (_, got) = _rows(tmp_path / "padded"), _rows(tmp_path / "bucketed")
     want, got = pa.concat_tables(want).to_pylist(), pa.concat_tables(got).to_pylist()

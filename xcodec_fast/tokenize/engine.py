@@ -127,6 +127,9 @@ class BatchEncoder:
         self.min_samples = model.min_input_length() if hasattr(model, "min_input_length") else 1
         self.busy_seconds = 0.0
         self.calls = 0
+        # Samples of the items encoded, and of the model calls that encoded them (padding and fill too).
+        self.audio_samples = 0
+        self.computed_samples = 0
         self.oom_splits = 0
         self._ever_succeeded = False
         self._lone_failures = 0
@@ -244,6 +247,10 @@ class BatchEncoder:
         self.busy_seconds += time.perf_counter() - start
         self.calls += 1
         self._ever_succeeded = True
+        longest = max(s.length for s in segments)
+        self.audio_samples += sum(s.length for s in segments)
+        self.computed_samples += (self._call_samples(segments) if self.bucketed and not self.is_long(segments[0])
+                                  else len(segments) * longest)  # the padded path trims to the longest
         return [np.ascontiguousarray(codes[b, :, : lengths[b]]) for b in range(len(segments))]
 
     def _free_memory(self) -> None:
@@ -871,6 +878,8 @@ def _run_rank(run: RankRun) -> dict:
         "model_busy_fraction": encoder.busy_seconds / wall if wall > 0 else 0.0,
         "waiting_for_decode_seconds": load_wait,
         "model_calls": encoder.calls,
+        # share of the model's input that was padding or fill (what bucketing costs)
+        "padding_fraction": 1 - encoder.audio_samples / encoder.computed_samples if encoder.computed_samples else 0.0,
         "oom_splits": encoder.oom_splits,
         "batching": encoder.batching,
         "cuda_graphs": ({"graphs": len(encoder.fixed_shape.graphs), "shapes": sorted(encoder.fixed_shape.graphs),
@@ -889,7 +898,8 @@ def _run_rank(run: RankRun) -> dict:
         f"[rank {rank}/{world_size}] ok {summary['ok']}, failed {summary['failed']}, skipped (already done) {skipped}; "
         f"{audio_s / 3600:.3f} h audio in {wall:.1f} s wall = {summary['realtime_factor']:.1f}x real time; "
         f"model busy {encoder.busy_seconds:.1f} s ({100 * summary['model_busy_fraction']:.0f}% of wall), "
-        f"waiting for decode {load_wait:.1f} s; {encoder.calls} model calls, {encoder.oom_splits} OOM splits"
+        f"waiting for decode {load_wait:.1f} s; {encoder.calls} model calls "
+        f"({100 * summary['padding_fraction']:.0f}% of their input padding), {encoder.oom_splits} OOM splits"
         + (f"; {summary['cuda_graphs']['graphs']} CUDA graphs, "
            f"{summary['cuda_graphs']['memory_bytes'] / 2**20:.0f} MiB" if summary["cuda_graphs"] else "")
     )
