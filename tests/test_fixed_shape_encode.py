@@ -247,7 +247,8 @@ def test_tokenizer_graph_buckets_equal_the_same_buckets_without_graphs():
                 for k in range(23)]
     plain = BatchEncoder(model, budget_samples=30000, bucketed=True)
     graphed = BatchEncoder(model, budget_samples=30000, cuda_graphs=True)
-    assert graphed.batching == "cuda-graph-buckets" and graphed.pack(segments) == plain.pack(segments)
+    keys = lambda batches: [[s.key for s in batch] for batch in batches]  # noqa: E731
+    assert graphed.batching == "cuda-graph-buckets" and keys(graphed.pack(segments)) == keys(plain.pack(segments))
     for batch in plain.pack(segments):
         for want, got in zip(plain.encode(batch), graphed.encode(batch)):
             assert np.array_equal(want, got)
