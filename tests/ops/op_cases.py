@@ -169,9 +169,9 @@ def up_inputs(c_in, c_out, t, stride, dtype, seed):
     )
 
 
-def codebooks(q, k, d, dtype, seed=0):
+def codebooks(q, k, d, dtype, seed=0, device=TRITON_DEVICE):
     g = torch.Generator().manual_seed(seed)
-    cb = torch.randn(q, k, d, generator=g).to(TRITON_DEVICE, dtype)
+    cb = torch.randn(q, k, d, generator=g).to(device, dtype)
     return cb, cb.float().pow(2).sum(-1)
 
 
@@ -182,7 +182,7 @@ def rvq_signal(b, d, t, cb, seed=1):
     picks = torch.randint(0, k, (b, t, q), generator=g)
     x = sum(cb[i].float().cpu()[picks[..., i]] * 0.5**i for i in range(q))
     x = x + 0.3 * torch.randn(b, t, d, generator=g)
-    return x.permute(0, 2, 1).to(TRITON_DEVICE, cb.dtype)
+    return x.permute(0, 2, 1).to(cb.device, cb.dtype)
 
 
 def random_codes(b, q, t, k, seed=5):

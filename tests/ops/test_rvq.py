@@ -1,5 +1,5 @@
 """rvq_encode, rvq_decode and dequantize_project (xcodec_fast.ops) on every backend that implements
-them (Triton today; native has none), against eager.
+them, against eager: Triton all three, native rvq_encode (its codeword products on oneDNN).
 
 Codes can legitimately differ from eager where two codewords score a float near-tie (the two
 compute the same argmax with different roundings), so encode is checked as: every code we pick
@@ -7,7 +7,8 @@ is a near-argmax of its own residual (float64), every frame where eager picks di
 near tie at the first stage where they part, and such frames are few. Exact ties must go to the
 first index, as torch's argmax does.
 
-On CPU: Triton's interpreter (tests/conftest.py), tiny shapes. With a GPU: the real sizes too.
+On CPU: Triton's interpreter (tests/conftest.py), tiny shapes; with a GPU the real sizes too.
+Native: CPU, the tiny shapes and the real model's (D = K = 1024, 8 quantizers) at odd frame counts.
 """
 
 import pytest
@@ -15,15 +16,20 @@ import torch
 
 import tolerances
 from near_ties import check_near_ties
-from op_cases import CUDA, DEVICES, TRITON_DTYPES, backend_params, codebooks, random_codes, rvq_signal, run
+from op_cases import (CUDA, DEVICES, TRITON_DTYPES, backend_params, codebooks, measure_dispatch, random_codes,
+                      rvq_signal, run)
 from xcodec_fast import ops
-from xcodec_fast.ops import eager
+from xcodec_fast.ops import eager, native, packing, tuning
 
 BACKENDS = backend_params("triton")
 # (batch, dim, frames, quantizers, codebook size): the tiny config's quantizer, odd D / K / T
 ENCODE_SHAPES = [(2, 32, 7, 8, 1024), (1, 20, 1, 3, 100), (2, 24, 321, 2, 96)]
 if CUDA:  # the real model: D = K = 1024, 8 quantizers
     ENCODE_SHAPES += [(1, 1024, 1, 8, 1024), (2, 1024, 321, 8, 1024), (3, 1024, 2000, 8, 1024)]
+NATIVE_ENCODE_SHAPES = ENCODE_SHAPES[:3] + [(1, 1024, 321, 8, 1024), (3, 1024, 77, 8, 1024)]
+ENCODE_CASES = (backend_params("triton", [(s, d) for s in ENCODE_SHAPES for d in TRITON_DTYPES])
+                + backend_params("native", [(s, torch.float32) for s in NATIVE_ENCODE_SHAPES]))
+ENCODE_BACKENDS = BACKENDS + backend_params("native")
 # (batch, quantizers, frames, dim, codebook size)
 DECODE_SHAPES = [(2, 8, 7, 32, 1024), (1, 3, 1, 20, 100), (2, 2, 321, 24, 96)]
 if CUDA:
@@ -53,11 +59,10 @@ def test_near_tie_check_is_not_vacuous():
         assert_codes_match(worse, ref, x, twin, "triton", torch.float32)
 
 
-@pytest.mark.parametrize(
-    "backend,shape,dtype", backend_params("triton", [(s, d) for s in ENCODE_SHAPES for d in TRITON_DTYPES]))
+@pytest.mark.parametrize("backend,shape,dtype", ENCODE_CASES)
 def test_encode_matches_eager_up_to_near_ties(backend, shape, dtype):
     b, d, t, q, k = shape
-    cb, norms = codebooks(q, k, d, dtype)
+    cb, norms = codebooks(q, k, d, dtype, device=DEVICES[backend])
     x = rvq_signal(b, d, t, cb)
     codes = run(backend, "rvq_encode", x, cb, norms, q)
     ref = eager.rvq_encode(x, cb, norms, q)
@@ -67,10 +72,11 @@ def test_encode_matches_eager_up_to_near_ties(backend, shape, dtype):
         assert torch.equal(codes, ref)  # small random problems have no fp32 near ties
 
 
-@pytest.mark.parametrize("backend,dtype", backend_params("triton", [(d,) for d in TRITON_DTYPES]))
+@pytest.mark.parametrize("backend,dtype", backend_params("triton", [(d,) for d in TRITON_DTYPES])
+                         + backend_params("native", [(torch.float32,)]))
 def test_encode_exact_ties_pick_the_first_index(backend, dtype):
     device = DEVICES[backend]
-    d = 1024 if CUDA else 32
+    d = 1024 if CUDA or backend == "native" else 32
     k = 300  # several codeword tiles for every dtype's BLOCK_K
     # Small integers: every score is an exact integer in fp32 whatever the summation order, so the
     # ties are exact on every BLAS (the interpreter's numpy dot rounds by lane position otherwise).
@@ -95,9 +101,9 @@ def test_encode_exact_ties_pick_the_first_index(backend, dtype):
     assert_codes_match(codes, ref, x, cb, backend, dtype)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", ENCODE_BACKENDS)
 def test_encode_fewer_quantizers_and_layouts(backend):
-    cb, norms = codebooks(8, 64, 16, torch.float32)
+    cb, norms = codebooks(8, 64, 16, torch.float32, device=DEVICES[backend])
     x = rvq_signal(2, 16, 9, cb)
     x_nc = x.permute(0, 2, 1).contiguous().permute(0, 2, 1)  # same values, T-major memory
     assert not x_nc.is_contiguous()
@@ -108,9 +114,9 @@ def test_encode_fewer_quantizers_and_layouts(backend):
     assert torch.equal(all_codes, eager.rvq_encode(x, cb, norms, 8))
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", ENCODE_BACKENDS)
 def test_encode_bad_inputs(backend):
-    cb, norms = codebooks(2, 64, 16, torch.float32)
+    cb, norms = codebooks(2, 64, 16, torch.float32, device=DEVICES[backend])
     x = rvq_signal(1, 16, 5, cb)
     with ops.use_backend(backend):
         assert ops.rvq_encode(x[..., :0], cb, norms, 2).shape == (1, 2, 0)
@@ -124,6 +130,53 @@ def test_encode_bad_inputs(backend):
         bad[0, 3, 2] = float("nan")
         with pytest.raises(ValueError, match="NaN"):
             ops.rvq_encode(bad, cb, norms, 2)
+
+
+NATIVE = backend_params("native")
+
+
+@pytest.mark.parametrize("backend", NATIVE)
+def test_native_codebooks_are_reordered_once_and_again_when_they_change(backend):
+    cb, norms = codebooks(3, 64, 16, torch.float32, device=DEVICES[backend])
+    x = rvq_signal(2, 16, 11, cb)
+    packing.STATS.reset()
+    first = run(backend, "rvq_encode", x, cb, norms, 3)
+    assert torch.equal(run(backend, "rvq_encode", x, cb, norms, 3), first) and packing.STATS.packs == 1
+    cb[1].copy_(cb[1].flip(0))  # stage 1's codewords in reverse order: its codes must follow
+    norms = cb.pow(2).sum(-1)
+    again = run(backend, "rvq_encode", x, cb, norms, 3)
+    assert packing.STATS.packs == 2
+    assert torch.equal(again, eager.rvq_encode(x, cb, norms, 3))
+    assert torch.equal(again[:, 0], first[:, 0]) and torch.equal(again[:, 1], 63 - first[:, 1])
+
+
+@pytest.mark.parametrize("backend", NATIVE)
+def test_native_measured_dispatch_times_both_gemms_once_per_codebook_geometry(backend, tmp_path, monkeypatch):
+    measure_dispatch(tmp_path, monkeypatch)
+    cb, norms = codebooks(4, 96, 24, torch.float32, device=DEVICES[backend])
+    for batch, frames in ((1, 5), (3, 200)):  # other lengths: the same site, measured once
+        x = rvq_signal(batch, 24, frames, cb)
+        assert torch.equal(run(backend, "rvq_encode", x, cb, norms, 4), eager.rvq_encode(x, cb, norms, 4))
+    table = native.tuner().table
+    assert set(table) == {"rvq_encode|D24|K96|q4|float32"}
+    entry = table["rvq_encode|D24|K96|q4|float32"]
+    assert entry["choice"] in ("onednn", "aten") and set(entry["ms"]) == {"onednn", "aten"}
+    assert entry["measured_shape"] == [1, 24, 512]
+    with tuning.forced("rvq_encode", "aten"):  # the other choice is eager itself
+        assert torch.equal(run(backend, "rvq_encode", x, cb, norms, 2), eager.rvq_encode(x, cb, norms, 2))
+
+
+@pytest.mark.parametrize("backend", NATIVE)
+def test_native_half_precision_and_autograd_take_eager(backend):
+    for dtype in (torch.float16, torch.bfloat16):
+        cb, norms = codebooks(2, 64, 16, dtype, device=DEVICES[backend])
+        x = rvq_signal(1, 16, 9, cb)
+        assert torch.equal(run(backend, "rvq_encode", x, cb, norms, 2), eager.rvq_encode(x, cb, norms, 2))
+    x32 = x.float().requires_grad_()
+    cb32 = cb.float()
+    with torch.enable_grad():
+        assert torch.equal(run(backend, "rvq_encode", x32, cb32, norms, 2),
+                           eager.rvq_encode(x32, cb32, norms, 2))
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,8 @@ floating-point operations, so that the eager model reproduces it bit for bit.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -74,17 +76,26 @@ def rvq_encode(x: torch.Tensor, codebooks: torch.Tensor, codebook_sq_norms: torc
     ``codebook_sq_norms`` is accepted for a uniform signature; the reference recomputes |e|² as
     transformers does so that its rounding is identical.
     """
+    return nearest_codes(x, codebooks, num_quantizers,
+                         products=lambda flat, q: flat @ codebooks[q].t(),
+                         sq_norms=lambda q: codebooks[q].t().pow(2).sum(0, keepdim=True))
+
+
+def nearest_codes(x: torch.Tensor, codebooks: torch.Tensor, num_quantizers: int,
+                  products: Callable[[torch.Tensor, int], torch.Tensor],
+                  sq_norms: Callable[[int], torch.Tensor]) -> torch.Tensor:
+    """The residual VQ loop with the reference's scores and tie-breaking, taking the products
+    ``products(flat, q)`` = flat (B·T, D) @ codebooks[q]ᵀ and ``sq_norms(q)`` = |e|² (1, K) from
+    the caller, so that a backend can compute them faster and keep everything else."""
     batch, dim, frames = x.shape
     residual = x
     codes = []
     for q in range(num_quantizers):
-        embed = codebooks[q]
         flat = residual.permute(0, 2, 1).reshape(-1, dim)
-        embed_t = embed.t()
         scaled = flat.pow(2).sum(1, keepdim=True)
-        dist = -(scaled - 2 * flat @ embed_t + embed_t.pow(2).sum(0, keepdim=True))
+        dist = -(scaled - 2 * products(flat, q) + sq_norms(q))
         indices = dist.max(dim=-1).indices.view(batch, frames)
-        quantized = F.embedding(indices, embed).permute(0, 2, 1)
+        quantized = F.embedding(indices, codebooks[q]).permute(0, 2, 1)
         residual = residual - quantized
         codes.append(indices)
     return torch.stack(codes, dim=1)

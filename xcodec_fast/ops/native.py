@@ -14,6 +14,8 @@ What it does
       im2col -> sgemm per time chunk), or snake + oneDNN, or eager.
     * ``snake_conv_transpose1d``: chunked GEMM Z = Wᵀ·snake(x) on W as stored (no per-call weight
       repacking), then each output frame gathers its taps from Z; or snake + oneDNN, or eager.
+    * ``rvq_encode`` (fp32): the reference's residual VQ loop with its codeword products on
+      oneDNN's GEMM (codebooks reordered once) or ATen's; codes equal eager's except near ties.
     Every GEMM path runs its fp32 products on MKL's sgemm or on oneDNN's brgemm ukernel: which is
     faster depends on the CPU (MKL ran at under half oneDNN's rate on a Zen 5 EPYC), so both are
     candidates. Which of them runs at a site is measured (see Dispatch below). Sources: kernels/snake.cpp,
@@ -350,6 +352,40 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> 
         return torch.randn(probe_rows, weight.shape[1], generator=torch.Generator().manual_seed(0)).to(x.dtype)
 
     # untuned default (tuning off): oneDNN, the faster of the two where measured; tuning decides elsewhere
+    return tuner().pick(key, candidates, x, default=onednn, probe=probe)
+
+
+@register("rvq_encode", "native")
+def rvq_encode(x: torch.Tensor, codebooks: torch.Tensor, codebook_sq_norms: torch.Tensor,
+               num_quantizers: int) -> torch.Tensor:
+    """The reference's residual VQ with its codeword products on oneDNN's GEMM (each codebook
+    reordered once into oneDNN's layout) or on ATen's, whichever measures faster here: the
+    products are nearly all of its time, and MKL's fp32 GEMM ran them at 0.4x oneDNN's on a Zen 5
+    EPYC. Only the products' rounding differs from eager's, so codes differ only at near ties.
+    fp32 only: in bf16, scores of 1024-dim frames round so coarsely that half of the frames of a
+    random test are near ties, and another GEMM would pick another code at each."""
+    if (_recording_autograd(x, codebooks) or torch.compiler.is_compiling() or x.dtype != torch.float32
+            or not _onednn_linear_available()):
+        return eager.rvq_encode(x, codebooks, codebook_sq_norms, num_quantizers)
+    rows = x.shape[0] * x.shape[2]
+
+    def onednn(v: torch.Tensor) -> torch.Tensor:
+        books = packed(codebooks, "onednn_linear_per_codebook", lambda c: [
+            torch.ops.mkldnn._reorder_linear_weight(c[q].contiguous(), rows) for q in range(c.shape[0])])
+        return eager.nearest_codes(
+            v, codebooks, num_quantizers,
+            products=lambda flat, q: torch.ops.mkldnn._linear_pointwise(flat, books[q], None, "none", [], ""),
+            sq_norms=lambda q: codebook_sq_norms[q][None])
+
+    candidates = {"onednn": onednn, "aten": lambda v: eager.rvq_encode(v, codebooks, codebook_sq_norms, num_quantizers)}
+    # one choice per codebook geometry (not per length): an item alone and in a padded batch then
+    # take the same GEMM; timed on 512 frames, about a 10 s clip
+    key = "|".join(["rvq_encode", f"D{codebooks.shape[2]}", f"K{codebooks.shape[1]}", f"q{int(num_quantizers)}",
+                    str(x.dtype).replace("torch.", "")])
+
+    def probe() -> torch.Tensor:
+        return torch.randn(1, x.shape[1], 512, generator=torch.Generator().manual_seed(0)).to(x.dtype)
+
     return tuner().pick(key, candidates, x, default=onednn, probe=probe)
 
 
