@@ -31,7 +31,7 @@ class Site:
             return f"{self.where} C={p['channels']} T={p['frames']}"
         if self.op == "residual_unit":
             return f"{self.where} C={p['channels']} T={p['frames']} d={p['dilation']}"
-        if self.op in ("snake_conv1d", "snake_conv_transpose1d", "conv1d"):
+        if self.op in ("snake_conv1d", "snake_conv_transpose1d", "conv1d", "conv1d_time_major"):
             return (
                 f"{self.where} {p['in_channels']}->{p['out_channels']} T={p['frames']} k={p['kernel']} s={p['stride']}"
             )
@@ -86,8 +86,11 @@ def model_sites(config: XcodecConfig, num_samples: int, dilations=RESIDUAL_DILAT
     semantic = config.semantic_model_config
     conv_frames, conv_in = num_samples + 2 * (config.hop_length // 2), 1
     for index, (width, kernel, stride) in enumerate(zip(semantic.conv_dim, semantic.conv_kernel, semantic.conv_stride)):
-        sites.append(Site("conv1d", f"sem.conv{index}", dict(in_channels=conv_in, out_channels=width, frames=conv_frames,
-                                                            kernel=kernel, stride=stride, padding=0)))
+        geometry = dict(in_channels=conv_in, out_channels=width, frames=conv_frames, kernel=kernel, stride=stride,
+                        padding=0)
+        # the eager reference runs (B, C, T) convs, native the time-major ones (ops.runs_time_major)
+        sites.append(Site("conv1d", f"sem.conv{index}", geometry))
+        sites.append(Site("conv1d_time_major", f"sem.conv{index}", dict(geometry)))
         conv_frames, conv_in = conv_output_length(conv_frames, kernel, stride, 0), width
     for where, features_in, features_out in (
         ("sem.projection", semantic.conv_dim[-1], semantic.hidden_size),

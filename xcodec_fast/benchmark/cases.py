@@ -50,7 +50,7 @@ def cost(site: Site, batch: int, dtype: torch.dtype) -> tuple[int, int]:
             macs = b * t * cin * cout * k  # each input frame scatters into k output frames
         n_in, n_out = b * cin * t, b * cout * t_out
         return (n_in + n_out + cin * cout * k + cout + cin) * es, 2 * macs + SNAKE_FLOPS * n_in + n_out
-    if op == "conv1d":
+    if op in ("conv1d", "conv1d_time_major"):
         cin, cout, t, k = p["in_channels"], p["out_channels"], p["frames"], p["kernel"]
         t_out = conv_output_length(t, k, p["stride"], p["padding"])
         n_in, n_out = b * cin * t, b * cout * t_out
@@ -107,7 +107,7 @@ def make_params(site: Site, gen: torch.Generator) -> dict:
             "weight": _weight(cout, cin, k, fan_in=cin * k, gen=gen),
             "bias": 0.01 * torch.randn(cout, generator=gen),
         }
-    if site.op == "conv1d":
+    if site.op in ("conv1d", "conv1d_time_major"):
         cin, cout, k = p["in_channels"], p["out_channels"], p["kernel"]
         return {"weight": _weight(cout, cin, k, fan_in=cin * k, gen=gen), "bias": 0.01 * torch.randn(cout, generator=gen)}
     if site.op == "snake_conv_transpose1d":
@@ -144,6 +144,8 @@ def make_input(site: Site, batch: int, gen: torch.Generator) -> dict:
         }
     if site.op in ("snake_conv1d", "snake_conv_transpose1d", "conv1d"):
         return {"x": torch.randn(batch, p["in_channels"], p["frames"], generator=gen, device=device)}
+    if site.op == "conv1d_time_major":
+        return {"x": torch.randn(batch, p["frames"], p["in_channels"], generator=gen, device=device)}
     if site.op == "rvq_encode":
         return {"x": torch.randn(batch, p["dim"], p["frames"], generator=gen, device=device)}
     if site.op == "linear":  # (batch, frames, features), as the semantic model's layers see it
@@ -184,6 +186,8 @@ def call(site: Site, params: dict, inputs: dict):
         return ops.snake_conv1d(x["x"], a["alpha"], a["weight"], a["bias"], p["stride"], p["padding"])
     if site.op == "conv1d":
         return ops.conv1d(x["x"], a["weight"], a["bias"], p["stride"], p["padding"])
+    if site.op == "conv1d_time_major":
+        return ops.conv1d_time_major(x["x"], a["weight"], a["bias"], p["stride"])
     if site.op == "snake_conv_transpose1d":
         return ops.snake_conv_transpose1d(
             x["x"], a["alpha"], a["weight"], a["bias"], p["stride"], p["padding"], p["output_padding"]

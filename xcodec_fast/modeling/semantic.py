@@ -121,6 +121,40 @@ def _masked_group_norm(x: Tensor, valid: Tensor, norm: nn.GroupNorm) -> Tensor:
     return x
 
 
+# Frames per step of the time-major GroupNorm's passes (2 MB of 512 channels).
+_TIME_MAJOR_STEP_FRAMES = 1024
+
+
+def _time_major_group_norm(x: Tensor, frames: Tensor | None, statistics: tuple[Tensor, Tensor] | None,
+                           norm: nn.GroupNorm) -> Tensor:
+    """GroupNorm with one channel per group of time-major ``x`` (B, T, C), in place: statistics over
+    each item's first ``frames[b]`` frames (None: all; padding, even NaN, stays out of them), or the
+    given (mean, biased variance), each (B, C, 1). Two passes in fp32: the mean, then the squared
+    deviations (torch's var_mean runs 30x slower over a strided axis)."""
+    steps = [slice(start, start + _TIME_MAJOR_STEP_FRAMES) for start in range(0, x.shape[1], _TIME_MAJOR_STEP_FRAMES)]
+    if statistics is not None:
+        mean, variance = (s.transpose(1, 2).float() for s in statistics)
+    else:
+        counts = [x.shape[1]] * x.shape[0] if frames is None else frames.tolist()
+        means, variances = [], []
+        for item, count in zip(x, counts):
+            valid = item[:count]
+            mean = valid.sum(0, dtype=torch.float32) / count
+            squares = torch.zeros_like(mean)
+            for step in steps:
+                deviation = valid[step].float() - mean
+                squares += (deviation * deviation).sum(0)
+            means.append(mean)
+            variances.append(squares / count)
+        mean, variance = torch.stack(means)[:, None], torch.stack(variances)[:, None]
+    scale = torch.rsqrt(variance + norm.eps) * norm.weight.float()
+    shift = (norm.bias.float() - mean * scale).to(x.dtype)
+    scale = scale.to(x.dtype)
+    for step in steps:
+        x[:, step].mul_(scale).add_(shift)
+    return x
+
+
 class ConvLayer(nn.Module):
     """One feature-encoder conv: conv, optional norm ('group': GroupNorm per channel; 'layer': LayerNorm over
     channels), activation. Attribute names give transformers' keys ``conv.*`` and ``layer_norm.*``."""
@@ -143,9 +177,18 @@ class ConvLayer(nn.Module):
             self.layer_norm = nn.LayerNorm(out_channels, elementwise_affine=True)
         self.activation = _activation(config.feat_extract_activation, "feat_extract_activation")
 
-    def forward(self, x: Tensor, frames: Tensor | None, statistics: tuple[Tensor, Tensor] | None = None) -> Tensor:
-        """``x`` (B, C_in, N) -> (B, C_out, T). ``frames`` (B,): output frames made from real audio; None: all.
+    def forward(self, x: Tensor, frames: Tensor | None, statistics: tuple[Tensor, Tensor] | None = None,
+                time_major: bool = False) -> Tensor:
+        """``x`` (B, C_in, N) -> (B, C_out, T), or (B, N, C_in) -> (B, T, C_out) if ``time_major``.
+        ``frames`` (B,): output frames made from real audio; None: all.
         ``statistics``: GroupNorm (mean, variance), each (B, C_out, 1), taken over a longer input than x."""
+        if time_major:
+            x = ops.conv1d_time_major(x, self.conv.weight, self.conv.bias, self.conv.stride[0])
+            if self.norm_kind == "group":
+                x = _time_major_group_norm(x, frames, statistics, self.layer_norm)
+            elif self.norm_kind == "layer":
+                x = self.layer_norm(x)
+            return self.activation(x)
         x = ops.conv1d(x, self.conv.weight, self.conv.bias, self.conv.stride[0], 0)
         if self.norm_kind == "group":
             if statistics is not None:
@@ -178,13 +221,16 @@ class FeatureEncoder(nn.Module):
     ) -> Tensor:
         """(B, N) samples -> (B, C, T). ``lengths``: valid samples per item, or None when nothing is padded.
         Only the GroupNorm needs them: a conv frame computed from real samples never sees padding otherwise.
-        ``statistics``: the first layer's GroupNorm statistics, from :meth:`group_norm_statistics`."""
-        x = input_values[:, None]
+        ``statistics``: the first layer's GroupNorm statistics, from :meth:`group_norm_statistics`.
+        Where the backend :func:`~xcodec_fast.ops.runs_time_major`, the layers run on (B, T, C) and
+        the result is a transposed view of that."""
+        time_major = ops.runs_time_major(input_values.device)
+        x = input_values[:, :, None] if time_major else input_values[:, None]
         for index, layer in enumerate(self.conv_layers):
             if lengths is not None:
                 lengths = _conv_output_lengths(lengths, layer.conv.kernel_size, layer.conv.stride)
-            x = layer(x, lengths, statistics if index == 0 else None)
-        return x
+            x = layer(x, lengths, statistics if index == 0 else None, time_major)
+        return x.transpose(1, 2) if time_major else x
 
     def group_norm_statistics(self, input_values: Tensor, chunk_frames: int = 32000) -> tuple[Tensor, Tensor] | None:
         """The first layer's GroupNorm (mean, biased variance) over all of ``input_values`` (B, N),

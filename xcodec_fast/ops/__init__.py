@@ -44,6 +44,7 @@ OPS = (
     "snake_conv1d",
     "snake_conv_transpose1d",
     "conv1d",
+    "conv1d_time_major",
     "rvq_encode",
     "rvq_decode",
     "dequantize_project",
@@ -65,6 +66,7 @@ __all__ = [
     "conv1d_on_grid",
     "snake_conv1d_on_grid",
     "decodes_on_grid",
+    "runs_time_major",
     *OPS,
 ]
 
@@ -209,6 +211,33 @@ def conv1d(x, weight, bias, stride: int, padding: int) -> torch.Tensor:
             f"{op}: input of {x.shape[-1]} frames is shorter than the kernel ({weight.shape[-1]}) after padding {padding}"
         )
     return _run(op, x.device, x, weight, bias, int(stride), int(padding))
+
+
+def conv1d_time_major(x, weight, bias, stride: int) -> torch.Tensor:
+    """conv1d without padding on time-major activations: x (B, N, C_in) -> (B, T, C_out), the
+    semantic feature encoder's layout where :func:`runs_time_major` (its next conv then reads
+    contiguous rows of frames, and the transformer takes (B, T, C) anyway)."""
+    op = "conv1d_time_major"
+    _check_float("x", op, x, ndim=3)
+    _check_float("weight", op, weight, ndim=3)
+    _check_same(op, "x", x, weight=weight)
+    if weight.shape[1] != x.shape[2]:
+        raise ValueError(f"{op}: weight of shape {tuple(weight.shape)} expects {weight.shape[1]} input channels, "
+                         f"x (batch, frames, channels) has {x.shape[2]}")
+    _check_bias(op, "bias", bias, weight.shape[0], x)
+    if int(stride) < 1:
+        raise ValueError(f"{op}: stride must be >= 1, got {stride}")
+    if x.shape[1] < weight.shape[-1]:
+        raise ValueError(f"{op}: input of {x.shape[1]} frames is shorter than the kernel ({weight.shape[-1]})")
+    return _run(op, x.device, x, weight, bias, int(stride))
+
+
+def runs_time_major(device: torch.device) -> bool:
+    """Whether the backend in force for ``device`` has its own :func:`conv1d_time_major` (native:
+    polyphase GEMMs on contiguous frame rows), so that the feature encoder should keep its
+    activations time-major; the eager reference keeps transformers' (B, C, T) convs."""
+    return (implementation("conv1d_time_major", torch.device(device))[0] != "eager"
+            and not torch.compiler.is_compiling())
 
 
 def _check_transposed(op: str, x, alpha, weight, bias) -> None:

@@ -62,6 +62,11 @@ def conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, str
     return F.conv1d(x, weight, bias, stride=stride, padding=padding)
 
 
+@register("conv1d_time_major", "eager")
+def conv1d_time_major(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: int) -> torch.Tensor:
+    return F.conv1d(x.transpose(1, 2), weight, bias, stride=stride).transpose(1, 2)
+
+
 @register("snake_conv_transpose1d", "eager")
 def snake_conv_transpose1d(x: torch.Tensor, alpha: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                            stride: int, padding: int, output_padding: int) -> torch.Tensor:

@@ -321,6 +321,72 @@ def _single_channel_conv1d(x, weight, bias, stride: int, padding: int) -> torch.
     return torch.baddbmm(bias[None, :, None].expand(x.shape[0], weight.shape[0], windows.shape[-1]), kernel, windows)
 
 
+# Below this many values per polyphase block row (stride x C_in) the windows are gathered into an
+# im2col instead: HuBERT's first layer (one channel, 10 taps, stride 5) would make K=5 GEMMs.
+_IM2COL_MAX_WIDTH = 64
+
+
+@register("conv1d_time_major", "native")
+def conv1d_time_major(x, weight, bias, stride) -> torch.Tensor:
+    """The time-major conv as polyphase GEMMs: output frame t reads input frames [t·s, t·s + k),
+    so taps [a, a + s) of every output are one (T, s·C_in) matrix with row stride s·C_in straight
+    out of x (no im2col copy), times those taps' (s·C_in, C_out) weight block; the blocks' products
+    add up. On oneDNN (weights reordered once) or ATen's GEMM, or eager's transposed conv,
+    whichever measures faster: HuBERT's 512-channel layers ran at 1.6x eager's conv on a Zen 5 EPYC."""
+    if (_recording_autograd(x, weight, bias) or torch.compiler.is_compiling() or x.dtype == torch.float16
+            or weight.dtype != x.dtype):
+        return eager.conv1d_time_major(x, weight, bias, stride)
+    rest = (weight, bias, int(stride))
+    candidates = {"aten": lambda v: _time_major_gemms(v, *rest, onednn=False),
+                  "eager": lambda v: eager.conv1d_time_major(v, *rest).contiguous()}
+    if _onednn_linear_available():
+        candidates["onednn"] = lambda v: _time_major_gemms(v, *rest, onednn=True)
+    c_out, c_in, kernel = weight.shape
+    key = "|".join(["conv1d_time_major", f"{c_in}->{c_out}", f"k{kernel}", f"s{int(stride)}",
+                    str(x.dtype).replace("torch.", "")])
+
+    def probe() -> torch.Tensor:  # one item of ~4M output values, whatever the call's length
+        frames = max(64, min(16384, (1 << 22) // max(c_in, c_out)))
+        return torch.randn(1, (frames - 1) * int(stride) + kernel, c_in,
+                           generator=torch.Generator().manual_seed(0)).to(x.dtype)
+
+    return tuner().pick(key, candidates, x, default=candidates.get("onednn", candidates["aten"]), probe=probe)
+
+
+def _time_major_gemms(x, weight, bias, stride: int, onednn: bool) -> torch.Tensor:
+    batch, frames, c_in = x.shape
+    c_out, _, kernel = weight.shape
+    out_frames = conv_output_length(frames, kernel, stride)
+    x = x.contiguous()
+    im2col = stride * c_in < _IM2COL_MAX_WIDTH
+    taps = [(0, kernel)] if im2col else [(a, min(kernel, a + stride)) for a in range(0, kernel, stride)]
+
+    def weight_blocks(w: torch.Tensor) -> list[torch.Tensor]:  # (C_out, taps·C_in), tap-major like x's rows
+        blocks = [w[:, :, a:e].permute(0, 2, 1).reshape(c_out, (e - a) * c_in).contiguous() for a, e in taps]
+        if onednn:
+            blocks = [torch.ops.mkldnn._reorder_linear_weight(b, out_frames) for b in blocks]
+        return blocks
+
+    blocks = packed(weight, f"time_major_s{stride}_{'onednn' if onednn else 'aten'}", weight_blocks)
+    items = []
+    for item in x:
+        if im2col:
+            rows = [item.unfold(0, kernel, stride).transpose(1, 2).reshape(out_frames, kernel * c_in)]
+        else:
+            rows = [item.as_strided((out_frames, (e - a) * c_in), (stride * c_in, 1), item.storage_offset() + a * c_in)
+                    for a, e in taps]
+        if onednn:
+            y = torch.ops.mkldnn._linear_pointwise(rows[0], blocks[0], bias, "none", [], "")
+            for r, b in zip(rows[1:], blocks[1:]):
+                y.add_(torch.ops.mkldnn._linear_pointwise(r, b, None, "none", [], ""))
+        else:
+            y = rows[0] @ blocks[0].t() if bias is None else torch.addmm(bias, rows[0], blocks[0].t())
+            for r, b in zip(rows[1:], blocks[1:]):
+                y.addmm_(r, b.t())
+        items.append(y)
+    return items[0][None] if batch == 1 else torch.stack(items)
+
+
 def _onednn_linear_available() -> bool:
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
