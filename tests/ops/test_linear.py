@@ -49,6 +49,8 @@ def test_eager_is_torchs_linear_bit_for_bit():
 @pytest.mark.parametrize("shape,fin,fout,bias", [((1, 500), 768, 3072, True), ((3, 37), 33, 17, False),
                                                  ((1,), 64, 64, True), ((2, 1), 1024, 768, True)])
 def test_native_matches_float64(monkeypatch, choice, dtype, shape, fin, fout, bias):
+    if choice == "onednn" and not native._onednn_linear_available(dtype):
+        pytest.skip(f"oneDNN has no {dtype} linear on this CPU (needs AVX-512 BW/VL/DQ, AVX-NE-CONVERT or AMX)")
     monkeypatch.setattr(native, "tuner", lambda: _Always(choice))
     x, w, b = _case(shape, fin, fout, dtype, bias)
     with torch.no_grad(), ops.use_backend("native"):
@@ -101,6 +103,16 @@ def test_measured_dispatch_times_both_on_a_linear_probe(tmp_path, monkeypatch):
 
 
 @needs_native
+@needs_native
+def test_bf16_without_onednn_bf16_takes_torchs_linear(monkeypatch):
+    """An AVX2-only CPU: oneDNN refuses bf16 weights, so native bf16 must not reach its reorder."""
+    monkeypatch.setattr(native, "_onednn_linear_available", lambda dtype=torch.float32: dtype == torch.float32)
+    monkeypatch.setattr(native, "tuner", lambda: pytest.fail("the dispatch must not be consulted"))
+    x, w, b = _case((2, 37), 48, 20, torch.bfloat16)
+    with torch.no_grad(), ops.use_backend("native"):
+        assert torch.equal(ops.linear(x, w, b), torch.nn.functional.linear(x, w, b))
+
+
 def test_autograd_and_half_precision_take_torchs_linear():
     x, w, b = _case((2, 5), 16, 8)
     w.requires_grad_(True)

@@ -213,23 +213,26 @@ def conv1d(x, weight, bias, stride: int, padding: int) -> torch.Tensor:
     return _run(op, x.device, x, weight, bias, int(stride), int(padding))
 
 
-def conv1d_time_major(x, weight, bias, stride: int) -> torch.Tensor:
-    """conv1d without padding on time-major activations: x (B, N, C_in) -> (B, T, C_out), the
-    semantic feature encoder's layout where :func:`runs_time_major` (its next conv then reads
-    contiguous rows of frames, and the transformer takes (B, T, C) anyway)."""
+def conv1d_time_major(x, weight, bias, stride: int, padding: int = 0, groups: int = 1) -> torch.Tensor:
+    """conv1d on time-major activations: x (B, N, C_in) -> (B, T, C_out), the semantic model's layout
+    where :func:`runs_time_major` (the feature encoder's convs, whose next conv then reads contiguous
+    rows of frames; the positional conv, whose transformer takes (B, T, C) anyway)."""
     op = "conv1d_time_major"
     _check_float("x", op, x, ndim=3)
     _check_float("weight", op, weight, ndim=3)
     _check_same(op, "x", x, weight=weight)
-    if weight.shape[1] != x.shape[2]:
-        raise ValueError(f"{op}: weight of shape {tuple(weight.shape)} expects {weight.shape[1]} input channels, "
-                         f"x (batch, frames, channels) has {x.shape[2]}")
+    if int(groups) < 1 or weight.shape[0] % int(groups):
+        raise ValueError(f"{op}: groups must be >= 1 and divide the {weight.shape[0]} output channels, got {groups}")
+    if weight.shape[1] * int(groups) != x.shape[2]:
+        raise ValueError(f"{op}: weight of shape {tuple(weight.shape)} in {groups} group(s) expects "
+                         f"{weight.shape[1] * int(groups)} input channels, x (batch, frames, channels) has {x.shape[2]}")
     _check_bias(op, "bias", bias, weight.shape[0], x)
-    if int(stride) < 1:
-        raise ValueError(f"{op}: stride must be >= 1, got {stride}")
-    if x.shape[1] < weight.shape[-1]:
-        raise ValueError(f"{op}: input of {x.shape[1]} frames is shorter than the kernel ({weight.shape[-1]})")
-    return _run(op, x.device, x, weight, bias, int(stride))
+    if int(stride) < 1 or int(padding) < 0:
+        raise ValueError(f"{op}: stride must be >= 1 and padding >= 0, got stride {stride}, padding {padding}")
+    if x.shape[1] + 2 * int(padding) < weight.shape[-1]:
+        raise ValueError(f"{op}: input of {x.shape[1]} frames is shorter than the kernel ({weight.shape[-1]}) "
+                         f"after padding {padding}")
+    return _run(op, x.device, x, weight, bias, int(stride), int(padding), int(groups))
 
 
 def runs_time_major(device: torch.device) -> bool:

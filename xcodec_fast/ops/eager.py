@@ -63,8 +63,9 @@ def conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, str
 
 
 @register("conv1d_time_major", "eager")
-def conv1d_time_major(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: int) -> torch.Tensor:
-    return F.conv1d(x.transpose(1, 2), weight, bias, stride=stride).transpose(1, 2)
+def conv1d_time_major(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: int,
+                      padding: int = 0, groups: int = 1) -> torch.Tensor:
+    return F.conv1d(x.transpose(1, 2), weight, bias, stride=stride, padding=padding, groups=groups).transpose(1, 2)
 
 
 @register("snake_conv_transpose1d", "eager")

@@ -327,37 +327,52 @@ _IM2COL_MAX_WIDTH = 64
 
 
 @register("conv1d_time_major", "native")
-def conv1d_time_major(x, weight, bias, stride) -> torch.Tensor:
+def conv1d_time_major(x, weight, bias, stride, padding=0, groups=1) -> torch.Tensor:
     """The time-major conv as polyphase GEMMs: output frame t reads input frames [t·s, t·s + k),
     so taps [a, a + s) of every output are one (T, s·C_in) matrix with row stride s·C_in straight
     out of x (no im2col copy), times those taps' (s·C_in, C_out) weight block; the blocks' products
-    add up. On oneDNN (weights reordered once) or ATen's GEMM, or eager's transposed conv,
-    whichever measures faster: HuBERT's 512-channel layers ran at 1.6x eager's conv on a Zen 5 EPYC."""
+    add up. On oneDNN (weights reordered once) or ATen's GEMM; or oneDNN's channels-last conv (x
+    already is that layout), the only fast one for the grouped positional conv; or eager's
+    transposed conv: whichever measures faster. On a Zen 5 EPYC HuBERT's 512-channel layers ran at
+    1.6x eager's conv, its positional conv (k=128, 16 groups) at 2.2x."""
     if (_recording_autograd(x, weight, bias) or torch.compiler.is_compiling() or x.dtype == torch.float16
             or weight.dtype != x.dtype):
-        return eager.conv1d_time_major(x, weight, bias, stride)
-    rest = (weight, bias, int(stride))
-    candidates = {"aten": lambda v: _time_major_gemms(v, *rest, onednn=False),
-                  "eager": lambda v: eager.conv1d_time_major(v, *rest).contiguous()}
-    if _onednn_linear_available():
-        candidates["onednn"] = lambda v: _time_major_gemms(v, *rest, onednn=True)
+        return eager.conv1d_time_major(x, weight, bias, stride, padding, groups)
+    rest = (weight, bias, int(stride), int(padding))
+    candidates = {"eager": lambda v: eager.conv1d_time_major(v, *rest, groups).contiguous(),
+                  "channels-last": lambda v: _channels_last_conv(v, *rest, groups)}
+    if groups == 1:
+        candidates["aten"] = lambda v: _time_major_gemms(v, *rest, onednn=False)
+        if _onednn_linear_available(x.dtype):
+            candidates["onednn"] = lambda v: _time_major_gemms(v, *rest, onednn=True)
     c_out, c_in, kernel = weight.shape
-    key = "|".join(["conv1d_time_major", f"{c_in}->{c_out}", f"k{kernel}", f"s{int(stride)}",
+    key = "|".join(["conv1d_time_major", f"{c_in * groups}->{c_out}", f"k{kernel}", f"s{int(stride)}",
+                    *([f"p{int(padding)}"] if padding else []), *([f"g{int(groups)}"] if groups > 1 else []),
                     str(x.dtype).replace("torch.", "")])
 
     def probe() -> torch.Tensor:  # one item of ~4M output values, whatever the call's length
-        frames = max(64, min(16384, (1 << 22) // max(c_in, c_out)))
-        return torch.randn(1, (frames - 1) * int(stride) + kernel, c_in,
+        frames = max(64, min(16384, (1 << 22) // max(c_in * groups, c_out)))
+        return torch.randn(1, max(1, (frames - 1) * int(stride) + kernel - 2 * int(padding)), c_in * groups,
                            generator=torch.Generator().manual_seed(0)).to(x.dtype)
 
-    return tuner().pick(key, candidates, x, default=candidates.get("onednn", candidates["aten"]), probe=probe)
+    default = candidates.get("onednn", candidates.get("aten", candidates["channels-last"]))
+    return tuner().pick(key, candidates, x, default=default, probe=probe)
 
 
-def _time_major_gemms(x, weight, bias, stride: int, onednn: bool) -> torch.Tensor:
+def _channels_last_conv(x, weight, bias, stride: int, padding: int, groups: int) -> torch.Tensor:
+    """(B, N, C) is (B, C, 1, N) in channels-last memory: oneDNN's 2-D conv reads it as it lies and
+    writes (B, T, C) the same way."""
+    image = x.contiguous().transpose(1, 2).unsqueeze(2)
+    kernel = packed(weight, "channels_last_2d", lambda w: w.unsqueeze(2).contiguous(memory_format=torch.channels_last))
+    out = F.conv2d(image, kernel, bias, stride=(1, stride), padding=(0, padding), groups=groups)
+    return out.squeeze(2).transpose(1, 2).contiguous()
+
+
+def _time_major_gemms(x, weight, bias, stride: int, padding: int, onednn: bool) -> torch.Tensor:
+    x = F.pad(x, (0, 0, padding, padding)) if padding else x.contiguous()
     batch, frames, c_in = x.shape
     c_out, _, kernel = weight.shape
     out_frames = conv_output_length(frames, kernel, stride)
-    x = x.contiguous()
     im2col = stride * c_in < _IM2COL_MAX_WIDTH
     taps = [(0, kernel)] if im2col else [(a, min(kernel, a + stride)) for a in range(0, kernel, stride)]
 
@@ -387,8 +402,14 @@ def _time_major_gemms(x, weight, bias, stride: int, onednn: bool) -> torch.Tenso
     return items[0][None] if batch == 1 else torch.stack(items)
 
 
-def _onednn_linear_available() -> bool:
-    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+def _onednn_linear_available(dtype: torch.dtype = torch.float32) -> bool:
+    """oneDNN's linear for ``dtype`` here: bf16 needs AVX-512 (BW/VL/DQ), AVX-NE-CONVERT or AMX, so
+    an AVX2-only CPU (Zen 3) refuses it in the weight reorder."""
+    if not (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")):
+        return False
+    if dtype == torch.bfloat16:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return dtype == torch.float32
 
 
 @register("linear", "native")
@@ -397,7 +418,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> 
     layout, whichever measures faster here: MKL's fp32 GEMM runs at 0.4x oneDNN's on some AMD
     CPUs (163 vs 401 GFLOP/s on a 2-core EPYC Zen 5), while on others the two are close."""
     if (_recording_autograd(x, weight, bias) or torch.compiler.is_compiling() or x.dtype == torch.float16
-            or not _onednn_linear_available()):
+            or not _onednn_linear_available(x.dtype)):
         return eager.linear(x, weight, bias)
     rows = max(1, x.numel() // max(x.shape[-1], 1))
 
@@ -431,7 +452,7 @@ def rvq_encode(x: torch.Tensor, codebooks: torch.Tensor, codebook_sq_norms: torc
     fp32 only: in bf16, scores of 1024-dim frames round so coarsely that half of the frames of a
     random test are near ties, and another GEMM would pick another code at each."""
     if (_recording_autograd(x, codebooks) or torch.compiler.is_compiling() or x.dtype != torch.float32
-            or not _onednn_linear_available()):
+            or not _onednn_linear_available(x.dtype)):
         return eager.rvq_encode(x, codebooks, codebook_sq_norms, num_quantizers)
     rows = x.shape[0] * x.shape[2]
 
