@@ -369,3 +369,14 @@ def test_module_entry_refuses_nonpositive_threads(capsys):
             suite.main(["--threads", threads])
         assert exit_info.value.code == 2
         assert f"--threads must be a positive integer, got {threads}" in capsys.readouterr().err
+
+
+def test_full_cpu_times_bf16_only_with_bf16_instructions(monkeypatch):
+    from xcodec_fast import hardware
+    from xcodec_fast.benchmark import suite
+
+    monkeypatch.setattr(hardware, "bf16_instructions", lambda device: None)
+    assert suite.default_dtypes("full-cpu") == ["float32"]
+    assert suite.default_dtypes("full") == ["float32", "bfloat16", "float16"]
+    monkeypatch.setattr(hardware, "bf16_instructions", lambda device: "avx512_bf16")
+    assert suite.default_dtypes("full-cpu") == ["float32", "bfloat16"]
