@@ -44,12 +44,13 @@ def test_documented_usage_gives_transformers_results(tmp_path):
     torch.testing.assert_close(codes, theirs[0], rtol=0, atol=0)
     scale = theirs[1].abs().max()
     # AUDIO_VS_REFERENCE of the scale, or, for a backend that sums in another order than eager
-    # (native's GEMM residual units), DROPIN_FP32_ERRORS (2) times transformers' own fp32 error on
-    # this random decoder (its distance from an fp64 decode, ~3-5e-5 of the scale): as accurate as
-    # fp32 allows, not bit-equal (tests/tolerances.py).
+    # (native's GEMM residual units), within DROPIN_FP32_ERRORS (2) times transformers' own fp32 error
+    # of the fp64 decode (that error ~3-5e-5 of the scale on this random decoder): as accurate as
+    # fp32 allows, not bit-equal (tests/tolerances.py, as tests/test_model_oracle.py measures it).
     with torch.no_grad():
         exact = transformers.XcodecModel.from_pretrained(checkpoint).double().decode(codes).audio_values
-    atol = max(tolerances.AUDIO_VS_REFERENCE * scale,
-               tolerances.DROPIN_FP32_ERRORS * (theirs[1].double() - exact).abs().max().item())
-    torch.testing.assert_close(audio, theirs[1], rtol=0, atol=atol)
-    torch.testing.assert_close(forward_audio, theirs[2], rtol=0, atol=atol)
+    own_error = (theirs[1].double() - exact).abs().max().item()
+    for ours, reference in ((audio, theirs[1]), (forward_audio, theirs[2])):
+        assert ours.shape == reference.shape
+        if (ours - reference).abs().max() > tolerances.AUDIO_VS_REFERENCE * scale:
+            assert (ours.double() - exact).abs().max() <= tolerances.DROPIN_FP32_ERRORS * own_error
