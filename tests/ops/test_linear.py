@@ -103,7 +103,6 @@ def test_measured_dispatch_times_both_on_a_linear_probe(tmp_path, monkeypatch):
 
 
 @needs_native
-@needs_native
 def test_bf16_without_onednn_bf16_takes_torchs_linear(monkeypatch):
     """An AVX2-only CPU: oneDNN refuses bf16 weights, so native bf16 must not reach its reorder."""
     monkeypatch.setattr(native, "_onednn_linear_available", lambda dtype=torch.float32: dtype == torch.float32)
@@ -113,6 +112,7 @@ def test_bf16_without_onednn_bf16_takes_torchs_linear(monkeypatch):
         assert torch.equal(ops.linear(x, w, b), torch.nn.functional.linear(x, w, b))
 
 
+@needs_native
 def test_autograd_and_half_precision_take_torchs_linear():
     x, w, b = _case((2, 5), 16, 8)
     w.requires_grad_(True)
