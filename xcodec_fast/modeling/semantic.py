@@ -55,29 +55,23 @@ _WEIGHT_NORM_SPELLINGS = (
 # transformers applies weight_norm(conv, dim=2): one magnitude per kernel tap.
 _WEIGHT_NORM_DIM = 2
 
-_ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
-    "gelu": F.gelu,
-    "relu": F.relu,
-    "silu": F.silu,
-    "swish": F.silu,
-    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
-}
-
-# The same, overwriting their input: for the time-major feature encoder's fresh conv outputs, whose
-# out-of-place GELU allocated and first-touched 65 MB per 10 s (8x the GELU's own time).
-_ACTIVATIONS_IN_PLACE: dict[str, Callable[[Tensor], Tensor]] = {
-    "gelu": torch.ops.aten.gelu_,
-    "relu": torch.relu_,
-    "silu": lambda x: F.silu(x, inplace=True),
-    "swish": lambda x: F.silu(x, inplace=True),
-    "gelu_pytorch_tanh": lambda x: torch.ops.aten.gelu_(x, approximate="tanh"),
+# name -> (activation, the same overwriting its input). The in-place one serves the time-major
+# feature encoder's fresh conv outputs, whose out-of-place GELU allocated and first-touched 65 MB
+# per 10 s (8x the GELU's own time).
+_ACTIVATIONS: dict[str, tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]]] = {
+    "gelu": (F.gelu, torch.ops.aten.gelu_),
+    "relu": (F.relu, torch.relu_),
+    "silu": (F.silu, lambda x: F.silu(x, inplace=True)),
+    "swish": (F.silu, lambda x: F.silu(x, inplace=True)),
+    "gelu_pytorch_tanh": (lambda x: F.gelu(x, approximate="tanh"),
+                          lambda x: torch.ops.aten.gelu_(x, approximate="tanh")),
 }
 
 
-def _activation(name: str, what: str) -> Callable[[Tensor], Tensor]:
+def _activation(name: str, what: str, in_place: bool = False) -> Callable[[Tensor], Tensor]:
     if name not in _ACTIVATIONS:
         raise ValueError(f"semantic {what} {name!r} is not supported; choose one of {', '.join(_ACTIVATIONS)}")
-    return _ACTIVATIONS[name]
+    return _ACTIVATIONS[name][in_place]
 
 
 def fold_weight_norm(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -186,7 +180,7 @@ class ConvLayer(nn.Module):
         elif norm == "layer":
             self.layer_norm = nn.LayerNorm(out_channels, elementwise_affine=True)
         self.activation = _activation(config.feat_extract_activation, "feat_extract_activation")
-        self.activation_in_place = _ACTIVATIONS_IN_PLACE[config.feat_extract_activation]
+        self.activation_in_place = _activation(config.feat_extract_activation, "feat_extract_activation", in_place=True)
 
     def forward(self, x: Tensor, frames: Tensor | None, statistics: tuple[Tensor, Tensor] | None = None,
                 time_major: bool = False) -> Tensor:
