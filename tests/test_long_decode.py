@@ -229,6 +229,31 @@ def test_full_size_chunked_and_streamed_equal_whole(backend):
             assert_close_to(whole, torch.cat(pieces, dim=-1), backend, f"stream of {chunk_frames}-frame chunks")
 
 
+def test_eager_windows_are_as_accurate_as_the_whole_decode(tmp_path):
+    """Eager keeps transformers' single calls, so its whole decode is transformers' bit for bit, and
+    its windows (narrower calls, another summation order) part from it by fp32 rounding only: held
+    against the float64 decode, they are as accurate as the whole decode."""
+    import transformers
+
+    from oracle import hf_config
+
+    torch.manual_seed(11)
+    reference = transformers.XcodecModel(hf_config(tiny_config())).eval()  # PyTorch's own init
+    reference.save_pretrained(str(tmp_path))
+    model = XcodecModel.from_pretrained(tmp_path, backend="eager")
+    codes = random_codes(2, 41, seed=12)
+    with torch.no_grad():
+        exact = reference.double().decode(codes).audio_values
+        whole = model.decode(codes, chunk_frames=41).audio_values
+        own_error = (whole.double() - exact).abs().max().item()
+        for chunk in (1, 3, 7, 13, 40):
+            got = model.decode(codes, chunk_frames=chunk).audio_values
+            error = (got.double() - exact).abs().max().item()
+            assert error <= tolerances.CHUNKED_DECODE_FP32_ERRORS * own_error, (
+                f"chunks of {chunk}: {error:.3g} from the float64 decode > "
+                f"{tolerances.CHUNKED_DECODE_FP32_ERRORS} x the whole decode's {own_error:.3g}")
+
+
 @pytest.mark.gpu
 def test_cuda_graph_stream_equals_whole():
     model = XcodecModel.from_random(XcodecConfig(), seed=1).to("cuda")
