@@ -15,8 +15,9 @@ os.environ.setdefault("XCODEC_FAST_CPU_MALLOC", "default")
 # with a dispatch table of its own.
 os.environ.setdefault("XCODEC_FAST_TUNE", "off")
 
-# One torch thread per test process: CI runs one pytest-xdist worker per core, and more threads
-# than cores make OpenMP's waiting threads spin against each other.
+# One torch thread per test process, for every test file: CI runs one pytest-xdist worker per core,
+# and more threads than cores make OpenMP's waiting threads spin against each other (tiny models
+# ran 10-50x slower oversubscribed).
 torch.set_num_threads(1)
 
 import pytest  # noqa: E402

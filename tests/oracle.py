@@ -14,8 +14,6 @@ from torch import nn
 
 from xcodec_fast.config import XcodecConfig, tiny_config
 
-# Tiny models on a shared CPU: one thread avoids oversubscription, which is 10-50x slower here.
-torch.set_num_threads(1)
 
 # (semantic model_type, feat_extract_norm, do_stable_layer_norm) combinations the tiny tests cover.
 SEMANTIC_VARIANTS = [

@@ -14,7 +14,6 @@ from xcodec_fast.config import XcodecConfig, tiny_config
 from xcodec_fast.modeling.chunking import plan_windows
 from xcodec_fast.ops import tuning, winograd
 
-torch.set_num_threads(1)
 
 BACKENDS = [name for name in ("eager", "native") if xcodec_fast.ops.availability(name)[0]]
 CHUNK_REL_TOL = tolerances.CHUNKED_DECODE  # relative to the whole decode's peak; why: tests/tolerances.py

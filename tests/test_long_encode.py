@@ -14,7 +14,6 @@ from xcodec_fast.config import tiny_config
 from xcodec_fast.modeling import codec
 from xcodec_fast.ops import tuning
 
-torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module", params=["group", "layer"])

@@ -32,7 +32,6 @@ BROKEN = {"garbage.wav", "empty.wav", "truncated.wav", "nan.wav", "zero.flac", "
 
 @pytest.fixture(scope="module")
 def model():
-    torch.set_num_threads(1)  # the shared CI box is oversubscribed: one thread is fastest
     return XcodecModel.from_random(tiny_config(), seed=0)
 
 

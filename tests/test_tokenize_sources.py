@@ -17,7 +17,6 @@ from xcodec_fast.modeling.codec import XcodecModel
 from xcodec_fast.tokenize import read_codes, tokenize
 from xcodec_fast.tokenize.sources import InputError, ItemLoader, expand_braces, list_items
 
-torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")
