@@ -52,6 +52,65 @@ def test_the_fastest_candidate_wins_and_later_calls_do_not_measure(tuned):
     assert again.measured == 0
 
 
+class _Clock:
+    """A stand-in for time.perf_counter that candidates advance by scripted call times, so that
+    what the tuner decides on a noisy machine can be tested exactly."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def perf_counter(self):
+        return self.now
+
+    def candidate(self, seconds_per_call, calls):
+        """A candidate whose n-th call (warm-up first) takes seconds_per_call(n)."""
+
+        def run(x):
+            self.now += seconds_per_call(len(calls))
+            calls.append(len(calls))
+            return x
+
+        return run
+
+
+def _measure_with_clock(monkeypatch, scripts):
+    clock, calls = _Clock(), {name: [] for name in scripts}
+    monkeypatch.setattr(tuning, "time", clock)
+    candidates = {name: clock.candidate(script, calls[name]) for name, script in scripts.items()}
+    t = tuning.Tuner(_ident())
+    t.pick("op|C3|float32", candidates, torch.zeros(1, 3, 5), default=candidates[next(iter(scripts))])
+    return t.table["op|C3|float32"], {name: len(c) for name, c in calls.items()}
+
+
+def test_a_close_contender_disturbed_in_its_first_calls_is_timed_again_and_wins(tuned, monkeypatch):
+    """The faster candidate's first timed calls fall on a busy moment (42 ms against a steady
+    30 ms): a pick on those alone takes the slower one; timing the close contenders again finds
+    27 ms. A candidate 4x slower than the best is not timed again."""
+    first_rounds = tuning.MIN_REPS  # 30 ms calls pass MIN_SECONDS within them
+    assert 0.03 * first_rounds >= tuning.MIN_SECONDS
+    entry, calls = _measure_with_clock(monkeypatch, {
+        "steady": lambda n: 0.030,
+        "disturbed": lambda n: 0.042 if n <= first_rounds else 0.027,  # call 0 is the warm-up
+        "hopeless": lambda n: 0.120,
+    })
+    assert entry["choice"] == "disturbed" and entry["ms"] == {"steady": 30.0, "disturbed": 27.0, "hopeless": 120.0}
+    again = tuning.CONTEND_ROUNDS  # 4 rounds of 57 ms stay within CONTEND_SECONDS
+    assert entry["reps"] == {"steady": first_rounds + again, "disturbed": first_rounds + again,
+                             "hopeless": first_rounds}
+    assert calls["hopeless"] == 1 + first_rounds
+
+
+def test_timing_the_contenders_again_stops_at_its_time_budget(tuned, monkeypatch):
+    slow = tuning.CONTEND_SECONDS * 2  # one more round is already over the budget
+    entry, _ = _measure_with_clock(monkeypatch, {"a": lambda n: slow, "b": lambda n: slow * 1.1})
+    assert entry["choice"] == "a" and entry["reps"] == {"a": tuning.MIN_REPS + 1, "b": tuning.MIN_REPS + 1}
+
+
+def test_a_single_clear_winner_is_not_timed_again(tuned, monkeypatch):
+    entry, _ = _measure_with_clock(monkeypatch, {"fast": lambda n: 0.03, "slow": lambda n: 0.03 * 1.6})
+    assert entry["choice"] == "fast" and entry["reps"] == {"fast": tuning.MIN_REPS, "slow": tuning.MIN_REPS}
+
+
 def test_the_table_is_keyed_by_cpu_threads_torch_sources_and_malloc_mode(tuned):
     base = _ident()
     paths = {tuning.cache_path(base)}

@@ -272,7 +272,7 @@ def snake_conv_transpose1d_on_grid(x, alpha, weight, bias, stride: int, padding:
         raise ValueError(f"{op}: needs stride >= 1, padding >= 0 and 0 <= output_padding < stride, got stride "
                          f"{stride}, padding {padding}, output_padding {output_padding}")
     _check_block(op, block)
-    if decodes_on_grid(x.device) and not torch.compiler.is_compiling():
+    if _windows_on_grid(x):
         from . import native
 
         return native.snake_conv_transpose1d_on_grid(x, alpha, weight, bias, int(stride), int(padding),
@@ -286,7 +286,7 @@ def conv1d_on_grid(x, weight, bias, padding: int, block: int) -> torch.Tensor:
     batch), so windows get the whole stream's values; elsewhere one call, as transformers."""
     op = "conv1d_on_grid"
     _check_conv_on_grid(op, x, weight, bias, padding, block)
-    if decodes_on_grid(x.device) and not torch.compiler.is_compiling():
+    if _windows_on_grid(x):
         return grid.blocked_conv1d(x, weight, bias, int(padding), int(block))
     return torch.nn.functional.conv1d(x, weight, bias, padding=int(padding))
 
@@ -298,7 +298,7 @@ def snake_conv1d_on_grid(x, alpha, weight, bias, padding: int, block: int) -> to
     op = "snake_conv1d_on_grid"
     _check_conv_on_grid(op, x, weight, bias, padding, block)
     _check_alpha(op, "alpha", alpha, x.shape[1], x)
-    if decodes_on_grid(x.device) and not torch.compiler.is_compiling():
+    if _windows_on_grid(x):
         from . import native
 
         return native.snake_conv1d_on_grid(x, alpha, weight, bias, int(padding), int(block))
@@ -309,6 +309,12 @@ def decodes_on_grid(device: torch.device) -> bool:
     """Whether the backend in force for ``device`` computes decode windows on the decoder's grid
     bit for bit like the whole decode (the native backend; see modeling/acoustic.py)."""
     return implementation("snake_conv_transpose1d", torch.device(device))[0] == "native"
+
+
+def _windows_on_grid(x: torch.Tensor) -> bool:
+    """Whether a grid op runs its width-invariant kernels for ``x`` (not while torch.compile
+    traces: it sees the plain call, as transformers makes it)."""
+    return decodes_on_grid(x.device) and not torch.compiler.is_compiling()
 
 
 def _check_conv_on_grid(op: str, x, weight, bias, padding, block) -> None:

@@ -44,6 +44,7 @@ bench/results/ and rendered into the README.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import shutil
@@ -402,6 +403,7 @@ def _time_major_gemms(x, weight, bias, stride: int, padding: int, onednn: bool) 
     return items[0][None] if batch == 1 else torch.stack(items)
 
 
+@functools.cache  # a fact of the build and CPU, asked on every Linear call
 def _onednn_linear_available(dtype: torch.dtype = torch.float32) -> bool:
     """oneDNN's linear for ``dtype`` here: bf16 needs AVX-512 (BW/VL/DQ), AVX-NE-CONVERT or AMX, so
     an AVX2-only CPU (Zen 3) refuses it in the weight reorder."""
@@ -521,7 +523,7 @@ def _tuned_residual_unit(x, alpha1, weight1, bias1, dilation, alpha2, weight2, b
     # Measured dispatch chooses among the tile sizes allowed now (F(4,7) is opt-in, see winograd.py);
     # an error study may force any of them.
     fast = winograd.fast_tiles_enabled()
-    sizes = winograd.TILE_SIZES if tuning.forced_choice("residual_unit") else winograd.dispatch_tile_sizes()
+    sizes = winograd.TILE_SIZES if tuning.forced_choice("residual_unit") else winograd.dispatch_tile_sizes(fast)
     extra = {}
     for m in sizes if square else ():
         extra[f"winograd{m}"] = lambda v, m=m: residual_unit_winograd(v, *rest, m=m)

@@ -77,9 +77,10 @@ def fast_tiles(enabled: bool = True) -> Iterator[None]:
         _fast_override = previous
 
 
-def dispatch_tile_sizes() -> tuple[int, ...]:
-    """The tile sizes the native dispatch chooses among now."""
-    return FAST_TILE_SIZES if fast_tiles_enabled() else DEFAULT_TILE_SIZES
+def dispatch_tile_sizes(fast: bool | None = None) -> tuple[int, ...]:
+    """The tile sizes the native dispatch chooses among now (``fast``: :func:`fast_tiles_enabled`
+    as the caller already read it)."""
+    return FAST_TILE_SIZES if (fast_tiles_enabled() if fast is None else fast) else DEFAULT_TILE_SIZES
 
 
 def tile_period(dilation: int) -> int:
