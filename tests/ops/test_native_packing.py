@@ -72,3 +72,20 @@ def test_the_dispatched_gemm_packs_each_weight_once_and_again_when_it_changes(mo
         assert packing.STATS.packs == 4 and not torch.equal(changed, first)
         plain = native.extension().residual_unit_gemm(x, alpha, w1, b, 3, alpha, w2, b, 0)
         assert torch.equal(changed, plain)
+
+
+def test_weights_made_under_inference_mode_are_packed_per_call_and_follow_in_place_changes(monkeypatch):
+    """Inference tensors keep no version counter, so a cached pack could not see an in-place
+    change: they are packed on every call instead (and the call does not fail)."""
+    monkeypatch.setattr(native, "tuner", lambda: _AlwaysGemm())
+    c = 12
+    with torch.inference_mode():
+        x, alpha = _randn(1, c, 41), torch.rand(c, generator=GEN) + 0.5
+        w1, w2, b = _randn(c, c, 7), _randn(c, c, 1), _randn(c)
+        packing.STATS.reset()
+        first = native.residual_unit(x, alpha, w1, b, 1, alpha, w2, b)
+        assert packing.STATS.packs == 0 and not hasattr(w1, packing._ATTR)
+        w1.mul_(0.5)
+        changed = native.residual_unit(x, alpha, w1, b, 1, alpha, w2, b)
+        assert torch.equal(changed, native.extension().residual_unit_gemm(x, alpha, w1, b, 1, alpha, w2, b, 0))
+        assert not torch.equal(changed, first)

@@ -4,7 +4,8 @@
 The packed copy hangs on the weight tensor itself, keyed by what makes it stale: the storage
 (``module.to()`` swaps ``param.data`` in place of the same Parameter), dtype, device, shape and
 the in-place version counter (``load_state_dict`` copies into the same storage). A new weight
-tensor starts with no packed copy, and the old copy goes with the old tensor.
+tensor starts with no packed copy, and the old copy goes with the old tensor. Inference tensors
+(made under ``torch.inference_mode``) keep no version counter, so they are packed afresh each call.
 """
 
 from __future__ import annotations
@@ -33,7 +34,9 @@ STATS = PackStats()
 
 def packed(weight: torch.Tensor, layout: str, pack: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
     """``pack(weight)``, computed once per (weight storage, dtype, device, shape, version, layout)."""
-    if torch.compiler.is_compiling() or weight.requires_grad and torch.is_grad_enabled():
+    # inference tensors (made under torch.inference_mode) have no version counter: an in-place
+    # change could not be told from the packed copy, so they are packed on every call
+    if torch.compiler.is_compiling() or weight.requires_grad and torch.is_grad_enabled() or weight.is_inference():
         return pack(weight)
     key = (weight.data_ptr(), weight.dtype, weight.device, tuple(weight.shape), weight.stride(), weight._version)
     cache = getattr(weight, _ATTR, None)
