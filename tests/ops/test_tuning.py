@@ -111,6 +111,43 @@ def test_a_single_clear_winner_is_not_timed_again(tuned, monkeypatch):
     assert entry["choice"] == "fast" and entry["reps"] == {"fast": tuning.MIN_REPS, "slow": tuning.MIN_REPS}
 
 
+def test_contenders_are_timed_again_at_the_first_calls_length_within_bounds(tuned, monkeypatch):
+    """Every candidate runs on a short probe (MEASURE_ELEMENTS values); the close ones then on one as
+    long as the call (real sizes decide: passes that fit the cache at a short probe go to memory at
+    a 10 s clip's), at most MAX_MEASURE_ELEMENTS values, and that timing picks."""
+    monkeypatch.setattr(tuning, "MEASURE_ELEMENTS", 4 * 300)
+    monkeypatch.setattr(tuning, "MAX_MEASURE_ELEMENTS", 4 * 900)
+    clock = _Clock()
+    monkeypatch.setattr(tuning, "time", clock)
+    t = tuning.Tuner(_ident())
+    for i, frames in enumerate((5, 301, 640, 5000)):
+        long = min(max(frames, 300), 900)
+        seen = {"short-fast": [], "long-fast": [], "long-slow": [], "hopeless": []}
+
+        def run(name, short_s, long_s):
+            def call(v):
+                seen[name].append(v.shape[-1])
+                clock.now += short_s if v.shape[-1] == 300 else long_s
+                return v
+            return call
+
+        candidates = {"short-fast": run("short-fast", 0.030, 0.060), "long-fast": run("long-fast", 0.035, 0.040),
+                      "long-slow": run("long-slow", 0.032, 0.200), "hopeless": run("hopeless", 0.100, 0.100)}
+        x = torch.zeros(2, 4, frames)
+        t.pick(f"op{i}|C4|float32", candidates, x, default=None)
+        entry = t.table[f"op{i}|C4|float32"]
+        assert entry["measured_shape"] == [1, 4, 300] and set(seen["hopeless"]) == {300}
+        if long == 300:  # nothing longer to time: the contenders are timed again on the short probe
+            assert entry["choice"] == "short-fast" and "contenders" not in entry
+        else:
+            assert entry["choice"] == "long-fast" and entry["contenders"]["measured_shape"] == [1, 4, long]
+            assert set(entry["contenders"]["ms"]) == {"short-fast", "long-fast"}
+            assert seen["long-slow"].count(long) == 1  # 5x the best in its warm-up at this length: out
+            assert seen["long-fast"][1 + tuning.MIN_REPS] == long  # warm-up and first rounds short, then long
+        assert seen[entry["choice"]][-1] == frames  # the call itself runs the choice
+    assert any("900 frames: long-fast 40 ms" in line for line in tuning.describe("digest0"))
+
+
 def test_the_table_is_keyed_by_cpu_threads_torch_sources_and_malloc_mode(tuned):
     base = _ident()
     paths = {tuning.cache_path(base)}

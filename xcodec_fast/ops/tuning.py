@@ -4,8 +4,7 @@ implementations of an op, by timing them once on the real inputs.
 The CPUs users run on differ (the same suite showed the native residual unit 2.2x oneDNN on one
 Intel VM and a tie on an AMD one), so no constant can decide. The first call of an op at a new
 site (op, channels, kernel, stride or dilation, dtype) times every candidate on a random input of
-that geometry, about ``MEASURE_ELEMENTS`` values long (the size of the real model's busiest sites,
-bounded so that measuring costs well under a second per site), and records the times; that call
+that geometry (see :func:`probe_frames`), and records the times; that call
 and every later one at the site run the fastest. One choice per
 site, not per length: an item then takes the same implementation alone as in a padded batch, so
 their results stay equal. The table lives in one JSON file per CPU model, thread
@@ -14,9 +13,10 @@ measure afresh (and the glibc malloc mode, see :func:`identity`); a file that do
 whose fields do not match, is ignored.
 
 Timing is noisy on shared machines (VMs): the same kernel at the same site has measured 53 and 85 ms
-in one table. So every candidate is timed a few times round robin, and then the contenders (within
-``CONTEND_WITHIN`` of the best) are timed again for longer: a pick then rests on several calls of
-each close candidate, while clear losers cost no more.
+in one table. So every candidate is timed a few times round robin on a short input, and then the
+contenders (within ``CONTEND_WITHIN`` of the best) are timed again for longer, on an input as long
+as the call's (:func:`probe_frames`): a pick then rests on several calls of each close candidate
+at the size that runs, while clear losers cost no more.
 
 ``XCODEC_FAST_TUNE``: ``auto`` (default) measures unknown shapes and stores them; ``off`` measures
 nothing and uses the stored choice, else the op's default; ``retune`` ignores the stored table and
@@ -43,11 +43,12 @@ from ..hardware import cpu_name, slug
 MODE_ENV = "XCODEC_FAST_TUNE"
 CACHE_ENV = "XCODEC_FAST_TUNE_CACHE"
 MODES = ("auto", "off", "retune")
-SCHEMA = "xcodec-fast-dispatch/1"
+SCHEMA = "xcodec-fast-dispatch/2"  # /2: timed at the call's size, contenders again
 MIN_REPS, MAX_REPS, MIN_SECONDS = 2, 10, 0.05  # timed calls per candidate after one warm-up
 CONTEND_WITHIN = 1.5  # candidates whose best time is within this factor of the best are timed again
-CONTEND_ROUNDS, CONTEND_SECONDS = 4, 0.5  # ... for this many rounds, or until they have taken this long
-MEASURE_ELEMENTS = 1 << 21  # channels x frames of the timed input
+CONTEND_ROUNDS, CONTEND_SECONDS = 4, 1.0  # ... for this many rounds, or until they have taken this long
+# channels x frames of the timed input: the first call's own size, within these bounds
+MEASURE_ELEMENTS, MAX_MEASURE_ELEMENTS = 1 << 21, 1 << 24
 
 
 def mode() -> str:
@@ -106,8 +107,8 @@ class Tuner:
             return {}
         if not isinstance(doc, dict) or doc.get("schema") != SCHEMA or doc.get("identity") != self.ident or \
                 not isinstance(doc.get("entries"), dict):
-            warnings.warn(f"ignoring the dispatch table {self.path}: written for another machine, torch or "
-                          "kernel sources, or damaged; shapes will be measured again", stacklevel=3)
+            warnings.warn(f"ignoring the dispatch table {self.path}: written for another machine, torch, kernel sources "
+                          "or xcodec_fast version, or damaged; shapes will be measured again", stacklevel=3)
             return {}
         return {k: v for k, v in doc["entries"].items() if isinstance(v, dict) and isinstance(v.get("choice"), str)}
 
@@ -148,17 +149,30 @@ class Tuner:
         return candidates[entry["choice"]](x)
 
     def _measure(self, key: str, candidates, x: torch.Tensor, make_probe=None) -> dict:
-        """``make_probe()``: the input to time on; None: one (C, T) item of ~MEASURE_ELEMENTS, time last."""
+        """``make_probe()``: the input to time on; None: one (C, T) item, time last, short for the
+        first round robin, then as long as ``x``'s items for the contenders (see :func:`probe_frames`)."""
         if make_probe is not None:
-            probe = make_probe()
+            probe = real = make_probe()
         else:
-            channels = max(1, math.prod(x.shape[1:-1]))
-            frames = min(max(MEASURE_ELEMENTS // channels, 256), 1 << 16)
-            probe = torch.randn(1, *x.shape[1:-1], frames, generator=torch.Generator().manual_seed(0)).to(x.dtype)
+            short, long = probe_frames(x)
+            probe = _random_item(x, short)
+            real = probe if long == short else _random_item(x, long)
         times = _time_candidates(candidates, probe)
         seconds = {name: min(t) for name, t in times.items()}
         entry = {"choice": min(seconds, key=seconds.get), "ms": {k: round(v * 1e3, 4) for k, v in seconds.items()},
                  "reps": {k: len(t) for k, t in times.items()}, "measured_shape": list(probe.shape)}
+        contenders = [name for name, t in seconds.items() if t <= min(seconds.values()) * CONTEND_WITHIN]
+        if len(contenders) > 1:
+            again = _time_contenders({name: candidates[name] for name in contenders}, real,
+                                     times if real is probe else None)
+            best = {name: min(t) for name, t in again.items()}
+            entry["choice"] = min(best, key=best.get)
+            if real is probe:
+                entry["ms"].update({k: round(v * 1e3, 4) for k, v in best.items()})
+                entry["reps"].update({k: len(t) for k, t in again.items()})
+            else:
+                entry["contenders"] = {"ms": {k: round(v * 1e3, 4) for k, v in best.items()},
+                                       "reps": {k: len(t) for k, t in again.items()}, "measured_shape": list(real.shape)}
         with self.lock:
             self.table[key] = entry
             self.measured += 1
@@ -174,40 +188,78 @@ class Tuner:
                 pass
 
 
+def probe_frames(x: torch.Tensor) -> tuple[int, int]:
+    """Frames of the inputs a site is timed on: every candidate on a short one (MEASURE_ELEMENTS
+    values: measuring stays cheap), the close ones then on one as long as the call's items (the
+    sizes real audio brings), at least as long as the short one and at most MAX_MEASURE_ELEMENTS
+    values. Real sizes decide: on a 2-core Zen 3 the oneDNN residual unit (Snake and conv in
+    separate passes over memory) tied the chunked GEMM at 64 channels x 32768 frames (8 MB, inside
+    the 32 MB L3) and took 2.2x its time at 160000 frames (a 10 s clip), where every pass goes to DRAM."""
+    channels = max(1, math.prod(x.shape[1:-1]))
+    short = min(max(MEASURE_ELEMENTS // channels, 256), 1 << 16)
+    return short, max(short, min(x.shape[-1], MAX_MEASURE_ELEMENTS // channels))
+
+
+def _random_item(x: torch.Tensor, frames: int) -> torch.Tensor:
+    return torch.randn(1, *x.shape[1:-1], frames, generator=torch.Generator().manual_seed(0)).to(x.dtype)
+
+
+def _round_robin(candidates: dict, probe: torch.Tensor, times: dict[str, list[float]], rotation: int) -> None:
+    """One timed call of each candidate, in an order that rotates from round to round, so that a
+    change in the machine's load falls on every candidate alike."""
+    names = list(candidates)
+    for name in names[rotation % len(names):] + names[:rotation % len(names)]:
+        start = time.perf_counter()
+        candidates[name](probe)
+        times[name].append(time.perf_counter() - start)
+
+
 def _time_candidates(candidates: dict[str, Callable[[torch.Tensor], torch.Tensor]],
                      probe: torch.Tensor) -> dict[str, list[float]]:
-    """Seconds per call of every candidate on ``probe``: all of them round robin (so that a change
-    in the machine's load falls on every candidate alike), then the contenders again. Noise on a
-    machine only ever adds time, so each candidate's best call is its estimate; more calls give the
-    close ones more chances of an undisturbed one."""
+    """Seconds per call of every candidate on ``probe``, round robin, after one warm-up call each
+    (first-touch allocations, oneDNN primitive creation)."""
     times: dict[str, list[float]] = {name: [] for name in candidates}
-
-    def round_robin(names: list[str], rotation: int) -> None:
-        for name in names[rotation % len(names):] + names[:rotation % len(names)]:
-            start = time.perf_counter()
-            candidates[name](probe)
-            times[name].append(time.perf_counter() - start)
-
-    names = list(candidates)
     with torch.no_grad():
         for run in candidates.values():
-            run(probe)  # warm-up: first-touch allocations, oneDNN primitive creation
+            run(probe)
         rotation = 0
         while True:
-            round_robin(names, rotation)
+            _round_robin(candidates, probe, times, rotation)
             rotation += 1
             if rotation >= MAX_REPS or (rotation >= MIN_REPS and min(sum(t) for t in times.values()) >= MIN_SECONDS):
+                return times
+
+
+def _time_contenders(contenders: dict[str, Callable[[torch.Tensor], torch.Tensor]], probe: torch.Tensor,
+                     earlier: dict[str, list[float]] | None) -> dict[str, list[float]]:
+    """More calls of the close candidates on ``probe``, added to their ``earlier`` times on it (None:
+    a new probe: a warm-up call each first, and those no longer within CONTEND_WITHIN of the best
+    warm-up are out). After each round, those no longer within CONTEND_WITHIN of the best are out.
+    Noise on a machine only ever adds time, so each candidate's best call is its estimate; more
+    calls give the close ones more chances of an undisturbed one."""
+    times = {name: list(earlier[name]) if earlier else [] for name in contenders}
+
+    def still_close(seconds: dict[str, float]) -> list[str]:
+        return [name for name, t in seconds.items() if t <= min(seconds.values()) * CONTEND_WITHIN]
+
+    live = list(contenders)
+    with torch.no_grad():
+        started = time.perf_counter()
+        if earlier is None:
+            warm = {}
+            for name in live:
+                start = time.perf_counter()
+                contenders[name](probe)
+                warm[name] = time.perf_counter() - start
+            live = still_close(warm)
+        for rotation in range(CONTEND_ROUNDS):
+            if len(live) < 2 and times[live[0]]:
                 break
-        best = min(min(t) for t in times.values())
-        contenders = [name for name in names if min(times[name]) <= best * CONTEND_WITHIN]
-        if len(contenders) > 1:
-            started = time.perf_counter()
-            for _ in range(CONTEND_ROUNDS):
-                round_robin(contenders, rotation)
-                rotation += 1
-                if time.perf_counter() - started >= CONTEND_SECONDS:
-                    break
-    return times
+            _round_robin({name: contenders[name] for name in live}, probe, times, rotation)
+            live = still_close({name: min(times[name]) for name in live})
+            if time.perf_counter() - started >= CONTEND_SECONDS:
+                break
+    return {name: t for name, t in times.items() if t}
 
 
 _forced: dict[str, str] = {}
@@ -264,5 +316,9 @@ def describe(source_digest: str) -> list[str]:
     for key in sorted(t.table):
         entry = t.table[key]
         times = ", ".join(f"{name} {ms:.3g} ms" for name, ms in sorted(entry.get("ms", {}).items()))
+        longer = entry.get("contenders")
+        if isinstance(longer, dict):
+            times += f"; {longer.get('measured_shape', [0])[-1]} frames: " + ", ".join(
+                f"{name} {ms:.3g} ms" for name, ms in sorted(longer.get("ms", {}).items()))
         lines.append(f"  {key}: {entry['choice']}  ({times})")
     return lines
