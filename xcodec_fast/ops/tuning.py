@@ -161,7 +161,7 @@ class Tuner:
         seconds = {name: min(t) for name, t in times.items()}
         entry = {"choice": min(seconds, key=seconds.get), "ms": {k: round(v * 1e3, 4) for k, v in seconds.items()},
                  "reps": {k: len(t) for k, t in times.items()}, "measured_shape": list(probe.shape)}
-        contenders = [name for name, t in seconds.items() if t <= min(seconds.values()) * CONTEND_WITHIN]
+        contenders = _close_to_best(seconds)
         if len(contenders) > 1:
             again = _time_contenders({name: candidates[name] for name in contenders}, real,
                                      times if real is probe else None)
@@ -198,6 +198,11 @@ def probe_frames(x: torch.Tensor) -> tuple[int, int]:
     channels = max(1, math.prod(x.shape[1:-1]))
     short = min(max(MEASURE_ELEMENTS // channels, 256), 1 << 16)
     return short, max(short, min(x.shape[-1], MAX_MEASURE_ELEMENTS // channels))
+
+
+def _close_to_best(seconds: dict[str, float]) -> list[str]:
+    """The candidates whose time is within CONTEND_WITHIN of the best."""
+    return [name for name, t in seconds.items() if t <= min(seconds.values()) * CONTEND_WITHIN]
 
 
 def _random_item(x: torch.Tensor, frames: int) -> torch.Tensor:
@@ -238,10 +243,6 @@ def _time_contenders(contenders: dict[str, Callable[[torch.Tensor], torch.Tensor
     Noise on a machine only ever adds time, so each candidate's best call is its estimate; more
     calls give the close ones more chances of an undisturbed one."""
     times = {name: list(earlier[name]) if earlier else [] for name in contenders}
-
-    def still_close(seconds: dict[str, float]) -> list[str]:
-        return [name for name, t in seconds.items() if t <= min(seconds.values()) * CONTEND_WITHIN]
-
     live = list(contenders)
     with torch.no_grad():
         started = time.perf_counter()
@@ -251,12 +252,12 @@ def _time_contenders(contenders: dict[str, Callable[[torch.Tensor], torch.Tensor
                 start = time.perf_counter()
                 contenders[name](probe)
                 warm[name] = time.perf_counter() - start
-            live = still_close(warm)
+            live = _close_to_best(warm)
         for rotation in range(CONTEND_ROUNDS):
             if len(live) < 2 and times[live[0]]:
                 break
             _round_robin({name: contenders[name] for name in live}, probe, times, rotation)
-            live = still_close({name: min(times[name]) for name in live})
+            live = _close_to_best({name: min(times[name]) for name in live})
             if time.perf_counter() - started >= CONTEND_SECONDS:
                 break
     return {name: t for name, t in times.items() if t}
